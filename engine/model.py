@@ -1,0 +1,456 @@
+"""ONNX models: what a model says about itself, and running it on tiles.
+
+A model describes itself in ONNX metadata (``metadata_props``); every value is a
+JSON string. Our keys:
+
+``output_kind``      ``"semantic"``: one output (1, C, H, W) of per-class
+                     probabilities; ``"canopy_centres"``: one output (1, 2, H, W),
+                     channel 0 canopy probability and channel 1 a crown-centre
+                     heatmap, crowns are split by marker-controlled watershed;
+                     ``"instance_masks"``: outputs ``masks`` (N, H, W) or
+                     (N, 1, H, W), ``scores`` (N,) and optionally ``labels`` (N,).
+``class_names``      list of names, one per output channel (``semantic``) or per
+                     label value; a first class named ``background`` is not written.
+``gsd_m``            ground sampling distance of the input, metres per pixel.
+``tile_size_px``     tile edge in model pixels.
+``overlap_px``       overlap between neighbouring tiles in model pixels.
+``bands``            1-based source band indices fed to the model, in order.
+``scale``, ``mean``, ``std``   input = (raw * scale - mean) / std, per band.
+``output_activation``  ``"none"`` (already probabilities), ``"softmax"``, ``"sigmoid"``.
+``seg_thresh``       probability above which a pixel belongs to a class.
+``centre_thresh``, ``peak_min_distance_m``, ``min_crown_area_m2``
+                     crown splitting parameters (``canopy_centres``).
+``name``, ``description``, ``license``, ``provenance``  free text.
+
+Models made for the Deepness QGIS plugin work unchanged: ``model_type``
+(``Segmentor``), ``class_names`` (a dict ``{"0": "background", ...}``),
+``resolution`` (cm/px), ``tile_size`` or ``tiles_size`` (px), ``tiles_overlap``
+(percent of the tile), ``seg_thresh``, ``standardization_mean`` and
+``standardization_std`` (applied after dividing by 255).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .errors import ModelError
+
+DEFAULT_GSD_M = 0.1
+DEFAULT_TILE_SIZE_PX = 1024
+
+
+class OutputKind(str, Enum):
+    """What a model's output tensors hold."""
+
+    SEMANTIC = "semantic"
+    CANOPY_CENTRES = "canopy_centres"
+    INSTANCE_MASKS = "instance_masks"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the engine needs to know about a model, read from its metadata.
+
+    ``class_names`` lists the classes written to the caches, background excluded;
+    ``channel_of_class`` maps each of them to its output channel (``semantic``) or
+    label value (``instance_masks``).
+    """
+
+    path: str
+    sha256: str
+    name: str
+    output_kind: OutputKind
+    class_names: tuple[str, ...]
+    channel_of_class: tuple[int, ...]
+    gsd_m: float
+    tile_size_px: int
+    overlap_px: int
+    bands: tuple[int, ...]
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    output_activation: str = "none"
+    seg_thresh: float = 0.5
+    centre_thresh: float = 0.3
+    peak_min_distance_m: float = 1.0
+    min_crown_area_m2: float = 1.0
+    fixed_input_px: int | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise ValueError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """Read an ONNX file's ``metadata_props`` without loading its weights.
+
+    Walks the top-level protobuf fields of ``ModelProto`` and seeks over the
+    (large) graph, so listing models in a dialog stays fast.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"Cannot read the model file {path}: {exc.strerror or exc}.") from exc
+    meta: dict[str, str] = {}
+    pos = 0
+    try:
+        while pos < len(data):
+            key, pos = _read_varint(data, pos)
+            field_no, wire = key >> 3, key & 7
+            if wire == 0:
+                _, pos = _read_varint(data, pos)
+            elif wire == 1:
+                pos += 8
+            elif wire == 5:
+                pos += 4
+            elif wire == 2:
+                length, pos = _read_varint(data, pos)
+                if pos + length > len(data):
+                    raise ValueError("truncated field")
+                if field_no == 14:
+                    entry, k, v, epos = data[pos : pos + length], "", "", 0
+                    while epos < len(entry):
+                        ekey, epos = _read_varint(entry, epos)
+                        elen, epos = _read_varint(entry, epos)
+                        text = entry[epos : epos + elen].decode("utf-8")
+                        epos += elen
+                        if ekey >> 3 == 1:
+                            k = text
+                        elif ekey >> 3 == 2:
+                            v = text
+                    meta[k] = v
+                pos += length
+            else:
+                raise ValueError(f"wire type {wire}")
+    except (ValueError, UnicodeDecodeError, IndexError) as exc:
+        raise ModelError(f"{path.name} is not a valid ONNX model file.") from exc
+    if pos != len(data) or not data:
+        raise ModelError(f"{path.name} is not a valid ONNX model file.")
+    return meta
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _json(meta: Mapping[str, str], key: str, default=None):
+    if key not in meta:
+        return default
+    raw = meta[key]
+    try:
+        return json.loads(raw)
+    except (TypeError, ValueError):
+        # Deepness writes some values as bare strings.
+        return raw
+
+
+def _number(meta, key, default, kind=float):
+    value = _json(meta, key, None)
+    if value is None:
+        return default
+    try:
+        number = kind(value)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"The model's metadata '{key}' is not a number: {value!r}.") from exc
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ModelError(f"The model's metadata '{key}' is not a finite number.")
+    return number
+
+
+def _per_band(value, n_bands: int, key: str) -> tuple[float, ...]:
+    if isinstance(value, (int, float)):
+        return (float(value),) * n_bands
+    try:
+        values = tuple(float(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"The model's metadata '{key}' must be a number or a list of numbers.") from exc
+    if len(values) != n_bands:
+        raise ModelError(f"The model's metadata '{key}' has {len(values)} values for {n_bands} bands.")
+    return values
+
+
+def spec_from_metadata(
+    meta: Mapping[str, str],
+    *,
+    path: str = "",
+    sha256: str = "",
+    input_shape: tuple | None = None,
+    n_output_channels: int | None = None,
+) -> ModelSpec:
+    """Build a :class:`ModelSpec` from ONNX metadata (ours or Deepness's).
+
+    ``input_shape`` is the first input's (N, C, H, W) shape, with None or strings
+    for dynamic axes; fixed H and W set the tile size.
+    """
+    deepness_type = _json(meta, "model_type")
+    kind_raw = _json(meta, "output_kind")
+    if kind_raw is None:
+        if deepness_type is not None and str(deepness_type).lower() not in ("segmentor", "segmentation"):
+            raise ModelError(
+                f"Deepness '{deepness_type}' models are not supported; only segmentation models are."
+            )
+        kind_raw = OutputKind.SEMANTIC.value
+    try:
+        kind = OutputKind(kind_raw)
+    except ValueError as exc:
+        choices = ", ".join(k.value for k in OutputKind)
+        raise ModelError(f"The model's output_kind '{kind_raw}' is unknown (expected one of {choices}).") from exc
+
+    fixed_px = None
+    n_in_channels = None
+    if input_shape is not None and len(input_shape) == 4:
+        n_in_channels = input_shape[1] if isinstance(input_shape[1], int) else None
+        h, w = input_shape[2], input_shape[3]
+        if isinstance(h, int) and isinstance(w, int) and h > 0:
+            if h != w:
+                raise ModelError(f"The model expects non-square {h}x{w} tiles; only square tiles are supported.")
+            fixed_px = h
+
+    if "gsd_m" in meta:
+        gsd_m = _number(meta, "gsd_m", DEFAULT_GSD_M)
+    elif "resolution" in meta:
+        gsd_m = _number(meta, "resolution", DEFAULT_GSD_M * 100) / 100.0
+    else:
+        gsd_m = DEFAULT_GSD_M
+    tile_key = next((k for k in ("tile_size_px", "tile_size", "tiles_size") if k in meta), None)
+    tile_px = _number(meta, tile_key, None, int) if tile_key else None
+    tile_px = tile_px or fixed_px or DEFAULT_TILE_SIZE_PX
+    if "overlap_px" in meta:
+        overlap_px = _number(meta, "overlap_px", 0, int)
+    elif "tiles_overlap" in meta:
+        overlap_px = int(round(tile_px * _number(meta, "tiles_overlap", 0) / 100.0))
+    else:
+        overlap_px = tile_px // 4
+    if gsd_m <= 0 or tile_px <= 0 or overlap_px < 0 or overlap_px >= tile_px:
+        raise ModelError(
+            f"The model's metadata gives an unusable tiling (gsd {gsd_m} m, tile {tile_px} px, overlap {overlap_px} px)."
+        )
+
+    bands = _json(meta, "bands")
+    if bands is None:
+        bands = list(range(1, (n_in_channels or 3) + 1))
+    try:
+        bands = tuple(int(b) for b in bands)
+    except (TypeError, ValueError) as exc:
+        raise ModelError("The model's metadata 'bands' must be a list of band numbers.") from exc
+    if not bands or min(bands) < 1:
+        raise ModelError("The model's metadata 'bands' must list band numbers starting at 1.")
+    if n_in_channels is not None and n_in_channels != len(bands):
+        raise ModelError(f"The model takes {n_in_channels} channels but its metadata lists {len(bands)} bands.")
+
+    if "standardization_mean" in meta or "standardization_std" in meta or deepness_type is not None:
+        scale = 1.0 / 255.0
+        mean = _per_band(_json(meta, "standardization_mean", 0.0), len(bands), "standardization_mean")
+        std = _per_band(_json(meta, "standardization_std", 1.0), len(bands), "standardization_std")
+    else:
+        scale = _number(meta, "scale", 1.0 / 255.0)
+        mean = _per_band(_json(meta, "mean", 0.0), len(bands), "mean")
+        std = _per_band(_json(meta, "std", 1.0), len(bands), "std")
+    if any(s == 0 for s in std):
+        raise ModelError("The model's metadata 'std' contains a zero.")
+
+    names_raw = _json(meta, "class_names")
+    if isinstance(names_raw, dict):
+        try:
+            names = [str(v) for _, v in sorted(names_raw.items(), key=lambda kv: int(kv[0]))]
+        except ValueError as exc:
+            raise ModelError("The model's metadata 'class_names' keys must be class numbers.") from exc
+    elif isinstance(names_raw, list):
+        names = [str(v) for v in names_raw]
+    elif names_raw is None:
+        if kind is OutputKind.CANOPY_CENTRES:
+            names = ["tree"]
+        else:
+            count = n_output_channels or 2
+            names = ["background"] + [f"class_{i}" for i in range(1, count)] if count > 1 else ["tree"]
+    else:
+        raise ModelError("The model's metadata 'class_names' must be a list or a dict.")
+    if kind is OutputKind.CANOPY_CENTRES:
+        names = [n for n in names if n.lower() != "background"][:1] or ["tree"]
+        channels = [0]
+    else:
+        channels = [i for i, n in enumerate(names) if not (i == 0 and n.lower() == "background")]
+        names = [names[i] for i in channels]
+    if not names:
+        raise ModelError("The model has no class other than background.")
+
+    activation = str(_json(meta, "output_activation", "none")).lower()
+    if activation not in ("none", "softmax", "sigmoid"):
+        raise ModelError(f"The model's output_activation '{activation}' is unknown.")
+
+    return ModelSpec(
+        path=str(path),
+        sha256=sha256,
+        name=str(_json(meta, "name", None) or Path(path).stem or "model"),
+        output_kind=kind,
+        class_names=tuple(names),
+        channel_of_class=tuple(channels),
+        gsd_m=float(gsd_m),
+        tile_size_px=int(tile_px),
+        overlap_px=int(overlap_px),
+        bands=bands,
+        scale=float(scale),
+        mean=mean,
+        std=std,
+        output_activation=activation,
+        seg_thresh=float(_number(meta, "seg_thresh", 0.5)),
+        centre_thresh=float(_number(meta, "centre_thresh", 0.3)),
+        peak_min_distance_m=float(_number(meta, "peak_min_distance_m", 1.0)),
+        min_crown_area_m2=float(_number(meta, "min_crown_area_m2", 1.0)),
+        fixed_input_px=fixed_px,
+        metadata=dict(meta),
+    )
+
+
+def default_model_path() -> Path:
+    """The bundled default model: ``resources/models/`` beside the engine (repo or plugin ZIP)."""
+    here = Path(__file__).resolve().parent
+    for root in (here.parent, here.parent / "tcd_qgis_plugin"):
+        candidate = root / "resources" / "models" / "tcd_default.onnx"
+        if candidate.is_file():
+            return candidate
+    return here.parent / "resources" / "models" / "tcd_default.onnx"
+
+
+def describe_model(path: str | os.PathLike) -> ModelSpec:
+    """Read a model's spec from its metadata alone (no runtime, no weights loaded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"The model file {path} does not exist.")
+    return spec_from_metadata(read_onnx_metadata(path), path=str(path))
+
+
+def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    x = x - np.max(x, axis=axis, keepdims=True)
+    np.exp(x, out=x)
+    x /= np.sum(x, axis=axis, keepdims=True)
+    return x
+
+
+class OnnxModel:
+    """An onnxruntime session with the spec that explains its inputs and outputs."""
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None, providers: list[str] | None = None):
+        path = Path(path)
+        if not path.is_file():
+            raise ModelError(f"The model file {path} does not exist.")
+        meta = read_onnx_metadata(path)
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ModelError("onnxruntime is not installed; install the plugin's dependencies first.") from exc
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(
+                str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"onnxruntime cannot load {path.name}: {first_line[:200]}") from exc
+        inputs = self.session.get_inputs()
+        outputs = self.session.get_outputs()
+        if len(inputs) != 1:
+            raise ModelError(f"The model has {len(inputs)} inputs; exactly one image input is supported.")
+        self.input_name = inputs[0].name
+        shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
+        if len(shape) != 4:
+            raise ModelError(f"The model's input has {len(shape)} dimensions; expected (batch, bands, height, width).")
+        self.input_type = inputs[0].type
+        out_shape = outputs[0].shape
+        n_out = out_shape[1] if len(out_shape) == 4 and isinstance(out_shape[1], int) else None
+        self.output_names = [o.name for o in outputs]
+        self.spec = spec_from_metadata(
+            meta, path=str(path), sha256=file_sha256(path), input_shape=shape, n_output_channels=n_out
+        )
+
+    def normalise(self, raw: np.ndarray) -> np.ndarray:
+        """(bands, H, W) raw pixel values → the model's (1, bands, H, W) float32 input."""
+        spec = self.spec
+        x = raw.astype(np.float32) * np.float32(spec.scale)
+        x -= np.asarray(spec.mean, np.float32)[:, None, None]
+        x /= np.asarray(spec.std, np.float32)[:, None, None]
+        return x[None]
+
+    def run(self, raw: np.ndarray) -> dict[str, np.ndarray]:
+        """Run one tile; ``raw`` is (bands, T, T) in source units. Returns named outputs.
+
+        For ``semantic`` and ``canopy_centres`` models ``"probs"`` is (C, T, T)
+        float32 probabilities; ``instance_masks`` models return ``masks`` (N, T, T),
+        ``scores`` (N,) and ``labels`` (N,).
+        """
+        x = self.normalise(raw)
+        if self.input_type == "tensor(float16)":
+            x = x.astype(np.float16)
+        try:
+            results = self.session.run(None, {self.input_name: x})
+        except Exception as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"The model failed on a {x.shape[2]}x{x.shape[3]} px tile: {first_line[:200]}") from exc
+        kind = self.spec.output_kind
+        tile = raw.shape[1:]
+        if kind is OutputKind.INSTANCE_MASKS:
+            named = dict(zip(self.output_names, results))
+            masks = named.get("masks", results[0])
+            scores = named.get("scores", results[1] if len(results) > 1 else None)
+            labels = named.get("labels", results[2] if len(results) > 2 else None)
+            masks = np.asarray(masks, np.float32)
+            if masks.ndim == 4:
+                masks = masks[:, 0]
+            if masks.ndim != 3 or masks.shape[1:] != tile:
+                raise ModelError(f"The model's masks have shape {masks.shape}; expected (N, {tile[0]}, {tile[1]}).")
+            n = masks.shape[0]
+            scores = np.ones(n, np.float32) if scores is None else np.asarray(scores, np.float32).reshape(n)
+            labels = (
+                np.full(n, self.spec.channel_of_class[0], np.int64)
+                if labels is None
+                else np.asarray(labels, np.int64).reshape(n)
+            )
+            return {"masks": masks, "scores": scores, "labels": labels}
+        out = np.asarray(results[0], np.float32)
+        if out.ndim == 3:
+            out = out[:, None] if kind is OutputKind.SEMANTIC and out.shape[0] == 1 else out[None]
+        if out.ndim != 4 or out.shape[0] != 1 or out.shape[2:] != tile:
+            raise ModelError(
+                f"The model's output has shape {tuple(out.shape)}; expected (1, classes, {tile[0]}, {tile[1]})."
+            )
+        probs = out[0]
+        if self.spec.output_activation == "softmax":
+            probs = _softmax(probs, axis=0)
+        elif self.spec.output_activation == "sigmoid":
+            probs = 1.0 / (1.0 + np.exp(-probs))
+        if kind is OutputKind.CANOPY_CENTRES and probs.shape[0] != 2:
+            raise ModelError(f"A canopy_centres model must output 2 channels, not {probs.shape[0]}.")
+        if kind is OutputKind.SEMANTIC and max(self.spec.channel_of_class) >= probs.shape[0]:
+            raise ModelError(
+                f"The model outputs {probs.shape[0]} channels but names {len(self.spec.class_names)} classes."
+            )
+        if not np.all(np.isfinite(probs)):
+            raise ModelError("The model produced NaN or infinite values; it cannot be used on this image.")
+        return {"probs": probs}

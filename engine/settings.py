@@ -1,0 +1,129 @@
+"""Run settings: what a user asks for, as frozen values safe to pass between threads.
+
+A :class:`Job` names files and choices; the engine resolves it against the
+model's metadata into :class:`TileSettings` (everything that decides which pixels
+go into which tile), which is fingerprinted in the manifest so a cache is never
+resumed with other settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from .errors import InputError
+
+
+class Output(str, Enum):
+    """The two caches a run can write."""
+
+    SEMANTIC = "semantic"  # canopy confidence GeoTIFFs + VRT mosaic
+    INSTANCES = "instances"  # crown polygons
+
+
+class VectorFormat(str, Enum):
+    SHAPEFILE = "shp"
+    GEOPACKAGE = "gpkg"
+
+
+ALL_OUTPUTS = frozenset({Output.SEMANTIC, Output.INSTANCES})
+
+
+def parse_outputs(text: str) -> frozenset[Output]:
+    """``"semantic,instances"`` → a set of :class:`Output`; raises InputError on unknown names."""
+    names = [t.strip().lower() for t in text.split(",") if t.strip()]
+    aliases = {"semantic": Output.SEMANTIC, "canopy": Output.SEMANTIC, "confidence": Output.SEMANTIC,
+               "instances": Output.INSTANCES, "instance": Output.INSTANCES, "crowns": Output.INSTANCES}
+    unknown = [n for n in names if n not in aliases]
+    if unknown or not names:
+        raise InputError(f"Unknown output '{','.join(unknown) or text}': choose semantic, instances or both.")
+    return frozenset(aliases[n] for n in names)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One prediction request.
+
+    ``model`` None means the bundled default model. ``tile_size_px``,
+    ``overlap_px`` (model pixels) and ``gsd_m`` (metres per pixel) override the
+    model's own values when given. ``aoi_wkt`` is a polygon in the image's CRS:
+    only tiles whose core touches it are predicted.
+    """
+
+    image: Path
+    cache_dir: Path
+    model: Path | None = None
+    outputs: frozenset[Output] = ALL_OUTPUTS
+    tile_size_px: int | None = None
+    overlap_px: int | None = None
+    gsd_m: float | None = None
+    vector_format: VectorFormat = VectorFormat.SHAPEFILE
+    overwrite: bool = False
+    aoi_wkt: str | None = None
+    threads: int | None = None
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "image", Path(self.image))
+        object.__setattr__(self, "cache_dir", Path(self.cache_dir))
+        if self.model is not None:
+            object.__setattr__(self, "model", Path(self.model))
+        object.__setattr__(self, "outputs", frozenset(Output(o) for o in self.outputs))
+        object.__setattr__(self, "vector_format", VectorFormat(self.vector_format))
+        if not self.outputs:
+            raise InputError("Choose at least one output: semantic, instances or both.")
+        if self.tile_size_px is not None and self.tile_size_px < 16:
+            raise InputError(f"The tile size must be at least 16 pixels, not {self.tile_size_px}.")
+        if self.overlap_px is not None and self.overlap_px < 0:
+            raise InputError(f"The overlap cannot be negative ({self.overlap_px} px).")
+        if self.gsd_m is not None and not self.gsd_m > 0:
+            raise InputError(f"The ground sampling distance must be positive, not {self.gsd_m} m.")
+
+
+@dataclass(frozen=True)
+class TileSettings:
+    """The resolved tiling: model pixels at ``gsd_m`` metres in ``work_crs``.
+
+    ``overlap_px`` is shared between neighbours, so each tile's core is
+    ``tile_size_px - overlap_px`` model pixels wide and the context margin on each
+    side is ``overlap_px // 2``.
+    """
+
+    tile_size_px: int
+    overlap_px: int
+    gsd_m: float
+    work_crs: str
+    outputs: tuple[str, ...]
+    vector_format: str
+    aoi_wkt: str | None
+
+    @property
+    def margin_px(self) -> int:
+        return self.overlap_px // 2
+
+    @property
+    def core_px(self) -> int:
+        return self.tile_size_px - 2 * self.margin_px
+
+
+def resolve_settings(job: Job, spec, work_crs: str) -> TileSettings:
+    """Combine a job's overrides with the model's defaults; raise InputError if unusable."""
+    tile = job.tile_size_px or spec.tile_size_px
+    if spec.fixed_input_px is not None and tile != spec.fixed_input_px:
+        raise InputError(f"This model only takes {spec.fixed_input_px} px tiles, not {tile} px.")
+    overlap = spec.overlap_px if job.overlap_px is None else job.overlap_px
+    if job.overlap_px is None and job.tile_size_px is not None and overlap * 2 >= tile:
+        overlap = tile // 4
+    if overlap * 2 >= tile:
+        raise InputError(f"The overlap ({overlap} px) must be less than half the tile size ({tile} px).")
+    gsd = job.gsd_m or spec.gsd_m
+    return TileSettings(
+        tile_size_px=int(tile),
+        overlap_px=int(overlap),
+        gsd_m=float(gsd),
+        work_crs=work_crs,
+        outputs=tuple(sorted(o.value for o in job.outputs)),
+        vector_format=job.vector_format.value,
+        aoi_wkt=job.aoi_wkt,
+    )

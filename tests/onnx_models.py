@@ -1,0 +1,150 @@
+"""Small real ONNX models built with onnx.helper, for tests and benchmarks.
+
+Each builder writes a model file and returns its path. The models run in real
+onnxruntime sessions; their outputs are simple functions of the input so tests
+can predict exactly where shapes must appear.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+IR_VERSION = 8
+
+
+def _save(graph, path: Path, metadata: dict) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key = key
+        entry.value = value if isinstance(value, str) else json.dumps(value)
+    onnx.checker.check_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def _io(n_in: int, n_out: int, tile: int | None):
+    side = tile if tile else "size"
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, n_in, side, side])
+    y = helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, n_out, side, side])
+    return x, y
+
+
+def passthrough_model(
+    path,
+    *,
+    band_index: int = 0,
+    n_bands: int = 3,
+    gsd_m: float = 0.1,
+    tile_size_px: int = 64,
+    overlap_px: int = 16,
+    fixed_tile: bool = False,
+    extra_metadata: dict | None = None,
+) -> Path:
+    """Semantic model ["background", "tree"]: P(tree) = input band ``band_index`` / 255.
+
+    With the default scale 1/255 the model input is already 0..1, so the
+    probability of a pixel is its band value divided by 255.
+    """
+    x, y = _io(n_bands, 2, tile_size_px if fixed_tile else None)
+    nodes = [
+        helper.make_node("Slice", ["image", "s0", "s1", "ax"], ["tree"]),
+        helper.make_node("Sub", ["one", "tree"], ["bg"]),
+        helper.make_node("Concat", ["bg", "tree"], ["probs"], axis=1),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([band_index], np.int64), "s0"),
+        numpy_helper.from_array(np.array([band_index + 1], np.int64), "s1"),
+        numpy_helper.from_array(np.array([1], np.int64), "ax"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+    ]
+    graph = helper.make_graph(nodes, "passthrough", [x], [y], inits)
+    meta = {
+        "name": "passthrough test model",
+        "output_kind": "semantic",
+        "class_names": ["background", "tree"],
+        "gsd_m": gsd_m,
+        "tile_size_px": tile_size_px,
+        "overlap_px": overlap_px,
+        "bands": list(range(1, n_bands + 1)),
+        "scale": 1 / 255,
+        "mean": 0.0,
+        "std": 1.0,
+        "seg_thresh": 0.5,
+    }
+    meta.update(extra_metadata or {})
+    return _save(graph, path, meta)
+
+
+def conv1x1_model(path, *, n_bands: int = 3, n_classes: int = 2, tile_size_px: int = 512, overlap_px: int = 64,
+                  seed: int = 0) -> Path:
+    """A light 1×1-convolution + softmax semantic model (the 'light model' of the benchmarks)."""
+    rng = np.random.default_rng(seed)
+    x, y = _io(n_bands, n_classes, None)
+    w = rng.normal(0, 1, (n_classes, n_bands, 1, 1)).astype(np.float32)
+    b = rng.normal(0, 0.1, (n_classes,)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["image", "w", "b"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+    ]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
+    graph = helper.make_graph(nodes, "conv1x1", [x], [y], inits)
+    names = ["background"] + [f"class_{i}" for i in range(1, n_classes)]
+    return _save(graph, path, {"name": "conv1x1", "output_kind": "semantic", "class_names": names, "gsd_m": 0.1,
+                               "tile_size_px": tile_size_px, "overlap_px": overlap_px, "scale": 1 / 255,
+                               "mean": [0.485, 0.456, 0.406][:n_bands] if n_bands == 3 else 0.0,
+                               "std": [0.229, 0.224, 0.225][:n_bands] if n_bands == 3 else 1.0})
+
+
+def canopy_centres_model(path, *, gsd_m: float = 0.1, tile_size_px: int = 64, overlap_px: int = 16,
+                         extra_metadata: dict | None = None) -> Path:
+    """canopy_centres model: canopy = band 1 / 255, centre heatmap = band 2 / 255."""
+    x, y = _io(3, 2, None)
+    nodes = [helper.make_node("Slice", ["image", "s0", "s1", "ax"], ["probs"])]
+    inits = [
+        numpy_helper.from_array(np.array([0], np.int64), "s0"),
+        numpy_helper.from_array(np.array([2], np.int64), "s1"),
+        numpy_helper.from_array(np.array([1], np.int64), "ax"),
+    ]
+    graph = helper.make_graph(nodes, "canopy_centres", [x], [y], inits)
+    meta = {"name": "canopy+centres test model", "output_kind": "canopy_centres", "class_names": ["tree"],
+            "gsd_m": gsd_m, "tile_size_px": tile_size_px, "overlap_px": overlap_px, "scale": 1 / 255,
+            "mean": 0.0, "std": 1.0, "seg_thresh": 0.5, "centre_thresh": 0.5, "peak_min_distance_m": 0.5,
+            "min_crown_area_m2": 0.0}
+    meta.update(extra_metadata or {})
+    return _save(graph, path, meta)
+
+
+def constant_model(path, value: float, *, tile_size_px: int = 64, overlap_px: int = 16,
+                   extra_metadata: dict | None = None) -> Path:
+    """Semantic model whose tree probability is ``value`` everywhere (NaN allowed, for fault tests)."""
+    x, y = _io(3, 2, None)
+    nodes = [
+        helper.make_node("Slice", ["image", "s0", "s1", "ax"], ["first"]),
+        helper.make_node("Mul", ["first", "zero"], ["zeros"]),
+        helper.make_node("Add", ["zeros", "val"], ["tree"]),
+        helper.make_node("Sub", ["one", "tree"], ["bg"]),
+        helper.make_node("Concat", ["bg", "tree"], ["probs"], axis=1),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([0], np.int64), "s0"),
+        numpy_helper.from_array(np.array([1], np.int64), "s1"),
+        numpy_helper.from_array(np.array([1], np.int64), "ax"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        numpy_helper.from_array(np.array(value, np.float32), "val"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+    ]
+    graph = helper.make_graph(nodes, "constant", [x], [y], inits)
+    meta = {"name": "constant", "output_kind": "semantic", "class_names": ["background", "tree"], "gsd_m": 0.1,
+            "tile_size_px": tile_size_px, "overlap_px": overlap_px, "scale": 1 / 255, "mean": 0.0, "std": 1.0}
+    meta.update(extra_metadata or {})
+    return _save(graph, path, meta)
