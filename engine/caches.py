@@ -1,0 +1,340 @@
+"""The two default caches, on the source raster's grid and CRS.
+
+``GeotiffSemanticCache``: one tiled, compressed uint8 GeoTIFF per tile core under
+``semantic/`` (one band per class, 0–255 for confidence 0–1) and a VRT mosaic,
+``confidence.vrt``, replaced atomically so it is a valid raster at every moment.
+
+``ShapefileInstanceCache`` (or its GeoPackage twin): all crowns in one layer with
+``id`` (unique across the cache), ``score``, ``class``, ``class_idx`` and
+``tile_id``. Crowns are appended tile by tile and synced before the tile commits.
+Rolling back to a committed crown count truncates the files in place, without
+reading the features.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import numpy as np
+import rasterio
+from osgeo import gdal, ogr, osr
+
+from .errors import CacheCorruptError, CacheWriteError
+from .grid import Tile
+from .manifest import TileRecord, _fsync_dir, fsync_path, write_atomic
+from .postprocess import Crown
+
+ogr.UseExceptions()
+osr.UseExceptions()
+gdal.UseExceptions()
+
+SEMANTIC_DIR = "semantic"
+VRT_NAME = "confidence.vrt"
+VECTOR_STEM = "crowns"
+LAYER_NAME = "crowns"
+
+
+def _disk_error(what: str, exc: OSError | RuntimeError) -> CacheWriteError:
+    errno = getattr(exc, "errno", None)
+    if errno == 28 or "No space left" in str(exc):
+        return CacheWriteError(f"The disk is full while writing {what}; free space and resume.")
+    reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+    return CacheWriteError(f"Cannot write {what}: {reason}.")
+
+
+class GeotiffSemanticCache:
+    """Per-tile confidence GeoTIFFs plus an always-valid VRT mosaic."""
+
+    def __init__(self, cache_dir: Path, width: int, height: int, crs_wkt: str, transform, class_names):
+        self.cache_dir = Path(cache_dir)
+        self.dir = self.cache_dir / SEMANTIC_DIR
+        self.width, self.height = width, height
+        self.crs_wkt = crs_wkt
+        self.transform = transform
+        self.class_names = tuple(class_names)
+        self._last_vrt = 0.0
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _disk_error(f"the folder {self.dir}", exc) from exc
+
+    @staticmethod
+    def tile_name(tile_id: int) -> str:
+        return f"{SEMANTIC_DIR}/tile_{tile_id:06d}.tif"
+
+    def write_tile(self, tile: Tile, data: np.ndarray) -> str:
+        """Write a core's confidence (n_classes, h, w) uint8 durably; returns its relative path."""
+        rel = self.tile_name(tile.tile_id)
+        final = self.cache_dir / rel
+        tmp = final.with_name(f".{final.name}.tmp")
+        col, row, w, h = tile.core_px
+        a, b, c, d, e, f = self.transform
+        profile = dict(driver="GTiff", width=w, height=h, count=data.shape[0], dtype="uint8",
+                       crs=rasterio.crs.CRS.from_wkt(self.crs_wkt),
+                       transform=rasterio.Affine(a, b, c + a * col + b * row, d, e, f + d * col + e * row),
+                       compress="deflate", zlevel=1, predictor=2)
+        if w >= 256 and h >= 256:
+            profile.update(tiled=True, blockxsize=256, blockysize=256)
+        try:
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(data)
+                for i, name in enumerate(self.class_names, start=1):
+                    dst.set_band_description(i, name)
+            fsync_path(tmp)
+            os.replace(tmp, final)
+            _fsync_dir(self.dir)
+        except (OSError, rasterio.errors.RasterioError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise _disk_error(f"the confidence tile {rel}", exc) from exc
+        return rel
+
+    def vrt_xml(self, records: list[TileRecord]) -> str:
+        a, b, c, d, e, f = self.transform
+        sources = []
+        for r in records:
+            rel = r.cache_files.get("semantic")
+            if not rel:
+                continue
+            x0, y0, x1, y1 = r.bbox
+            sources.append((escape(rel), x0, y0, x1 - x0, y1 - y0))
+        bands = []
+        for i, name in enumerate(self.class_names, start=1):
+            parts = [f'  <VRTRasterBand dataType="Byte" band="{i}">',
+                     f"    <Description>{escape(name)}</Description>"]
+            for rel, x, y, w, h in sources:
+                parts.append(
+                    f'    <SimpleSource><SourceFilename relativeToVRT="1">{rel}</SourceFilename>'
+                    f"<SourceBand>{i}</SourceBand>"
+                    f'<SourceProperties RasterXSize="{w}" RasterYSize="{h}" DataType="Byte" '
+                    f'BlockXSize="{min(w, 256)}" BlockYSize="{min(h, 256)}"/>'
+                    f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
+                    f'<DstRect xOff="{x}" yOff="{y}" xSize="{w}" ySize="{h}"/></SimpleSource>'
+                )
+            parts.append("  </VRTRasterBand>")
+            bands.append("\n".join(parts))
+        return (
+            f'<VRTDataset rasterXSize="{self.width}" rasterYSize="{self.height}">\n'
+            f"  <SRS>{escape(self.crs_wkt)}</SRS>\n"
+            f"  <GeoTransform>{c!r}, {a!r}, {b!r}, {f!r}, {d!r}, {e!r}</GeoTransform>\n"
+            + "\n".join(bands)
+            + "\n</VRTDataset>\n"
+        )
+
+    def write_vrt(self, records: list[TileRecord], *, force: bool = True, min_interval_s: float = 2.0) -> None:
+        """Replace the mosaic with one listing ``records``; skipped if written < ``min_interval_s`` ago.
+
+        Rewriting the whole VRT for every tile would cost O(tiles²) bytes on a large
+        run, so during a run it is refreshed at most every couple of seconds.
+        """
+        now = time.monotonic()
+        if not force and now - self._last_vrt < min_interval_s:
+            return
+        try:
+            write_atomic(self.cache_dir / VRT_NAME, self.vrt_xml(records).encode())
+        except OSError as exc:
+            raise _disk_error(f"the mosaic {VRT_NAME}", exc) from exc
+        self._last_vrt = now
+
+    def rollback(self, committed: list[TileRecord]) -> int:
+        """Delete tile files no committed record names; returns how many were removed."""
+        keep = {r.cache_files.get("semantic") for r in committed}
+        removed = 0
+        if self.dir.is_dir():
+            for p in self.dir.iterdir():
+                rel = f"{SEMANTIC_DIR}/{p.name}"
+                if rel not in keep:
+                    p.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+
+FIELDS = (("id", ogr.OFTInteger64, 18, 0), ("score", ogr.OFTReal, 8, 5), ("class", ogr.OFTString, 32, 0),
+          ("class_idx", ogr.OFTInteger, 4, 0), ("tile_id", ogr.OFTInteger, 9, 0))
+
+
+class VectorInstanceCache:
+    """Crown polygons in one OGR layer (Shapefile or GeoPackage)."""
+
+    driver_name = ""
+    suffix = ""
+
+    def __init__(self, cache_dir: Path, crs_wkt: str):
+        self.cache_dir = Path(cache_dir)
+        self.path = self.cache_dir / f"{VECTOR_STEM}{self.suffix}"
+        self.rel = self.path.name
+        try:
+            if self.path.exists():
+                self.ds = ogr.Open(str(self.path), 1)
+                self.layer = self.ds.GetLayerByName(LAYER_NAME) or self.ds.GetLayer(0)
+            else:
+                driver = ogr.GetDriverByName(self.driver_name)
+                self.ds = driver.CreateDataSource(str(self.path))
+                srs = osr.SpatialReference()
+                srs.ImportFromWkt(crs_wkt)
+                srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+                self.layer = self.ds.CreateLayer(LAYER_NAME, srs, ogr.wkbPolygon, self.layer_options())
+                for name, kind, width, precision in FIELDS:
+                    fd = ogr.FieldDefn(name, kind)
+                    fd.SetWidth(width)
+                    fd.SetPrecision(precision)
+                    self.layer.CreateField(fd)
+                self.sync()
+        except RuntimeError as exc:
+            raise CacheCorruptError(f"The crowns file {self.path} cannot be opened or created: {exc}.") from exc
+        if self.layer is None:
+            raise CacheCorruptError(f"The crowns file {self.path} holds no layer.")
+        self.defn = self.layer.GetLayerDefn()
+
+    def layer_options(self) -> list[str]:
+        return []
+
+    def count(self) -> int:
+        return self.layer.GetFeatureCount()
+
+    def append(self, crowns: list[Crown], first_id: int, tile_id: int) -> None:
+        try:
+            self._begin()
+            for i, crown in enumerate(crowns):
+                feat = ogr.Feature(self.defn)
+                feat.SetField("id", first_id + i)
+                feat.SetField("score", round(crown.score, 5))
+                feat.SetField("class", crown.class_name)
+                feat.SetField("class_idx", crown.class_idx)
+                feat.SetField("tile_id", tile_id)
+                feat.SetGeometry(ogr.CreateGeometryFromWkb(crown.wkb))
+                self.layer.CreateFeature(feat)
+            self._commit()
+            self.sync()
+        except (RuntimeError, OSError) as exc:
+            raise _disk_error(f"crowns to {self.rel}", exc) from exc
+
+    def _begin(self):
+        pass
+
+    def _commit(self):
+        pass
+
+    def sync(self) -> None:
+        self.layer.SyncToDisk()
+        for p in self.files():
+            fsync_path(p)
+
+    def files(self) -> list[Path]:
+        return [self.path]
+
+    def close(self) -> None:
+        self.layer = None
+        self.ds = None
+
+
+class ShapefileInstanceCache(VectorInstanceCache):
+    driver_name = "ESRI Shapefile"
+    suffix = ".shp"
+
+    def layer_options(self):
+        return ["ENCODING=UTF-8"]
+
+    def files(self):
+        return [self.path.with_suffix(s) for s in (".shp", ".shx", ".dbf")]
+
+    @staticmethod
+    def truncate(path: Path, n_records: int) -> bool:
+        """Cut a shapefile to its first ``n_records`` records in place; True if anything changed.
+
+        The records were fsynced before their tiles committed, so they are intact;
+        only headers and trailing records written after the last commit need
+        repair. Works on the bytes, so a shapefile left inconsistent by a crash
+        (e.g. .shp longer than .shx) is repaired without GDAL opening it.
+        """
+        shp, shx, dbf = (path.with_suffix(s) for s in (".shp", ".shx", ".dbf"))
+        if not (shp.exists() and shx.exists() and dbf.exists()):
+            if n_records == 0:
+                for p in (shp, shx, dbf, path.with_suffix(".prj"), path.with_suffix(".cpg")):
+                    p.unlink(missing_ok=True)
+                return True
+            raise CacheCorruptError(f"Part of the crowns shapefile {path.name} is missing; resume with --overwrite.")
+        changed = False
+        with open(shx, "r+b") as fx, open(shp, "r+b") as fs, open(dbf, "r+b") as fd:
+            shx_size = os.fstat(fx.fileno()).st_size
+            if (shx_size - 100) // 8 < n_records:
+                raise CacheCorruptError(f"The crowns shapefile {path.name} lost committed crowns; resume with --overwrite.")
+            if n_records:
+                fx.seek(100 + 8 * (n_records - 1))
+                offset_words, length_words = struct.unpack(">ii", fx.read(8))
+                shp_end = (offset_words + 4 + length_words) * 2
+            else:
+                shp_end = 100
+            if os.fstat(fs.fileno()).st_size < shp_end:
+                raise CacheCorruptError(f"The crowns shapefile {path.name} lost committed crowns; resume with --overwrite.")
+            fd.seek(4)
+            n_dbf, header_len, record_len = struct.unpack("<IHH", fd.read(8))
+            dbf_end = header_len + record_len * n_records
+            dbf_size = os.fstat(fd.fileno()).st_size
+            if dbf_size < dbf_end:
+                raise CacheCorruptError(f"The crowns shapefile {path.name} lost committed crowns; resume with --overwrite.")
+            if shx_size != 100 + 8 * n_records or os.fstat(fs.fileno()).st_size != shp_end:
+                changed = True
+                fx.truncate(100 + 8 * n_records)
+                fs.truncate(shp_end)
+                for f, size in ((fx, 100 + 8 * n_records), (fs, shp_end)):
+                    f.seek(24)
+                    f.write(struct.pack(">i", size // 2))
+            if n_dbf != n_records or dbf_size not in (dbf_end, dbf_end + 1):
+                changed = True
+                fd.truncate(dbf_end)
+                fd.seek(dbf_end)
+                fd.write(b"\x1a")
+                fd.seek(4)
+                fd.write(struct.pack("<I", n_records))
+            for f in (fx, fs, fd):
+                f.flush()
+                os.fsync(f.fileno())
+        if changed:
+            # The header's extent may still cover removed crowns; let GDAL recompute it.
+            ds = ogr.Open(str(shp), 1)
+            ds.ExecuteSQL(f"RECOMPUTE EXTENT ON {shp.stem}")
+            ds = None
+        return changed
+
+
+class GeoPackageInstanceCache(VectorInstanceCache):
+    driver_name = "GPKG"
+    suffix = ".gpkg"
+
+    def layer_options(self):
+        return ["FID=fid", "SPATIAL_INDEX=YES"]
+
+    def _begin(self):
+        self.layer.StartTransaction()
+
+    def _commit(self):
+        self.layer.CommitTransaction()
+
+    def sync(self) -> None:
+        # SQLite commits are durable on their own (journal + fsync).
+        self.layer.SyncToDisk()
+
+    @staticmethod
+    def truncate(path: Path, n_records: int) -> bool:
+        if not path.exists():
+            if n_records == 0:
+                return False
+            raise CacheCorruptError(f"The crowns file {path.name} is missing; resume with --overwrite.")
+        ds = ogr.Open(str(path), 1)
+        layer = ds.GetLayerByName(LAYER_NAME)
+        count = layer.GetFeatureCount() if layer is not None else 0
+        if count < n_records:
+            raise CacheCorruptError(f"The crowns file {path.name} lost committed crowns; resume with --overwrite.")
+        if count == n_records:
+            return False
+        ds.ExecuteSQL(f"DELETE FROM {LAYER_NAME} WHERE id > {int(n_records)}")
+        ds = None
+        return True
+
+
+def instance_cache_class(vector_format: str):
+    return ShapefileInstanceCache if vector_format == "shp" else GeoPackageInstanceCache

@@ -1,0 +1,70 @@
+"""``python -m engine predict IMAGE --out CACHE_DIR``: predict or resume a cache."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("predict", help="predict a raster into a cache folder (resumes if it exists)")
+    p.add_argument("image", type=Path, help="georeferenced raster (GeoTIFF, VRT, ...)")
+    p.add_argument("--model", type=Path, default=None, help="ONNX model (default: the bundled model)")
+    p.add_argument("--out", type=Path, default=None, help="cache folder (default: IMAGE_tcd beside the image)")
+    p.add_argument("--tile-size", type=int, default=None, help="tile edge in model pixels")
+    p.add_argument("--overlap", type=int, default=None, help="overlap between tiles in model pixels")
+    p.add_argument("--gsd", type=float, default=None, help="model ground sampling distance, metres per pixel")
+    p.add_argument("--outputs", default="semantic,instances", help="semantic, instances, or both (comma-separated)")
+    p.add_argument("--vector-format", choices=("shp", "gpkg"), default="shp", help="format of the crowns file")
+    p.add_argument("--overwrite", action="store_true", help="discard an existing cache in the folder and start afresh")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def default_cache_dir(image: Path) -> Path:
+    return image.with_name(f"{image.stem}_tcd")
+
+
+def run(args) -> int:
+    from ..predict import predict
+    from ..settings import Job, parse_outputs
+
+    job = Job(
+        image=args.image,
+        cache_dir=args.out or default_cache_dir(args.image),
+        model=args.model,
+        outputs=parse_outputs(args.outputs),
+        tile_size_px=args.tile_size,
+        overlap_px=args.overlap,
+        gsd_m=args.gsd,
+        vector_format=args.vector_format,
+        overwrite=args.overwrite,
+        threads=args.threads,
+    )
+    bar = None
+
+    def progress(p):
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            try:
+                from tqdm import tqdm
+            except ImportError:  # plain lines when tqdm is absent
+                print(f"tiles {p.done}/{p.total}", file=sys.stderr)
+                return
+            bar = tqdm(total=p.total, initial=p.done, unit="tile", desc="predict", file=sys.stderr)
+            return
+        bar.n = p.done
+        bar.set_postfix(crowns=p.features, skipped=p.skipped, refresh=False)
+        bar.refresh()
+
+    try:
+        result = predict(job, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"{result.state}: {result.done}/{result.total} tiles ({result.skipped} skipped), "
+          f"{result.features} crowns in {result.cache_dir}")
+    return 0

@@ -1,0 +1,160 @@
+"""Tiling: which source pixels each tile owns, and the model grid each tile is read on.
+
+Two pixel spaces meet here:
+
+* **source pixels** — the input raster's own grid (``transform``, ``crs``). Every
+  tile owns a *core*, a rectangle of source pixels; the cores partition the image,
+  so each source pixel belongs to exactly one tile.
+* **model pixels** — a north-up grid at ``gsd_m`` metres per pixel in the
+  *working CRS* (the source CRS when it is projected, else the local UTM zone).
+  A tile is ``tile_size_px`` model pixels square: its core's footprint plus a
+  context margin of ``overlap_px // 2`` model pixels on each side.
+
+When the source grid already is a model grid (same CRS, north-up, pixel size equal
+to the gsd) a tile is a plain integer window of the source and nothing is
+resampled: :attr:`Tile.offset_px` then holds the tile's top-left source pixel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+Affine6 = tuple[float, float, float, float, float, float]  # a, b, c, d, e, f (rasterio/affine order)
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What the engine needs to know about the source raster (no open handles)."""
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs_wkt: str
+    crs_is_geographic: bool
+    units_per_m: float  # source CRS linear units per metre (1 for metres; 1/0.3048 for feet)
+    transform: Affine6
+    file_size: int
+    mtime_ns: int
+
+    @property
+    def is_north_up(self) -> bool:
+        a, b, _, d, e, _ = self.transform
+        return b == 0 and d == 0 and a > 0 and e < 0
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of the plan.
+
+    ``core_px`` is ``(col_off, row_off, width, height)`` in source pixels.
+    ``transform`` maps model pixels of this tile to working-CRS coordinates.
+    ``offset_px`` is the source pixel (col, row) of model pixel (0, 0) when the
+    grids coincide, else None.
+    """
+
+    tile_id: int
+    core_px: tuple[int, int, int, int]
+    transform: Affine6
+    offset_px: tuple[int, int] | None
+
+    @property
+    def bbox_px(self) -> list[int]:
+        """Core as ``[x0, y0, x1, y1]`` source pixels (the manifest's ``bbox``)."""
+        c, r, w, h = self.core_px
+        return [c, r, c + w, r + h]
+
+
+def apply(t: Affine6, x, y):
+    """Map pixel coordinates (x = column, y = row; arrays allowed) through affine ``t``."""
+    a, b, c, d, e, f = t
+    return a * x + b * y + c, d * x + e * y + f
+
+
+def invert(t: Affine6) -> Affine6:
+    a, b, c, d, e, f = t
+    det = a * e - b * d
+    if det == 0:
+        raise ValueError("degenerate transform")
+    ia, ib, id_, ie = e / det, -b / det, -d / det, a / det
+    return (ia, ib, -(ia * c + ib * f), id_, ie, -(id_ * c + ie * f))
+
+
+def utm_epsg(lon: float, lat: float) -> int:
+    """EPSG code of the UTM zone holding (lon, lat) degrees, WGS 84."""
+    zone = int(math.floor((lon + 180.0) / 6.0)) % 60 + 1
+    return (32600 if lat >= 0 else 32700) + zone
+
+
+def _rect_outline(c0: float, r0: float, w: float, h: float, n: int = 8):
+    """Points along a pixel rectangle's edges (x, y arrays), for bounding it after a warp."""
+    t = np.linspace(0.0, 1.0, n + 1)
+    xs = np.concatenate([c0 + t * w, np.full_like(t, c0 + w), c0 + (1 - t) * w, np.full_like(t, c0)])
+    ys = np.concatenate([np.full_like(t, r0), r0 + t * h, np.full_like(t, r0 + h), r0 + (1 - t) * h])
+    return xs, ys
+
+
+def plan_tiles(info: RasterInfo, tile_size_px: int, overlap_px: int, gsd_m: float, to_work=None,
+               aoi_contains=None) -> list[Tile]:
+    """Cut the source image into tiles whose cores partition it.
+
+    ``to_work(xs, ys) -> (xs, ys)`` maps source-CRS coordinates to the working
+    CRS (None when they are the same CRS). ``gsd_m`` is converted to working-CRS
+    units with ``info.units_per_m`` when the source CRS is the working CRS.
+    ``aoi_contains(core_px) -> bool`` drops tiles whose core is outside the area
+    of interest. Tile ids count 1, 2, ... in row-major order over kept tiles.
+    """
+    margin = overlap_px // 2
+    core_model_px = tile_size_px - 2 * margin
+    gsd_work = gsd_m * (info.units_per_m if to_work is None else 1.0)
+    a, b, c, d, e, f = info.transform
+
+    aligned = (
+        to_work is None
+        and info.is_north_up
+        and math.isclose(a, gsd_work, rel_tol=1e-6)
+        and math.isclose(-e, gsd_work, rel_tol=1e-6)
+    )
+    if aligned:
+        core_w = core_h = core_model_px
+    else:
+        # Extent of one source pixel along x and y in working units, largest over the image
+        # (a reprojection stretches pixels unevenly), with 1 % to spare for curvature.
+        sx = np.array([0.0, info.width / 2, info.width, 0.0, info.width, 0.0, info.width / 2])
+        sy = np.array([0.0, info.height / 2, 0.0, info.height, info.height, info.height / 2, 0.0])
+        px_w = px_h = 0.0
+        for dx, dy in ((1.0, 0.0), (0.0, 1.0)):
+            x0, y0 = apply(info.transform, sx, sy)
+            x1, y1 = apply(info.transform, sx + dx, sy + dy)
+            if to_work is not None:
+                x0, y0 = to_work(x0, y0)
+                x1, y1 = to_work(x1, y1)
+            px_w += float(np.max(np.abs(np.asarray(x1) - np.asarray(x0))))
+            px_h += float(np.max(np.abs(np.asarray(y1) - np.asarray(y0))))
+        span = core_model_px * gsd_work * 0.99
+        core_w = max(1, int(math.floor(span / px_w + 1e-9)))
+        core_h = max(1, int(math.floor(span / px_h + 1e-9)))
+
+    tiles: list[Tile] = []
+    for row in range(0, info.height, core_h):
+        for col in range(0, info.width, core_w):
+            core = (col, row, min(core_w, info.width - col), min(core_h, info.height - row))
+            if aoi_contains is not None and not aoi_contains(core):
+                continue
+            if aligned:
+                x0, y0 = apply(info.transform, col, row)
+                transform = (gsd_work, 0.0, x0 - margin * gsd_work, 0.0, -gsd_work, y0 + margin * gsd_work)
+                offset = (col - margin, row - margin)
+            else:
+                xs, ys = apply(info.transform, *_rect_outline(*core))
+                if to_work is not None:
+                    xs, ys = to_work(xs, ys)
+                minx, maxy = float(np.min(xs)), float(np.max(ys))
+                transform = (gsd_work, 0.0, minx - margin * gsd_work, 0.0, -gsd_work, maxy + margin * gsd_work)
+                offset = None
+            tiles.append(Tile(len(tiles) + 1, core, transform, offset))
+    return tiles

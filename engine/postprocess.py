@@ -1,0 +1,203 @@
+"""From one tile's model output to cache records: confidence rasters and crown polygons.
+
+Input is in model pixels of the tile; output is in the source raster's grid
+(semantic) and CRS (crowns). A crown belongs to the tile whose core holds its
+centroid, so a crown seen by two overlapping tiles is stored exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from osgeo import ogr, osr
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.features import shapes
+from rasterio.warp import reproject
+from scipy import ndimage
+
+from .crowns import delineate_crowns
+from .grid import Tile, apply, invert
+from .model import ModelSpec, OutputKind
+
+ogr.UseExceptions()
+osr.UseExceptions()
+
+
+@dataclass(frozen=True)
+class Crown:
+    """One crown polygon in the source CRS, as WKB, with its attributes (id given at write time)."""
+
+    wkb: bytes
+    score: float
+    class_name: str
+    class_idx: int
+
+
+def class_probabilities(spec: ModelSpec, output: dict, valid: np.ndarray) -> np.ndarray:
+    """(n_classes, T, T) float32 probabilities of the written classes, zero where the source is invalid."""
+    if spec.output_kind is OutputKind.INSTANCE_MASKS:
+        masks, scores, labels = output["masks"], output["scores"], output["labels"]
+        probs = np.zeros((len(spec.class_names),) + valid.shape, np.float32)
+        for i, label in enumerate(spec.channel_of_class):
+            chosen = labels == label
+            if chosen.any():
+                probs[i] = np.max(masks[chosen] * scores[chosen, None, None], axis=0)
+    else:
+        probs = output["probs"][list(spec.channel_of_class)]
+    probs = np.clip(probs, 0.0, 1.0)
+    probs[:, ~valid] = 0.0
+    return probs
+
+
+def to_uint8(probs: np.ndarray) -> np.ndarray:
+    """Probabilities 0..1 → confidence 0..255, rounded half up."""
+    return np.floor(probs * 255.0 + 0.5).astype(np.uint8)
+
+
+def semantic_core(probs: np.ndarray, tile: Tile, src_transform, src_crs: CRS, work_crs: CRS) -> np.ndarray:
+    """Confidence (n_classes, h, w) uint8 for the tile's core window on the source grid."""
+    col, row, w, h = tile.core_px
+    if tile.offset_px is not None:
+        oc, or_ = tile.offset_px
+        return to_uint8(probs[:, row - or_ : row - or_ + h, col - oc : col - oc + w])
+    a, b, c, d, e, f = src_transform
+    core_t = rasterio.Affine(a, b, c + a * col + b * row, d, e, f + d * col + e * row)
+    out = np.zeros((probs.shape[0], h, w), np.float32)
+    reproject(probs, out, src_transform=rasterio.Affine(*tile.transform), src_crs=work_crs, dst_transform=core_t,
+              dst_crs=src_crs, resampling=Resampling.bilinear, init_dest_nodata=False)
+    return to_uint8(out)
+
+
+def instance_labels(spec: ModelSpec, output: dict, probs: np.ndarray, valid: np.ndarray, gsd_m: float):
+    """Label image (T, T) int32 of instances with per-label score and class index arrays (index 0 unused)."""
+    if spec.output_kind is OutputKind.CANOPY_CENTRES:
+        centres = output["probs"][1] * valid
+        labels = delineate_crowns(
+            probs[0], centres, gsd_m=gsd_m, seg_thresh=spec.seg_thresh, centre_thresh=spec.centre_thresh,
+            peak_min_distance_m=spec.peak_min_distance_m, min_crown_area_m2=spec.min_crown_area_m2,
+        )
+        n = int(labels.max())
+        scores = ndimage.mean(probs[0], labels, np.arange(n + 1)) if n else np.zeros(1)
+        return labels, np.asarray(scores, np.float64), np.zeros(n + 1, np.int64)
+    if spec.output_kind is OutputKind.INSTANCE_MASKS:
+        masks, m_scores, m_labels = output["masks"], output["scores"], output["labels"]
+        labels = np.zeros(valid.shape, np.int32)
+        scores, classes = [0.0], [0]
+        class_of_label = {label: i for i, label in enumerate(spec.channel_of_class)}
+        # Paint low scores first so a better-scored overlapping mask wins the pixel.
+        for i in np.argsort(m_scores, kind="stable"):
+            if m_scores[i] < spec.seg_thresh or int(m_labels[i]) not in class_of_label:
+                continue
+            pixels = (masks[i] > 0.5) & valid
+            if pixels.any():
+                labels[pixels] = len(scores)
+                scores.append(float(m_scores[i]))
+                classes.append(class_of_label[int(m_labels[i])])
+        return labels, np.asarray(scores), np.asarray(classes, np.int64)
+    # Semantic: connected regions of each class's mask (argmax among classes, above threshold).
+    labels = np.zeros(valid.shape, np.int32)
+    best = np.argmax(probs, axis=0) if probs.shape[0] > 1 else np.zeros(valid.shape, np.int64)
+    scores, classes = [0.0], [0]
+    for i in range(probs.shape[0]):
+        mask = (best == i) & (probs[i] > spec.seg_thresh)
+        comp, n = ndimage.label(mask)
+        if not n:
+            continue
+        means = ndimage.mean(probs[i], comp, np.arange(1, n + 1))
+        labels[comp > 0] = comp[comp > 0] + len(scores) - 1
+        scores.extend(float(m) for m in means)
+        classes.extend([i] * n)
+    return labels, np.asarray(scores), np.asarray(classes, np.int64)
+
+
+def tile_crowns(
+    spec: ModelSpec,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    valid: np.ndarray,
+    tile: Tile,
+    src_transform,
+    to_src,
+    min_area_px: float,
+) -> list[Crown]:
+    """Crowns owned by this tile (centroid in its core), as polygons in the source CRS.
+
+    Instances touching the tile's outer edge where the image continues are left
+    to the neighbour that sees them whole.
+    """
+    n = int(labels.max())
+    if n == 0:
+        return []
+    idx = np.arange(1, n + 1)
+    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    present = counts > 0
+    cy, cx = (np.asarray(v) for v in zip(*ndimage.center_of_mass(np.ones_like(labels), labels, idx)))
+    # Pixel centres: model pixel (col, row) covers [col, col + 1).
+    cx, cy = cx + 0.5, cy + 0.5
+    if tile.offset_px is not None:
+        sx, sy = cx + tile.offset_px[0], cy + tile.offset_px[1]
+    else:
+        wx, wy = apply(tile.transform, cx, cy)
+        if to_src is not None:
+            wx, wy = to_src(wx, wy)
+        sx, sy = apply(invert(src_transform), np.asarray(wx), np.asarray(wy))
+    col, row, w, h = tile.core_px
+    owned = present & (sx >= col) & (sx < col + w) & (sy >= row) & (sy < row + h) & (counts >= min_area_px)
+
+    edge = np.zeros(n + 1, bool)
+    for strip, strip_valid in ((labels[0], valid[0]), (labels[-1], valid[-1]),
+                               (labels[:, 0], valid[:, 0]), (labels[:, -1], valid[:, -1])):
+        edge[strip[strip_valid]] = True
+    owned &= ~edge[1:]
+    keep = idx[owned]
+    if keep.size == 0:
+        return []
+
+    lut = np.zeros(n + 1, np.int32)
+    lut[keep] = keep
+    kept = lut[labels]
+    polygons: dict[int, list] = {}
+    for geom, value in shapes(kept, mask=kept > 0, connectivity=4, transform=rasterio.Affine(*tile.transform)):
+        polygons.setdefault(int(value), []).append(geom)
+
+    gsd = abs(tile.transform[0])
+    crowns = []
+    for label in keep:
+        parts = polygons.get(int(label))
+        if not parts:
+            continue
+        geom = max((ogr.CreateGeometryFromJson(json.dumps(p)) for p in parts), key=lambda g: g.GetArea())
+        geom = geom.SimplifyPreserveTopology(gsd * 0.5)
+        if geom is None or geom.IsEmpty():
+            continue
+        if to_src is not None:
+            geom = _map_geometry(geom, to_src)
+        if geom.GetGeometryType() != ogr.wkbPolygon:
+            if geom.GetGeometryType() == ogr.wkbMultiPolygon and geom.GetGeometryCount():
+                geom = max((geom.GetGeometryRef(i).Clone() for i in range(geom.GetGeometryCount())),
+                           key=lambda g: g.GetArea())
+            else:
+                continue
+        class_i = int(classes[label])
+        crowns.append(Crown(bytes(geom.ExportToWkb(ogr.wkbNDR)), float(scores[label]),
+                            spec.class_names[class_i], class_i))
+    return crowns
+
+
+def _map_geometry(geom: ogr.Geometry, mapper) -> ogr.Geometry:
+    """Apply a point mapper (working CRS → source CRS) to every vertex of a polygon."""
+    out = ogr.Geometry(ogr.wkbPolygon)
+    for i in range(geom.GetGeometryCount()):
+        ring = geom.GetGeometryRef(i)
+        pts = np.asarray(ring.GetPoints(), float)
+        xs, ys = mapper(pts[:, 0], pts[:, 1])
+        new_ring = ogr.Geometry(ogr.wkbLinearRing)
+        for x, y in zip(np.asarray(xs), np.asarray(ys)):
+            new_ring.AddPoint_2D(float(x), float(y))
+        out.AddGeometry(new_ring)
+    return out

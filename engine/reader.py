@@ -1,0 +1,184 @@
+"""Reading the source raster: its description, and tiles resampled onto the model grid.
+
+Reads are windowed (only the pixels a tile needs are ever in memory). A tile is
+returned as raw band values (float32, source units) on the tile's model grid,
+plus a validity mask: False outside the image and where the source is nodata,
+masked or transparent (alpha).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.warp import reproject
+from rasterio.warp import transform as warp_points
+from rasterio.windows import Window
+
+from .errors import RasterError
+from .grid import RasterInfo, Tile, apply, invert, utm_epsg
+
+
+def open_raster(path: str | os.PathLike):
+    """Open a raster with rasterio, turning every failure into a one-sentence RasterError."""
+    path = Path(path)
+    if not path.exists():
+        raise RasterError(f"The raster {path} does not exist.")
+    if path.is_dir():
+        raise RasterError(f"{path} is a folder, not a raster file.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioIOError as exc:
+        if not os.access(path, os.R_OK):
+            raise RasterError(f"The raster {path.name} cannot be read (permission denied).") from exc
+        raise RasterError(f"{path.name} is not a raster GDAL can read, or the file is damaged.") from exc
+
+
+def describe_raster(path: str | os.PathLike) -> RasterInfo:
+    """Read the header facts of a raster and check it can be predicted."""
+    path = Path(path)
+    with open_raster(path) as src:
+        if src.crs is None:
+            raise RasterError(f"{path.name} has no coordinate reference system; assign one (e.g. in QGIS) first.")
+        t = src.transform
+        if t.a == 1 and t.e == 1 and t.b == 0 and t.d == 0 and t.c == 0 and t.f == 0:
+            raise RasterError(f"{path.name} has no georeferencing (no geotransform).")
+        if t.a * t.e - t.b * t.d == 0:
+            raise RasterError(f"{path.name} has a degenerate geotransform.")
+        crs = src.crs
+        if crs.is_geographic:
+            units_per_m = 1.0
+        else:
+            try:
+                _, factor = crs.linear_units_factor
+            except Exception as exc:  # rasterio raises CRSError for CRSs without linear units
+                raise RasterError(f"The CRS of {path.name} has no linear unit; reproject it first.") from exc
+            units_per_m = 1.0 / float(factor)
+        stat = path.stat()
+        return RasterInfo(
+            path=str(path.resolve()),
+            width=src.width,
+            height=src.height,
+            count=src.count,
+            dtype=src.dtypes[0],
+            crs_wkt=crs.to_wkt(),
+            crs_is_geographic=bool(crs.is_geographic),
+            units_per_m=units_per_m,
+            transform=(t.a, t.b, t.c, t.d, t.e, t.f),
+            file_size=stat.st_size,
+            mtime_ns=stat.st_mtime_ns,
+        )
+
+
+def working_crs(info: RasterInfo) -> str:
+    """The CRS tiles are predicted in: the source CRS, or its local UTM zone if geographic (WKT)."""
+    if not info.crs_is_geographic:
+        return info.crs_wkt
+    cx, cy = apply(info.transform, info.width / 2, info.height / 2)
+    src = CRS.from_wkt(info.crs_wkt)
+    lon, lat = warp_points(src, CRS.from_epsg(4326), [cx], [cy])
+    return CRS.from_epsg(utm_epsg(lon[0], lat[0])).to_wkt()
+
+
+def point_mapper(src_wkt: str, dst_wkt: str):
+    """``f(xs, ys) -> (xs, ys)`` mapping coordinates from one CRS to another, or None if equal."""
+    if src_wkt == dst_wkt:
+        return None
+    src, dst = CRS.from_wkt(src_wkt), CRS.from_wkt(dst_wkt)
+
+    def mapper(xs, ys):
+        out_x, out_y = warp_points(src, dst, np.atleast_1d(np.asarray(xs, float)), np.atleast_1d(np.asarray(ys, float)))
+        return np.asarray(out_x), np.asarray(out_y)
+
+    return mapper
+
+
+class TileReader:
+    """Reads tiles of one raster. Not thread-safe: use one per thread."""
+
+    def __init__(self, info: RasterInfo, bands: tuple[int, ...], work_crs: str, tile_size_px: int, gsd_m: float):
+        if max(bands) > info.count:
+            raise RasterError(
+                f"The model needs band{'s' if len(bands) > 1 else ''} {', '.join(map(str, bands))} "
+                f"but {Path(info.path).name} has {info.count} band{'s' if info.count > 1 else ''}."
+            )
+        self.info = info
+        self.bands = list(bands)
+        self.size = tile_size_px
+        self.src = open_raster(info.path)
+        self.src_crs = self.src.crs
+        self.work_crs = CRS.from_wkt(work_crs)
+        self.to_src = point_mapper(work_crs, info.crs_wkt)
+        src_px_m = math.sqrt(abs(info.transform[0] * info.transform[4] - info.transform[1] * info.transform[3]))
+        if not info.crs_is_geographic:
+            src_px_m /= info.units_per_m
+        else:
+            src_px_m *= 111_320.0  # degrees to metres near the equator; only picks the resampling kernel
+        # Averaging when shrinking by more than 1.5x keeps small bright objects from aliasing away.
+        self.resampling = Resampling.average if gsd_m > 1.5 * src_px_m else Resampling.bilinear
+
+    def close(self):
+        self.src.close()
+
+    def _read_window(self, window: Window):
+        """Bands and validity of an in-image window (window already clipped)."""
+        try:
+            data = self.src.read(self.bands, window=window, out_dtype="float32")
+            valid = self.src.dataset_mask(window=window) > 0
+        except RasterioIOError as exc:
+            raise RasterError(
+                f"Reading {Path(self.info.path).name} failed at pixels {int(window.col_off)},{int(window.row_off)}:"
+                f" the file is damaged or truncated."
+            ) from exc
+        return data, valid
+
+    def read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+        """``(raw, valid)``: raw (bands, T, T) float32 source values, valid (T, T) bool."""
+        n, size = len(self.bands), self.size
+        raw = np.zeros((n, size, size), np.float32)
+        valid = np.zeros((size, size), bool)
+        W, H = self.info.width, self.info.height
+        if tile.offset_px is not None:
+            col, row = tile.offset_px
+            c0, r0 = max(col, 0), max(row, 0)
+            c1, r1 = min(col + size, W), min(row + size, H)
+            if c1 > c0 and r1 > r0:
+                data, mask = self._read_window(Window(c0, r0, c1 - c0, r1 - r0))
+                raw[:, r0 - row : r1 - row, c0 - col : c1 - col] = data
+                valid[r0 - row : r1 - row, c0 - col : c1 - col] = mask
+        else:
+            # Source window covering the tile's footprint, with a pixel to spare for the kernel.
+            xs = np.array([0, size, size, 0, size / 2, 0, size / 2, size], float)
+            ys = np.array([0, 0, size, size, 0, size / 2, size, size / 2], float)
+            wx, wy = apply(tile.transform, xs, ys)
+            if self.to_src is not None:
+                wx, wy = self.to_src(wx, wy)
+            px, py = apply(invert(self.info.transform), np.asarray(wx), np.asarray(wy))
+            c0 = max(int(math.floor(px.min())) - 2, 0)
+            r0 = max(int(math.floor(py.min())) - 2, 0)
+            c1 = min(int(math.ceil(px.max())) + 2, W)
+            r1 = min(int(math.ceil(py.max())) + 2, H)
+            if c1 > c0 and r1 > r0:
+                data, mask = self._read_window(Window(c0, r0, c1 - c0, r1 - r0))
+                data[:, ~mask] = 0
+                a, b, c, d, e, f = self.info.transform
+                win_t = rasterio.Affine(a, b, c + a * c0 + b * r0, d, e, f + d * c0 + e * r0)
+                dst_t = rasterio.Affine(*tile.transform)
+                reproject(data, raw, src_transform=win_t, src_crs=self.src_crs, dst_transform=dst_t,
+                          dst_crs=self.work_crs, resampling=self.resampling, init_dest_nodata=False)
+                vmask = np.zeros((size, size), np.uint8)
+                reproject(mask.astype(np.uint8), vmask, src_transform=win_t, src_crs=self.src_crs,
+                          dst_transform=dst_t, dst_crs=self.work_crs, resampling=Resampling.nearest,
+                          src_nodata=None, dst_nodata=None, init_dest_nodata=False)
+                valid = vmask > 0
+        raw[:, ~valid] = 0
+        return raw, valid
