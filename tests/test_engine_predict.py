@@ -1,0 +1,146 @@
+"""End-to-end prediction on synthetic rasters with known shapes, through real onnxruntime."""
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import Affine
+
+from engine.predict import predict
+from engine.settings import Job
+from tests.onnx_models import canopy_centres_model, passthrough_model
+from tests.rasters import read_confidence, read_crowns, squares_image, write_raster
+
+# Squares (col, row, size) in source pixels; the second crosses the corner of the first
+# four tiles (cores are 48 model px), the third a vertical tile border.
+SQUARES_01 = [(10, 10, 14), (41, 41, 14), (90, 60, 12), (130, 20, 16), (20, 120, 20)]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return passthrough_model(tmp_path_factory.mktemp("m") / "passthrough.onnx", tile_size_px=64, overlap_px=16)
+
+
+def truth_centres(transform, squares):
+    return [transform * (c + s / 2, r + s / 2) for c, r, s in squares]
+
+
+def assert_found_within_one_pixel(crowns, centres, pixel_size):
+    assert len(crowns) == len(centres), (len(crowns), len(centres))
+    found = np.array([c["centroid"] for c in crowns])
+    for x, y in centres:
+        d = np.hypot(found[:, 0] - x, found[:, 1] - y).min()
+        assert d <= pixel_size, (x, y, d, pixel_size)
+
+
+def test_aligned_raster_exact_semantics_and_crowns(tmp_path, model):
+    img = squares_image(160, 150, SQUARES_01)
+    path = write_raster(tmp_path / "img.tif", img, gsd_m=0.1)
+    result = predict(Job(image=path, cache_dir=tmp_path / "cache", model=model))
+    assert result.state == "complete" and result.done == result.total == 16
+    conf = read_confidence(tmp_path / "cache")
+    # P(tree) = band / 255, stored as round(P * 255): the band itself, every pixel written exactly once.
+    np.testing.assert_array_equal(conf[0], img[0])
+    crowns = read_crowns(tmp_path / "cache")
+    with rasterio.open(path) as src:
+        assert_found_within_one_pixel(crowns, truth_centres(src.transform, SQUARES_01), 0.1)
+    assert sorted(c["id"] for c in crowns) == list(range(1, len(crowns) + 1))
+    assert {c["class"] for c in crowns} == {"tree"} and {c["class_idx"] for c in crowns} == {0}
+    assert all(0.85 < c["score"] <= 0.91 for c in crowns)
+
+
+@pytest.mark.parametrize("gsd_m", [0.05, 0.3])
+def test_resampled_rasters_place_shapes_within_one_source_pixel(tmp_path, model, gsd_m):
+    scale = 0.1 / gsd_m
+    squares = [(int(c * scale), int(r * scale), max(int(s * scale), 6)) for c, r, s in SQUARES_01]
+    w, h = int(160 * scale), int(150 * scale)
+    img = squares_image(w, h, squares)
+    path = write_raster(tmp_path / "img.tif", img, gsd_m=gsd_m, origin=(500000.37, 6000000.11))
+    predict(Job(image=path, cache_dir=tmp_path / "cache", model=model))
+    with rasterio.open(path) as src:
+        transform = src.transform
+    assert_found_within_one_pixel(read_crowns(tmp_path / "cache"), truth_centres(transform, squares), gsd_m)
+    conf = read_confidence(tmp_path / "cache")[0]
+    assert conf.shape == (h, w)
+    for c, r, s in squares:  # inside each square the confidence is the square's value
+        core = conf[r + s // 2 - 1 : r + s // 2 + 1, c + s // 2 - 1 : c + s // 2 + 1]
+        assert np.all(np.abs(core.astype(int) - 230) <= 2)
+    assert conf[img[0] == 20].mean() < 40
+
+
+def test_geographic_raster_is_predicted_in_utm_and_mapped_back(tmp_path, model):
+    # ~0.1 m pixels at 47 N: 1e-6 deg latitude = 0.111 m, longitude scaled by cos(lat).
+    lat0, lon0 = 47.0, 8.0
+    dy = 0.1 / 111_132.0
+    dx = 0.1 / (111_320.0 * np.cos(np.radians(lat0)))
+    transform = Affine(dx, 0, lon0, 0, -dy, lat0)
+    img = squares_image(160, 150, SQUARES_01)
+    path = write_raster(tmp_path / "img.tif", img, crs="EPSG:4326", transform=transform)
+    predict(Job(image=path, cache_dir=tmp_path / "cache", model=model))
+    crowns = read_crowns(tmp_path / "cache")
+    found = np.array([c["centroid"] for c in crowns])
+    assert len(crowns) == len(SQUARES_01)
+    for x, y in truth_centres(transform, SQUARES_01):
+        dpx = np.hypot((found[:, 0] - x) / dx, (found[:, 1] - y) / dy).min()
+        assert dpx <= 1.0
+    with rasterio.open(tmp_path / "cache" / "confidence.vrt") as src:
+        assert src.crs == CRS.from_epsg(4326) and src.transform == transform
+
+
+@pytest.mark.parametrize("width,height", [(1, 1), (1000, 3), (97, 61), (30, 20)])
+def test_awkward_sizes_write_every_pixel_once(tmp_path, model, width, height):
+    rng = np.random.default_rng(width)
+    img = rng.integers(0, 256, (3, height, width), dtype=np.uint8)
+    path = write_raster(tmp_path / "img.tif", img)
+    result = predict(Job(image=path, cache_dir=tmp_path / "cache", model=model, outputs={"semantic"}))
+    np.testing.assert_array_equal(read_confidence(tmp_path / "cache")[0], img[0])
+    lines = (tmp_path / "cache" / "tiles.jsonl").read_text().splitlines()
+    hits = np.zeros((height, width), int)
+    for line in lines[1:]:
+        x0, y0, x1, y1 = json.loads(line)["bbox"]
+        hits[y0:y1, x0:x1] += 1
+    assert (hits == 1).all() and result.done == len(lines) - 1
+
+
+def test_tile_larger_than_image(tmp_path, model):
+    img = squares_image(30, 25, [(5, 5, 12)])
+    path = write_raster(tmp_path / "img.tif", img)
+    result = predict(Job(image=path, cache_dir=tmp_path / "cache", model=model, tile_size_px=256, overlap_px=32))
+    assert result.total == 1 and len(read_crowns(tmp_path / "cache")) == 1
+
+
+def test_nodata_tiles_are_skipped_and_recorded(tmp_path, model):
+    img = squares_image(160, 60, [(10, 10, 14)])
+    img[:, :, 48:] = 0
+    path = write_raster(tmp_path / "img.tif", img, nodata=0)
+    result = predict(Job(image=path, cache_dir=tmp_path / "cache", model=model))
+    assert result.skipped == 4 and result.done == result.total == 8
+    lines = [json.loads(x) for x in (tmp_path / "cache" / "tiles.jsonl").read_text().splitlines()[1:]]
+    assert [x["status"] for x in lines].count("skipped") == 4
+    assert all(x["cache_files"] == {} for x in lines if x["status"] == "skipped")
+
+
+def test_geopackage_output(tmp_path, model):
+    img = squares_image(160, 150, SQUARES_01)
+    path = write_raster(tmp_path / "img.tif", img)
+    predict(Job(image=path, cache_dir=tmp_path / "cache", model=model, vector_format="gpkg", outputs={"instances"}))
+    crowns = read_crowns(tmp_path / "cache", "crowns.gpkg")
+    assert len(crowns) == len(SQUARES_01)
+    assert not (tmp_path / "cache" / "confidence.vrt").exists()
+
+
+def test_canopy_centres_split_touching_crowns(tmp_path):
+    model = canopy_centres_model(tmp_path / "cc.onnx")
+    # Band 1: one canopy blob made of two touching squares; band 2: a centre in each.
+    img = np.zeros((3, 80, 80), np.uint8)
+    img[0, 20:40, 10:50] = 255
+    img[1, 30, 20] = 255
+    img[1, 30, 40] = 255
+    path = write_raster(tmp_path / "img.tif", img)
+    predict(Job(image=path, cache_dir=tmp_path / "cache", model=model, outputs={"instances"}))
+    crowns = read_crowns(tmp_path / "cache")
+    assert len(crowns) == 2
+    xs = sorted(c["centroid"][0] for c in crowns)
+    assert xs[0] < 500000 + 3.0 < xs[1]
