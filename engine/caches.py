@@ -251,11 +251,14 @@ class ShapefileInstanceCache(VectorInstanceCache):
         (e.g. .shp longer than .shx) is repaired without GDAL opening it.
         """
         shp, shx, dbf = (path.with_suffix(s) for s in (".shp", ".shx", ".dbf"))
+        if n_records == 0:
+            # Nothing committed: whatever exists may be half-created, so start the file afresh.
+            parts = [path.with_suffix(s) for s in (".shp", ".shx", ".dbf", ".prj", ".cpg", ".qix")]
+            existed = any(p.exists() for p in parts)
+            for p in parts:
+                p.unlink(missing_ok=True)
+            return existed
         if not (shp.exists() and shx.exists() and dbf.exists()):
-            if n_records == 0:
-                for p in (shp, shx, dbf, path.with_suffix(".prj"), path.with_suffix(".cpg")):
-                    p.unlink(missing_ok=True)
-                return True
             raise CacheCorruptError(f"Part of the crowns shapefile {path.name} is missing; resume with --overwrite.")
         changed = False
         with open(shx, "r+b") as fx, open(shp, "r+b") as fs, open(dbf, "r+b") as fd:
@@ -271,7 +274,10 @@ class ShapefileInstanceCache(VectorInstanceCache):
             if os.fstat(fs.fileno()).st_size < shp_end:
                 raise CacheCorruptError(f"The crowns shapefile {path.name} lost committed crowns; resume with --overwrite.")
             fd.seek(4)
-            n_dbf, header_len, record_len = struct.unpack("<IHH", fd.read(8))
+            dbf_header = fd.read(8)
+            if len(dbf_header) < 8:
+                raise CacheCorruptError(f"The crowns shapefile {path.name} is damaged; resume with --overwrite.")
+            n_dbf, header_len, record_len = struct.unpack("<IHH", dbf_header)
             dbf_end = header_len + record_len * n_records
             dbf_size = os.fstat(fd.fileno()).st_size
             if dbf_size < dbf_end:
@@ -320,9 +326,14 @@ class GeoPackageInstanceCache(VectorInstanceCache):
 
     @staticmethod
     def truncate(path: Path, n_records: int) -> bool:
+        if n_records == 0:
+            # Nothing committed: a file killed while being created may not even open.
+            parts = [path] + [path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal")]
+            existed = any(p.exists() for p in parts)
+            for p in parts:
+                p.unlink(missing_ok=True)
+            return existed
         if not path.exists():
-            if n_records == 0:
-                return False
             raise CacheCorruptError(f"The crowns file {path.name} is missing; resume with --overwrite.")
         ds = ogr.Open(str(path), 1)
         layer = ds.GetLayerByName(LAYER_NAME)

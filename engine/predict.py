@@ -59,16 +59,17 @@ class RunResult:
 
 
 def image_fingerprint(info: RasterInfo) -> dict:
-    return {"width": info.width, "height": info.height, "count": info.count, "dtype": info.dtype,
-            "transform": list(info.transform), "crs": CRS.from_wkt(info.crs_wkt).to_string(),
-            "file_size": info.file_size, "mtime_ns": info.mtime_ns}
+    return json.loads(json.dumps({
+        "width": info.width, "height": info.height, "count": info.count, "dtype": info.dtype,
+        "transform": list(info.transform), "crs": CRS.from_wkt(info.crs_wkt).to_string(),
+        "file_size": info.file_size, "mtime_ns": info.mtime_ns}))
 
 
 def settings_fingerprint(settings: TileSettings) -> dict:
     values = asdict(settings)
     values["work_crs"] = CRS.from_wkt(settings.work_crs).to_string()
     values["sha256"] = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
-    return values
+    return json.loads(json.dumps(values))  # as it reads back from the manifest (tuples become lists)
 
 
 _FINGERPRINT_LABELS = {"width": "width", "height": "height", "count": "band count", "dtype": "data type",

@@ -1,0 +1,164 @@
+"""Resume, refusal of foreign caches, rollback of uncommitted writes, and the lock."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from osgeo import ogr
+
+from engine.errors import CacheCorruptError, CacheLockedError, CacheMismatchError
+from engine.lock import CacheLock
+from engine.predict import predict
+from engine.settings import Job
+from engine.status import cache_layers, cache_status
+from tests.onnx_models import passthrough_model
+from tests.rasters import read_confidence, read_crowns, write_raster
+
+N_TILES = 16  # 160 x 150 px at 48 px cores
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return passthrough_model(tmp_path_factory.mktemp("m") / "m.onnx", tile_size_px=64, overlap_px=16)
+
+
+@pytest.fixture
+def image(tmp_path):
+    rng = np.random.default_rng(1)
+    img = np.full((3, 150, 160), 20, np.uint8)
+    for _ in range(25):
+        c, r, s = rng.integers(0, 145), rng.integers(0, 135), rng.integers(10, 16)
+        img[:, r : r + s, c : c + s] = 230
+    return write_raster(tmp_path / "img.tif", img)
+
+
+def snapshot(cache_dir):
+    lines = (cache_dir / "tiles.jsonl").read_text().splitlines()[1:]
+    crowns = [{k: v for k, v in c.items() if k != "centroid"} for c in read_crowns(cache_dir)]
+    return lines, crowns, read_confidence(cache_dir)
+
+
+def assert_same_cache(a, b):
+    assert a[0] == b[0]
+    assert a[1] == b[1]
+    np.testing.assert_array_equal(a[2], b[2])
+
+
+@pytest.fixture
+def clean(tmp_path, image, model):
+    predict(Job(image=image, cache_dir=tmp_path / "clean", model=model))
+    return snapshot(tmp_path / "clean")
+
+
+def test_cancel_then_resume_predicts_only_missing_tiles(tmp_path, image, model, clean):
+    seen = []
+
+    def cancel_after_five():
+        return len(seen) >= 5
+
+    first = predict(Job(image=image, cache_dir=tmp_path / "c", model=model),
+                    progress=lambda p: p.tile_id and seen.append(p.tile_id), cancelled=cancel_after_five)
+    assert first.state == "cancelled" and 5 <= first.done < N_TILES
+    status = cache_status(tmp_path / "c")
+    assert status.state == "partial" and status.done == first.done and status.total == N_TILES
+    assert [layer.style for layer in cache_layers(tmp_path / "c")] == ["confidence", "crowns"]
+    resumed = []
+    second = predict(Job(image=image, cache_dir=tmp_path / "c", model=model),
+                     progress=lambda p: p.tile_id and resumed.append(p.tile_id))
+    assert second.state == "complete"
+    assert resumed == list(range(first.done + 1, N_TILES + 1))
+    assert_same_cache(snapshot(tmp_path / "c"), clean)
+    # A complete cache resumes to a no-op.
+    again = []
+    predict(Job(image=image, cache_dir=tmp_path / "c", model=model), progress=lambda p: p.tile_id and again.append(1))
+    assert again == [] and cache_status(tmp_path / "c").state == "complete"
+
+
+def test_other_image_model_or_settings_are_refused(tmp_path, image, model):
+    predict(Job(image=image, cache_dir=tmp_path / "c", model=model))
+    other = write_raster(tmp_path / "other.tif", np.zeros((3, 150, 160), np.uint8))
+    with pytest.raises(CacheMismatchError, match="another image"):
+        predict(Job(image=other, cache_dir=tmp_path / "c", model=model))
+    other_model = passthrough_model(tmp_path / "other.onnx", band_index=1, tile_size_px=64, overlap_px=16)
+    with pytest.raises(CacheMismatchError, match="another model"):
+        predict(Job(image=image, cache_dir=tmp_path / "c", model=other_model))
+    with pytest.raises(CacheMismatchError, match="tile size"):
+        predict(Job(image=image, cache_dir=tmp_path / "c", model=model, tile_size_px=128))
+    with pytest.raises(CacheMismatchError, match="outputs"):
+        predict(Job(image=image, cache_dir=tmp_path / "c", model=model, outputs={"semantic"}))
+    result = predict(Job(image=other, cache_dir=tmp_path / "c", model=model, overwrite=True))
+    assert result.state == "complete" and result.features == 0
+
+
+def test_moved_cache_still_resumes(tmp_path, image, model, clean):
+    predict(Job(image=image, cache_dir=tmp_path / "c", model=model), cancelled=iter([False] * 3 + [True] * 99).__next__)
+    shutil.move(tmp_path / "c", tmp_path / "moved")
+    assert cache_status(tmp_path / "moved").image_path == image
+    predict(Job(image=image, cache_dir=tmp_path / "moved", model=model))
+    assert_same_cache(snapshot(tmp_path / "moved"), clean)
+
+
+def test_uncommitted_writes_are_rolled_back(tmp_path, image, model, clean):
+    cache = tmp_path / "c"
+    predict(Job(image=image, cache_dir=cache, model=model), cancelled=iter([False] * 6 + [True] * 99).__next__)
+    done = cache_status(cache).done
+    # What a crash mid-tile leaves: a torn manifest line, a stray tile file, crowns of no committed tile.
+    with open(cache / "tiles.jsonl", "ab") as f:
+        f.write(b'{"tile_id": 99, "bbox": [0, 0')
+    (cache / "semantic" / "tile_000099.tif").write_bytes(b"half a tiff")
+    ds = ogr.Open(str(cache / "crowns.shp"), 1)
+    layer = ds.GetLayer(0)
+    for i in range(3):
+        feat = ogr.Feature(layer.GetLayerDefn())
+        feat.SetField("id", 1000 + i)
+        feat.SetGeometry(ogr.CreateGeometryFromWkt("POLYGON ((0 0, 1 0, 1 1, 0 0))"))
+        layer.CreateFeature(feat)
+    ds = None
+    assert cache_status(cache).done == done  # the torn line never counts
+    predict(Job(image=image, cache_dir=cache, model=model))
+    assert not (cache / "semantic" / "tile_000099.tif").exists()
+    assert_same_cache(snapshot(cache), clean)
+
+
+def test_garbage_manifest_lines_redo_the_tiles_after_them(tmp_path, image, model, clean):
+    cache = tmp_path / "c"
+    predict(Job(image=image, cache_dir=cache, model=model))
+    lines = (cache / "tiles.jsonl").read_text().splitlines(keepends=True)
+    lines[5] = "garbage that is not json\n"
+    (cache / "tiles.jsonl").write_text("".join(lines))
+    assert cache_status(cache).done == 4
+    redone = []
+    predict(Job(image=image, cache_dir=cache, model=model), progress=lambda p: p.tile_id and redone.append(p.tile_id))
+    assert redone == list(range(5, N_TILES + 1))
+    assert_same_cache(snapshot(cache), clean)
+
+
+def test_manifest_paths_outside_the_cache_are_refused(tmp_path, image, model):
+    cache = tmp_path / "c"
+    predict(Job(image=image, cache_dir=cache, model=model))
+    lines = (cache / "tiles.jsonl").read_text().splitlines(keepends=True)
+    record = json.loads(lines[1])
+    record["cache_files"]["semantic"] = "../../etc/passwd"
+    lines[1] = json.dumps(record) + "\n"
+    (cache / "tiles.jsonl").write_text("".join(lines))
+    with pytest.raises(CacheCorruptError, match="outside the cache folder"):
+        predict(Job(image=image, cache_dir=cache, model=model))
+    assert (tmp_path / "img.tif").exists()
+
+
+def test_second_writer_is_refused_and_told_who_holds_the_lock(tmp_path, image, model):
+    (tmp_path / "c").mkdir()
+    with CacheLock(tmp_path / "c"):
+        with pytest.raises(CacheLockedError, match=r"process \d+ on"):
+            predict(Job(image=image, cache_dir=tmp_path / "c", model=model))
+        assert cache_status(tmp_path / "c").state == "running"
+    assert predict(Job(image=image, cache_dir=tmp_path / "c", model=model)).state == "complete"
+
+
+def test_missing_semantic_tile_is_redone(tmp_path, image, model, clean):
+    cache = tmp_path / "c"
+    predict(Job(image=image, cache_dir=cache, model=model))
+    (cache / "semantic" / "tile_000010.tif").unlink()
+    predict(Job(image=image, cache_dir=cache, model=model))
+    assert_same_cache(snapshot(cache), clean)
