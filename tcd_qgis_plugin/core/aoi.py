@@ -1,0 +1,60 @@
+"""Areas of interest as polygon WKT in the raster's CRS (``Job.aoi_wkt``)."""
+
+from __future__ import annotations
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsCsException,
+    QgsGeometry,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+    QgsWkbTypes,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+
+# A rectangle's straight edges are curves in another CRS: densify before transforming.
+EDGE_POINTS = 32
+
+
+class AoiError(ValueError):
+    """The chosen area cannot be used; ``str()`` is one sentence for the dialog."""
+
+
+def tr(text: str) -> str:
+    return QCoreApplication.translate("Aoi", text)
+
+
+def _to_raster(geometry: QgsGeometry, crs: QgsCoordinateReferenceSystem, raster: QgsRasterLayer) -> str:
+    geometry = QgsGeometry(geometry)
+    if crs != raster.crs():
+        transform = QgsCoordinateTransform(crs, raster.crs(), QgsProject.instance())
+        try:
+            geometry.transform(transform)
+        except QgsCsException as exc:
+            raise AoiError(tr("The area cannot be transformed to the raster's CRS.")) from exc
+    if not geometry.intersects(QgsGeometry.fromRect(raster.extent())):
+        raise AoiError(tr("The chosen area does not overlap the raster."))
+    return geometry.asWkt()
+
+
+def extent_wkt(extent: QgsRectangle, crs: QgsCoordinateReferenceSystem, raster: QgsRasterLayer) -> str:
+    """A map extent in ``crs`` as a polygon in the raster's CRS."""
+    if extent.isEmpty():
+        raise AoiError(tr("The map extent is empty."))
+    return _to_raster(QgsGeometry.fromRect(extent).densifyByCount(EDGE_POINTS), crs, raster)
+
+
+def selection_wkt(layer: QgsVectorLayer, raster: QgsRasterLayer) -> str:
+    """The union of a polygon layer's selected features as a polygon in the raster's CRS."""
+    if layer.geometryType() != QgsWkbTypes.PolygonGeometry:
+        raise AoiError(tr("{} is not a polygon layer.").format(layer.name()))
+    geometries = [f.geometry() for f in layer.getSelectedFeatures() if f.hasGeometry()]
+    if not geometries:
+        raise AoiError(tr("Select at least one feature in {}.").format(layer.name()))
+    union = QgsGeometry.unaryUnion(geometries)
+    if union.isEmpty():
+        raise AoiError(tr("The selected features of {} have no area.").format(layer.name()))
+    return _to_raster(union, layer.crs(), raster)

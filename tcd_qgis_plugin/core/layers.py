@@ -1,0 +1,91 @@
+"""The layers of one cache, kept in one layer-tree group of the project (main thread only).
+
+``sync()`` adds the layers the cache holds by now (the engine creates its files
+as the first tiles are committed) and reloads those already there: the engine
+rewrites the confidence VRT atomically and appends crowns to the vector file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgis.core import QgsLayerTreeGroup, QgsProject, QgsRasterLayer, QgsVectorLayer
+
+from engine.status import cache_layers
+
+from ..paths import style_path
+
+
+def group_name(cache_dir: Path) -> str:
+    """The layer group of a run is named after its cache folder."""
+    return Path(cache_dir).name
+
+
+class CacheLayerGroup:
+    def __init__(self, project: QgsProject, cache_dir: Path):
+        self.project = project
+        self.cache_dir = Path(cache_dir)
+        self._layer_ids: dict[str, str] = {}  # layer source -> layer id in the project
+
+    def group(self, create: bool = True) -> QgsLayerTreeGroup | None:
+        root = self.project.layerTreeRoot()
+        group = root.findGroup(group_name(self.cache_dir))
+        if group is None and create:
+            group = root.insertGroup(0, group_name(self.cache_dir))
+        return group
+
+    def layers(self) -> list:
+        """The layers of this cache still in the project."""
+        return [layer for layer in map(self.project.mapLayer, self._layer_ids.values()) if layer is not None]
+
+    def sync(self) -> list:
+        """Add layers new in the cache, reload the others; returns the added layers."""
+        added = []
+        self._adopt_group_layers()
+        for entry in cache_layers(self.cache_dir):
+            source = str(entry.path) if entry.layer_name is None else f"{entry.path}|layername={entry.layer_name}"
+            layer = self.project.mapLayer(self._layer_ids.get(source, ""))
+            if layer is not None:
+                _reload(layer)
+                continue
+            layer = (QgsRasterLayer(source, entry.name, "gdal") if entry.kind == "raster"
+                     else QgsVectorLayer(source, entry.name, "ogr"))
+            if not layer.isValid():
+                continue  # not readable yet; the next sync tries again
+            layer.loadNamedStyle(str(style_path(entry.style)))
+            self.project.addMapLayer(layer, False)
+            group = self.group()
+            # Crowns above the confidence raster, whatever order they appear in.
+            if entry.kind == "vector":
+                group.insertLayer(0, layer)
+            else:
+                group.addLayer(layer)
+            self._layer_ids[source] = layer.id()
+            added.append(layer)
+        return added
+
+    def _adopt_group_layers(self) -> None:
+        """Layers already in the group (an earlier session, a saved project) are reused, not doubled."""
+        group = self.group(create=False)
+        if group is None:
+            return
+        for node in group.findLayers():
+            layer = node.layer()
+            if layer is not None and layer.id() not in self._layer_ids.values():
+                self._layer_ids.setdefault(layer.source(), layer.id())
+
+    def remove(self) -> None:
+        """Take this cache's layers and group out of the project (before deleting the files)."""
+        self._adopt_group_layers()
+        self.project.removeMapLayers([i for i in self._layer_ids.values() if self.project.mapLayer(i)])
+        self._layer_ids.clear()
+        group = self.group(create=False)
+        if group is not None and not group.children():
+            group.parent().removeChildNode(group)
+
+
+def _reload(layer) -> None:
+    layer.dataProvider().reloadData()
+    if isinstance(layer, QgsVectorLayer):
+        layer.updateExtents()
+    layer.triggerRepaint()

@@ -1,0 +1,363 @@
+"""The "Tree crown delineation" dialog: gathers a Job and emits it.
+
+Every choice is checked as it changes; a problem is explained in the dialog and
+Run stays disabled, so a run that starts has inputs the engine accepts. The
+dialog never starts anything itself: it emits ``runRequested(Job)`` or
+``installRequested()`` and the plugin object acts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgis.core import QgsMapLayerProxyModel, QgsRasterLayer
+from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine.errors import TCDError
+from engine.model import default_model_path, describe_model
+from engine.settings import Job, Output, VectorFormat, resolve_settings
+from engine.status import cache_status
+
+from ..core.aoi import AoiError, extent_wkt, selection_wkt
+from ..core.runs import RunRegistry
+
+AREA_ALL, AREA_EXTENT, AREA_SELECTION = range(3)
+MANIFEST = "tiles.jsonl"
+
+
+def raster_file(layer) -> Path | None:
+    """The local file behind a raster layer, or None (web services, virtual rasters of QGIS)."""
+    if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
+        return None
+    path = Path(layer.source().split("|")[0])
+    return path if path.is_file() else None
+
+
+def default_cache_dir(image: Path) -> Path:
+    """Beside the raster, named after it: ``ortho.tif`` → ``ortho_tcd``."""
+    return image.with_name(f"{image.stem}_tcd")
+
+
+class PredictDialog(QDialog):
+    runRequested = pyqtSignal(object)  # engine.settings.Job
+    installRequested = pyqtSignal()
+
+    def __init__(self, registry: RunRegistry, canvas=None, parent=None):
+        super().__init__(parent)
+        self.registry = registry
+        self.canvas = canvas
+        self.missing: list = []
+        self._auto_folder = ""
+        self._job: Job | None = None
+        self.setWindowTitle(self.tr("Tree crown delineation"))
+        self.setMinimumWidth(520)
+
+        self.raster_combo = QgsMapLayerComboBox()
+        self.raster_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.model_combo = QComboBox()
+        self.browse_button = QPushButton(self.tr("Browse…"))
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(self.browse_button)
+        self.confidence_check = QCheckBox(self.tr("Canopy confidence"))
+        self.crowns_check = QCheckBox(self.tr("Crowns"))
+        for check in (self.confidence_check, self.crowns_check):
+            check.setChecked(True)
+        output_row = QHBoxLayout()
+        output_row.addWidget(self.confidence_check)
+        output_row.addWidget(self.crowns_check)
+        output_row.addStretch(1)
+        self.folder_widget = QgsFileWidget()
+        self.folder_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.folder_widget.setDialogTitle(self.tr("Output folder"))
+
+        form = QFormLayout()
+        form.addRow(self.tr("Raster"), self.raster_combo)
+        form.addRow(self.tr("Model"), model_row)
+        form.addRow(self.tr("Outputs"), output_row)
+        form.addRow(self.tr("Output folder"), self.folder_widget)
+
+        self.advanced = QgsCollapsibleGroupBox(self.tr("Advanced"))
+        self.advanced.setCollapsed(True)
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(0, 16384)
+        self.tile_spin.setSingleStep(64)
+        self.tile_spin.setSuffix(self.tr(" px"))
+        self.tile_spin.setSpecialValueText(self.tr("Model default"))
+        self.overlap_spin = QSpinBox()
+        self.overlap_spin.setRange(-1, 8192)
+        self.overlap_spin.setSingleStep(16)
+        self.overlap_spin.setValue(-1)
+        self.overlap_spin.setSuffix(self.tr(" px"))
+        self.overlap_spin.setSpecialValueText(self.tr("Model default"))
+        self.gsd_spin = QDoubleSpinBox()
+        self.gsd_spin.setRange(0.0, 100.0)
+        self.gsd_spin.setDecimals(3)
+        self.gsd_spin.setSingleStep(0.01)
+        self.gsd_spin.setSuffix(self.tr(" m"))
+        self.gsd_spin.setSpecialValueText(self.tr("Model default"))
+        self.format_combo = QComboBox()
+        self.format_combo.addItem(self.tr("Shapefile"), VectorFormat.SHAPEFILE)
+        self.format_combo.addItem(self.tr("GeoPackage"), VectorFormat.GEOPACKAGE)
+        self.area_all = QRadioButton(self.tr("The whole raster"))
+        self.area_extent = QRadioButton(self.tr("Only the current map extent"))
+        self.area_selection = QRadioButton(self.tr("Only inside the selected features of"))
+        self.area_all.setChecked(True)
+        self.area_group = QButtonGroup(self)
+        for area_id, button in enumerate((self.area_all, self.area_extent, self.area_selection)):
+            self.area_group.addButton(button, area_id)
+        self.aoi_layer_combo = QgsMapLayerComboBox()
+        self.aoi_layer_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        selection_row = QHBoxLayout()
+        selection_row.addWidget(self.area_selection)
+        selection_row.addWidget(self.aoi_layer_combo, 1)
+        area_box = QVBoxLayout()
+        area_box.addWidget(self.area_all)
+        area_box.addWidget(self.area_extent)
+        area_box.addLayout(selection_row)
+        advanced_form = QFormLayout(self.advanced)
+        advanced_form.addRow(self.tr("Tile size"), self.tile_spin)
+        advanced_form.addRow(self.tr("Overlap"), self.overlap_spin)
+        advanced_form.addRow(self.tr("Ground sampling distance"), self.gsd_spin)
+        advanced_form.addRow(self.tr("Crown file format"), self.format_combo)
+        advanced_form.addRow(self.tr("Area"), area_box)
+
+        self.dependency_label = QLabel()
+        self.dependency_label.setWordWrap(True)
+        self.install_button = QPushButton(self.tr("Install dependencies…"))
+        self.dependency_row = QWidget()
+        dependency_layout = QHBoxLayout(self.dependency_row)
+        dependency_layout.setContentsMargins(0, 0, 0, 0)
+        dependency_layout.addWidget(self.dependency_label, 1)
+        dependency_layout.addWidget(self.install_button)
+
+        self.message_label = QLabel()
+        self.message_label.setWordWrap(True)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.Close)
+        self.run_button = self.buttons.addButton(self.tr("Run"), QDialogButtonBox.AcceptRole)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.advanced)
+        layout.addWidget(self.dependency_row)
+        layout.addWidget(self.message_label)
+        layout.addStretch(1)
+        layout.addWidget(self.buttons)
+
+        self.fill_models()
+        self.raster_combo.layerChanged.connect(self._raster_changed)
+        self.aoi_layer_combo.layerChanged.connect(self._aoi_layer_changed)
+        self._selection_layer = None
+        for signal in (self.model_combo.currentIndexChanged, self.confidence_check.toggled,
+                       self.crowns_check.toggled, self.folder_widget.fileChanged, self.tile_spin.valueChanged,
+                       self.overlap_spin.valueChanged, self.gsd_spin.valueChanged,
+                       self.format_combo.currentIndexChanged, self.area_group.buttonClicked):
+            signal.connect(self.validate)
+        if canvas is not None:
+            canvas.extentsChanged.connect(self._extent_changed)
+        self.browse_button.clicked.connect(self._browse_model)
+        self.install_button.clicked.connect(self.installRequested)
+        self.run_button.clicked.connect(self._run_clicked)
+        self.buttons.rejected.connect(self.reject)
+        self._raster_changed(self.raster_combo.currentLayer())
+        self._aoi_layer_changed(self.aoi_layer_combo.currentLayer())
+        self.set_missing([])
+
+    # -- filling ---------------------------------------------------------------
+    def fill_models(self) -> None:
+        """List the bundled default model, then recently used ones, by their metadata name."""
+        current = self.model_path()
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        default = default_model_path()
+        if default.is_file():
+            self._add_model_item(default, self.tr("{} (bundled default)"))
+        for path in self.registry.recent_models():
+            if path.is_file() and self.model_combo.findData(str(path)) < 0:
+                self._add_model_item(path, "{}")
+        self.model_combo.blockSignals(False)
+        if current is not None:
+            self.select_model(current)
+
+    def _add_model_item(self, path: Path, label: str) -> None:
+        try:
+            name = describe_model(path).name
+        except TCDError:
+            name = self.tr("{} (unreadable)").format(path.name)
+        self.model_combo.addItem(label.format(name), str(path))
+        self.model_combo.setItemData(self.model_combo.count() - 1, str(path), Qt.ToolTipRole)
+
+    def select_model(self, path) -> None:
+        """Select a model file, adding it to the list when it is not there yet."""
+        path = Path(path).resolve()
+        index = self.model_combo.findData(str(path))
+        if index < 0:
+            self._add_model_item(path, "{}")
+            index = self.model_combo.count() - 1
+        self.model_combo.setCurrentIndex(index)
+        self.validate()
+
+    def _browse_model(self) -> None:
+        start = str(self.model_path().parent) if self.model_path() else ""
+        path, _ = QFileDialog.getOpenFileName(self, self.tr("Choose an ONNX model"), start,
+                                              self.tr("ONNX models (*.onnx)"))
+        if path:
+            self.select_model(path)
+
+    def set_raster(self, layer) -> None:
+        if isinstance(layer, QgsRasterLayer):
+            self.raster_combo.setLayer(layer)
+
+    def set_missing(self, requirements: list) -> None:
+        """Show the missing packages (dependencies.Requirement) and offer to install them."""
+        self.missing = list(requirements)
+        names = ", ".join(r.name if r.found_version is None else self.tr("{} ({} is too old or too new)").format(
+            r.name, r.found_version) for r in self.missing)
+        self.dependency_label.setText(self.tr("Missing Python packages: {}.").format(names))
+        self.dependency_label.setToolTip("\n".join(r.reason or r.name for r in self.missing))
+        self.dependency_row.setVisible(bool(self.missing))
+        self.validate()
+
+    def _raster_changed(self, layer) -> None:
+        image = raster_file(layer)
+        folder = self.folder_widget.filePath()
+        if image is not None and (not folder or folder == self._auto_folder):
+            self._auto_folder = str(default_cache_dir(image))
+            self.folder_widget.setFilePath(self._auto_folder)
+        self.validate()
+
+    def _extent_changed(self) -> None:
+        if self.isVisible() and self.area_group.checkedId() == AREA_EXTENT:
+            self.validate()
+
+    def _aoi_layer_changed(self, layer) -> None:
+        if self._selection_layer is not None:
+            try:
+                self._selection_layer.selectionChanged.disconnect(self.validate)
+            except (TypeError, RuntimeError):
+                pass  # the layer was deleted meanwhile
+        self._selection_layer = layer
+        if layer is not None:
+            layer.selectionChanged.connect(self.validate)
+        self.validate()
+
+    # -- reading -----------------------------------------------------------------
+    def model_path(self) -> Path | None:
+        data = self.model_combo.currentData()
+        return Path(data) if data else None
+
+    def outputs(self) -> set:
+        outputs = set()
+        if self.confidence_check.isChecked():
+            outputs.add(Output.SEMANTIC)
+        if self.crowns_check.isChecked():
+            outputs.add(Output.INSTANCES)
+        return outputs
+
+    def _aoi_wkt(self, raster: QgsRasterLayer) -> str | None:
+        area = self.area_group.checkedId()
+        if area == AREA_EXTENT:
+            if self.canvas is None:
+                raise AoiError(self.tr("There is no map canvas to take the extent from."))
+            return extent_wkt(self.canvas.extent(), self.canvas.mapSettings().destinationCrs(), raster)
+        if area == AREA_SELECTION:
+            layer = self.aoi_layer_combo.currentLayer()
+            if layer is None:
+                raise AoiError(self.tr("Add a polygon layer to the project to choose features from."))
+            return selection_wkt(layer, raster)
+        return None
+
+    def _build_job(self) -> tuple[Job | None, str, bool]:
+        """(job, message, is_error): the job is None when the choices cannot run."""
+        if self.missing:
+            return None, self.tr("Install the missing Python packages before running."), True
+        raster = self.raster_combo.currentLayer()
+        if raster is None:
+            return None, self.tr("Add a raster layer to the project first."), True
+        image = raster_file(raster)
+        if image is None:
+            return None, self.tr("{} is not a raster file on disk; choose one that is.").format(raster.name()), True
+        model = self.model_path()
+        if model is None:
+            return None, self.tr("Choose a model file."), True
+        if not self.outputs():
+            return None, self.tr("Choose at least one output: canopy confidence or crowns."), True
+        folder_text = self.folder_widget.filePath().strip()
+        if not folder_text:
+            return None, self.tr("Choose an output folder."), True
+        folder = Path(folder_text)
+        if not folder.is_absolute():
+            return None, self.tr("The output folder must be a full path."), True
+        try:
+            spec = describe_model(model)
+            aoi = self._aoi_wkt(raster)
+            job = Job(
+                image=image,
+                cache_dir=folder,
+                model=model,
+                outputs=frozenset(self.outputs()),
+                tile_size_px=self.tile_spin.value() or None,
+                overlap_px=None if self.overlap_spin.value() < 0 else self.overlap_spin.value(),
+                gsd_m=self.gsd_spin.value() or None,
+                vector_format=self.format_combo.currentData(),
+                aoi_wkt=aoi,
+            )
+            resolve_settings(job, spec, work_crs="")
+        except (TCDError, AoiError) as exc:
+            return None, str(exc), True
+        message, is_error = self._folder_state(folder, image)
+        return (None if is_error else job), message, is_error
+
+    def _folder_state(self, folder: Path, image: Path) -> tuple[str, bool]:
+        if folder.exists() and not folder.is_dir():
+            return self.tr("The output folder is a file; choose a folder."), True
+        if not folder.exists() or not any(folder.iterdir()):
+            return "", False
+        if not (folder / MANIFEST).is_file():
+            return self.tr("The output folder holds other files; choose an empty or new folder."), True
+        try:
+            status = cache_status(folder)
+        except TCDError as exc:
+            return str(exc), True
+        if status.image_path and Path(status.image_path).resolve() != image.resolve():
+            return self.tr("The output folder holds a run on {}; choose another folder.").format(
+                Path(status.image_path).name), True
+        if status.state == "complete":
+            return self.tr("The output folder holds a finished run of this raster; Run loads its layers."), False
+        return self.tr("The output folder holds {} of {} tiles of an earlier run; Run resumes it.").format(
+            status.done, status.total), False
+
+    def validate(self, *args) -> bool:
+        job, message, is_error = self._build_job()
+        self._job = job
+        self.run_button.setEnabled(job is not None)
+        self.message_label.setText(message)
+        self.message_label.setStyleSheet("color: #b00020;" if is_error else "")
+        return job is not None
+
+    def _run_clicked(self) -> None:
+        if self.validate():
+            self.registry.add_recent_model(self._job.model)
+            self.runRequested.emit(self._job)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        self.validate()  # the canvas extent or the layers may have changed while hidden
+        super().showEvent(event)

@@ -1,0 +1,167 @@
+"""The "TCD runs" dock: known caches with their image, model, tiles and state.
+
+The panel only shows rows and asks questions; each button emits a request with
+the cache folder and the plugin object acts on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from qgis.gui import QgsDockWidget
+from qgis.PyQt.QtCore import QUrl, Qt, pyqtSignal
+from qgis.PyQt.QtGui import QDesktopServices
+from qgis.PyQt.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QHBoxLayout,
+    QMessageBox,
+    QPushButton,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+COLUMNS = ("run", "image", "model", "tiles", "state")
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One known cache as the panel shows it. ``state``: empty, partial, running, complete, failed, missing."""
+
+    cache_dir: Path
+    image: str
+    model: str
+    done: int
+    total: int
+    state: str
+    note: str = ""  # tooltip: the failure sentence or why the cache cannot be read
+
+
+class RunsPanel(QgsDockWidget):
+    resumeRequested = pyqtSignal(object)  # Path
+    loadLayersRequested = pyqtSignal(object)
+    deleteRequested = pyqtSignal(object)
+    openCacheRequested = pyqtSignal(object)
+    refreshRequested = pyqtSignal()
+
+    def __init__(self, parent=None):
+        super().__init__(self.tr("TCD runs"), parent)
+        self.setObjectName("TCDRunsPanel")
+        self.tree = QTreeWidget()
+        self.tree.setRootIsDecorated(False)
+        self.tree.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.tree.setHeaderLabels([self.tr("Run"), self.tr("Image"), self.tr("Model"), self.tr("Tiles"),
+                                   self.tr("State")])
+        self.resume_button = QPushButton(self.tr("Resume"))
+        self.load_button = QPushButton(self.tr("Load layers"))
+        self.folder_button = QPushButton(self.tr("Open folder"))
+        self.delete_button = QPushButton(self.tr("Delete"))
+        self.open_cache_button = QPushButton(self.tr("Open cache…"))
+        buttons = QHBoxLayout()
+        for button in (self.resume_button, self.load_button, self.folder_button, self.delete_button):
+            buttons.addWidget(button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.open_cache_button)
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        layout.addWidget(self.tree, 1)
+        layout.addLayout(buttons)
+        self.setWidget(body)
+
+        self.tree.itemSelectionChanged.connect(self._update_buttons)
+        self.resume_button.clicked.connect(lambda: self._emit_selected(self.resumeRequested))
+        self.load_button.clicked.connect(lambda: self._emit_selected(self.loadLayersRequested))
+        self.folder_button.clicked.connect(self._open_folder)
+        self.delete_button.clicked.connect(self._delete)
+        self.open_cache_button.clicked.connect(self._open_cache)
+        self.visibilityChanged.connect(lambda visible: visible and self.refreshRequested.emit())
+        self._rows: dict[str, RunRow] = {}
+        self._update_buttons()
+
+    def set_rows(self, rows: list[RunRow]) -> None:
+        """Replace the list, keeping the selected cache selected."""
+        selected = self.selected()
+        self._rows = {str(row.cache_dir): row for row in rows}
+        self.tree.clear()
+        for row in rows:
+            tiles = f"{row.done} / {row.total}" if row.total else "–"
+            item = QTreeWidgetItem([row.cache_dir.name, row.image, row.model, tiles, self._state_text(row.state)])
+            item.setData(0, Qt.UserRole, str(row.cache_dir))
+            item.setToolTip(0, str(row.cache_dir))
+            if row.note:
+                item.setToolTip(len(COLUMNS) - 1, row.note)
+            self.tree.addTopLevelItem(item)
+            if selected is not None and row.cache_dir == selected:
+                item.setSelected(True)
+        for column in range(len(COLUMNS)):
+            self.tree.resizeColumnToContents(column)
+        self._update_buttons()
+
+    def update_progress(self, cache_dir: Path, done: int, total: int) -> None:
+        """Show a running cache's tile count without rereading every cache."""
+        for i in range(self.tree.topLevelItemCount()):
+            item = self.tree.topLevelItem(i)
+            if Path(item.data(0, Qt.UserRole)) == Path(cache_dir):
+                item.setText(COLUMNS.index("tiles"), f"{done} / {total}")
+                item.setText(COLUMNS.index("state"), self._state_text("running"))
+
+    def rows(self) -> list[RunRow]:
+        return list(self._rows.values())
+
+    def row_texts(self) -> list[list[str]]:
+        """The visible text of each row, as a user reads it."""
+        return [[self.tree.topLevelItem(i).text(c) for c in range(len(COLUMNS))]
+                for i in range(self.tree.topLevelItemCount())]
+
+    def select(self, cache_dir: Path) -> None:
+        for i in range(self.tree.topLevelItemCount()):
+            item = self.tree.topLevelItem(i)
+            item.setSelected(Path(item.data(0, Qt.UserRole)) == Path(cache_dir))
+
+    def selected(self) -> Path | None:
+        items = self.tree.selectedItems()
+        return Path(items[0].data(0, Qt.UserRole)) if items else None
+
+    def _state_text(self, state: str) -> str:
+        return {
+            "empty": self.tr("empty"), "partial": self.tr("partial"), "running": self.tr("running"),
+            "complete": self.tr("complete"), "failed": self.tr("failed"), "missing": self.tr("missing"),
+        }.get(state, state)
+
+    def _update_buttons(self) -> None:
+        path = self.selected()
+        row = self._rows.get(str(path)) if path is not None else None
+        state = row.state if row else None
+        self.resume_button.setEnabled(state in ("empty", "partial", "failed"))
+        self.load_button.setEnabled(state in ("partial", "complete", "failed", "running"))
+        self.folder_button.setEnabled(row is not None and state != "missing")
+        self.delete_button.setEnabled(row is not None and state != "running")
+
+    def _emit_selected(self, signal) -> None:
+        path = self.selected()
+        if path is not None:
+            signal.emit(path)
+
+    def _open_folder(self) -> None:
+        path = self.selected()
+        if path is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+
+    def _delete(self) -> None:
+        path = self.selected()
+        if path is None:
+            return
+        answer = QMessageBox.question(
+            self, self.tr("Delete run"),
+            self.tr("Delete the folder {} with everything the run wrote into it?").format(path),
+            QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        if answer == QMessageBox.Yes:
+            self.deleteRequested.emit(path)
+
+    def _open_cache(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, self.tr("Open a TCD cache folder"))
+        if folder:
+            self.openCacheRequested.emit(Path(folder))

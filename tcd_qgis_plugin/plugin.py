@@ -1,0 +1,266 @@
+"""The plugin object: owns the actions, the dialog, the runs panel and the running tasks.
+
+The dialog and the panel only emit requests; everything that changes the
+project, the cache folders or the task manager happens here, on the main thread.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsProject
+from qgis.PyQt.QtCore import QObject, Qt, QTimer
+from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtWidgets import QAction
+
+from engine.errors import TCDError
+from engine.status import cache_status
+
+from . import dependencies
+from .core.layers import CacheLayerGroup
+from .core.runs import RunRegistry, job_from_cache
+from .core.task import LOG_TAG, PredictionTask, RunOutcome, TileProgress
+from .gui.dialog import MANIFEST, PredictDialog
+from .gui.runs_panel import RunRow, RunsPanel
+from .paths import icon_path
+
+# Layers are reloaded at most this often while tiles come in.
+LAYER_REFRESH_MS = 1000
+UNLOAD_WAIT_MS = 15000
+
+
+class TCDPlugin(QObject):
+    def __init__(self, iface):
+        super().__init__()
+        self.iface = iface
+        self.registry = RunRegistry()
+        self.tasks: dict[Path, PredictionTask] = {}
+        self.groups: dict[Path, CacheLayerGroup] = {}
+        self.dialog: PredictDialog | None = None
+        self.panel: RunsPanel | None = None
+        self.actions: list[QAction] = []
+        self._stale: set[Path] = set()
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(LAYER_REFRESH_MS)
+        self._refresh_timer.timeout.connect(self._refresh_stale_layers)
+
+    # -- QGIS plugin interface ------------------------------------------------
+    def initGui(self) -> None:  # noqa: N802 - QGIS API
+        self.run_action = QAction(QIcon(str(icon_path())), self.tr("Tree crown delineation…"),
+                                  self.iface.mainWindow())
+        self.run_action.setObjectName("TCDRunAction")
+        self.run_action.triggered.connect(self.show_dialog)
+        self.iface.addToolBarIcon(self.run_action)
+        self.iface.addPluginToRasterMenu(self.tr("Tree crown delineation"), self.run_action)
+
+        self.panel = RunsPanel(self.iface.mainWindow())
+        self.panel.resumeRequested.connect(self.resume)
+        self.panel.loadLayersRequested.connect(self.load_layers)
+        self.panel.deleteRequested.connect(self.delete_cache)
+        self.panel.openCacheRequested.connect(self.open_cache)
+        self.panel.refreshRequested.connect(self.refresh_panel)
+        self.iface.addDockWidget(Qt.RightDockWidgetArea, self.panel)
+        self.panel_action = self.panel.toggleViewAction()
+        self.panel_action.setText(self.tr("TCD runs panel"))
+        self.iface.addPluginToRasterMenu(self.tr("Tree crown delineation"), self.panel_action)
+        self.actions = [self.run_action, self.panel_action]
+
+        QgsProject.instance().cleared.connect(self._project_cleared)
+        self.refresh_panel()
+
+    def unload(self) -> None:
+        """Cancel running tasks and wait for their workers to leave their caches consistent."""
+        QgsProject.instance().cleared.disconnect(self._project_cleared)
+        self._refresh_timer.stop()
+        for task in list(self.tasks.values()):
+            task.runEnded.disconnect(self._run_ended)
+            task.tilesCommitted.disconnect(self._tiles_committed)
+            task.cancel()
+        for task in list(self.tasks.values()):
+            task.waitForFinished(UNLOAD_WAIT_MS)
+        self.tasks.clear()
+        for action in self.actions:
+            self.iface.removePluginRasterMenu(self.tr("Tree crown delineation"), action)
+        self.iface.removeToolBarIcon(self.run_action)
+        if self.panel is not None:
+            self.iface.removeDockWidget(self.panel)
+            self.panel.deleteLater()
+            self.panel = None
+        if self.dialog is not None:
+            self.dialog.deleteLater()
+            self.dialog = None
+
+    # -- dialog ---------------------------------------------------------------
+    def show_dialog(self) -> PredictDialog:
+        if self.dialog is None:
+            self.dialog = PredictDialog(self.registry, self.iface.mapCanvas(), self.iface.mainWindow())
+            self.dialog.runRequested.connect(self._run_requested)
+            self.dialog.installRequested.connect(self.install_dependencies)
+        self.dialog.fill_models()
+        self.dialog.set_raster(self.iface.activeLayer())
+        self.dialog.set_missing(dependencies.missing())
+        self.dialog.show()
+        self.dialog.raise_()
+        return self.dialog
+
+    def _run_requested(self, job) -> None:
+        if self.start_run(job) is not None and self.dialog is not None:
+            self.dialog.hide()
+
+    # -- runs -----------------------------------------------------------------
+    def start_run(self, job) -> PredictionTask | None:
+        """Start predicting ``job`` in a worker process; None (and a message) when it cannot start."""
+        cache_dir = Path(job.cache_dir).resolve()
+        if cache_dir in self.tasks:
+            self._bar(self.tr("A run into {} is already going on.").format(cache_dir.name), Qgis.Warning)
+            return None
+        if dependencies.show_missing_message(self.iface, self.install_dependencies) is not None:
+            return None
+        self.registry.remember_job(job)
+        task = PredictionTask(job, dependencies.find_qgis_python(), dependencies.worker_environment())
+        task.tilesCommitted.connect(self._tiles_committed, Qt.QueuedConnection)
+        task.runEnded.connect(self._run_ended)
+        self.tasks[cache_dir] = task
+        self.groups.setdefault(cache_dir, CacheLayerGroup(QgsProject.instance(), cache_dir))
+        QgsApplication.taskManager().addTask(task)
+        self.refresh_panel()
+        return task
+
+    def resume(self, cache_dir) -> PredictionTask | None:
+        """Run a known cache's job again: the engine predicts only the tiles still missing."""
+        cache_dir = Path(cache_dir)
+        try:
+            job = self.registry.job(cache_dir) or job_from_cache(cache_dir)
+        except TCDError as exc:
+            self._bar(str(exc), Qgis.Warning)
+            return None
+        return self.start_run(job)
+
+    def _tiles_committed(self, progress: TileProgress) -> None:
+        cache_dir = Path(progress.cache_dir).resolve()
+        if cache_dir not in self.tasks:
+            return  # a late event of a run the project no longer shows
+        if self.panel is not None:
+            self.panel.update_progress(cache_dir, progress.done, progress.total)
+        group = self.groups.get(cache_dir)
+        if group is not None and not group.layers():
+            self._sync_layers(cache_dir)  # the first tiles: show the layers at once
+        else:
+            self._stale.add(cache_dir)
+            if not self._refresh_timer.isActive():
+                self._refresh_timer.start()
+
+    def _refresh_stale_layers(self) -> None:
+        stale, self._stale = self._stale, set()
+        for cache_dir in stale:
+            self._sync_layers(cache_dir)
+
+    def _sync_layers(self, cache_dir: Path) -> None:
+        group = self.groups.get(cache_dir)
+        if group is None:
+            return
+        try:
+            group.sync()
+        except TCDError as exc:
+            QgsMessageLog.logMessage(str(exc), LOG_TAG, Qgis.Warning)
+
+    def _run_ended(self, outcome: RunOutcome) -> None:
+        cache_dir = Path(outcome.cache_dir).resolve()
+        self._stale.discard(cache_dir)
+        attached = self.tasks.pop(cache_dir, None) is not None
+        self.registry.set_failure(cache_dir, outcome.message if outcome.state == "failed" else None)
+        if attached:
+            self._sync_layers(cache_dir)
+            level = {"complete": Qgis.Success, "cancelled": Qgis.Info}.get(outcome.state, Qgis.Critical)
+            self._bar(outcome.message, level)
+        self.refresh_panel()
+
+    def _project_cleared(self) -> None:
+        """A closed project takes its layers along: cancel its runs and forget the groups."""
+        for task in self.tasks.values():
+            task.cancel()
+        self.tasks.clear()
+        self.groups.clear()
+        self._stale.clear()
+
+    # -- caches -----------------------------------------------------------------
+    def load_layers(self, cache_dir) -> list:
+        """Add (or reload) a cache's layers in its group; returns the layers."""
+        cache_dir = Path(cache_dir).resolve()
+        group = self.groups.setdefault(cache_dir, CacheLayerGroup(QgsProject.instance(), cache_dir))
+        self._sync_layers(cache_dir)
+        if not group.layers():
+            self._bar(self.tr("{} holds no layers yet.").format(cache_dir.name), Qgis.Info)
+        return group.layers()
+
+    def open_cache(self, cache_dir) -> bool:
+        """Add a cache folder made elsewhere (another profile, the command line) to the panel."""
+        cache_dir = Path(cache_dir).resolve()
+        if not (cache_dir / MANIFEST).is_file():
+            self._bar(self.tr("{} is not a TCD cache: it has no {}.").format(cache_dir, MANIFEST), Qgis.Warning)
+            return False
+        self.registry.add_cache(cache_dir)
+        self.refresh_panel()
+        if self.panel is not None:
+            self.panel.select(cache_dir)
+        return True
+
+    def delete_cache(self, cache_dir) -> bool:
+        """Remove a cache's layers, delete its folder and forget it (the panel asked first)."""
+        cache_dir = Path(cache_dir).resolve()
+        if cache_dir in self.tasks:
+            self._bar(self.tr("Cancel the run into {} before deleting it.").format(cache_dir.name), Qgis.Warning)
+            return False
+        group = self.groups.pop(cache_dir, None) or CacheLayerGroup(QgsProject.instance(), cache_dir)
+        group.remove()
+        if cache_dir.is_dir():
+            if not (cache_dir / MANIFEST).is_file():
+                self._bar(self.tr("{} is not a TCD cache; it was not deleted.").format(cache_dir), Qgis.Warning)
+                return False
+            try:
+                shutil.rmtree(cache_dir)
+            except OSError as exc:
+                self._bar(self.tr("Could not delete {}: {}.").format(cache_dir, exc.strerror), Qgis.Critical)
+                return False
+        self.registry.forget_cache(cache_dir)
+        self.refresh_panel()
+        return True
+
+    def run_rows(self) -> list[RunRow]:
+        rows = []
+        for cache_dir in self.registry.caches():
+            if not cache_dir.is_dir():
+                rows.append(RunRow(cache_dir, "", "", 0, 0, "missing", self.tr("The folder no longer exists.")))
+                continue
+            status = cache_status(cache_dir)
+            failure = self.registry.failure(cache_dir)
+            state, note = status.state, status.error or ""
+            if cache_dir in self.tasks:
+                state = "running"
+            elif failure and state != "complete" and state != "running":
+                state, note = "failed", failure
+            image = status.image_path.name if status.image_path else ""
+            rows.append(RunRow(cache_dir, image, status.model_name, status.done, status.total, state, note))
+        return rows
+
+    def refresh_panel(self) -> None:
+        if self.panel is not None:
+            self.panel.set_rows(self.run_rows())
+
+    # -- dependencies ---------------------------------------------------------------
+    def install_dependencies(self, wait: bool = False):
+        """Install the missing packages into the profile; the dialog and panel update afterwards."""
+        return dependencies.install(wait=wait, on_finished=self._dependencies_changed)
+
+    def _dependencies_changed(self, result) -> None:
+        dependencies.activate()
+        if self.dialog is not None:
+            self.dialog.set_missing(dependencies.missing())
+        self.refresh_panel()
+
+    def _bar(self, message: str, level) -> None:
+        """One sentence in the message bar; the same in the TCD log."""
+        self.iface.messageBar().pushMessage(self.tr("Tree crown delineation"), message, level)
+        QgsMessageLog.logMessage(message, LOG_TAG, level)

@@ -1,0 +1,211 @@
+"""The dialog, driven through its widgets as a user would."""
+
+from pathlib import Path
+
+import pytest
+from onnx_models import passthrough_model
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsFeature,
+    QgsGeometry,
+    QgsProject,
+    QgsRectangle,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtTest import QSignalSpy, QTest
+
+from engine.settings import Output, VectorFormat
+from tcd_qgis_plugin.core.runs import RunRegistry
+from tcd_qgis_plugin.gui.dialog import PredictDialog
+
+
+@pytest.fixture
+def dialog(qgis_canvas, settings, raster_layer, model_path):
+    registry = RunRegistry()
+    registry.add_recent_model(model_path)
+    dialog = PredictDialog(registry, qgis_canvas)
+    dialog.set_raster(raster_layer)
+    dialog.select_model(model_path)
+    yield dialog
+    dialog.deleteLater()
+
+
+def click_run(dialog) -> list:
+    spy = QSignalSpy(dialog.runRequested)
+    QTest.mouseClick(dialog.run_button, Qt.LeftButton)
+    return [args[0] for args in spy]
+
+
+def test_defaults_and_run_emit_the_job(dialog, raster_layer, raster_path, model_path):
+    assert dialog.raster_combo.currentLayer() is raster_layer
+    assert dialog.folder_widget.filePath() == str(raster_path.with_name("ortho_tcd"))
+    names = [dialog.model_combo.itemText(i) for i in range(dialog.model_combo.count())]
+    assert "passthrough test model" in names  # listed by its metadata name, not its file name
+    assert dialog.model_combo.currentText() == "passthrough test model"
+    assert dialog.run_button.isEnabled(), dialog.message_label.text()
+
+    jobs = click_run(dialog)
+    assert len(jobs) == 1
+    job = jobs[0]
+    assert job.image == raster_path
+    assert job.cache_dir == raster_path.with_name("ortho_tcd")
+    assert job.model == model_path.resolve()
+    assert job.outputs == {Output.SEMANTIC, Output.INSTANCES}
+    assert (job.tile_size_px, job.overlap_px, job.gsd_m, job.aoi_wkt) == (None, None, None, None)
+    assert job.vector_format is VectorFormat.SHAPEFILE
+
+
+def test_advanced_choices_reach_the_job(dialog, tmp_path):
+    dialog.crowns_check.setChecked(False)
+    dialog.tile_spin.setValue(128)
+    dialog.overlap_spin.setValue(32)
+    dialog.gsd_spin.setValue(0.2)
+    dialog.format_combo.setCurrentIndex(dialog.format_combo.findData(VectorFormat.GEOPACKAGE))
+    dialog.folder_widget.setFilePath(str(tmp_path / "elsewhere"))
+    (job,) = click_run(dialog)
+    assert job.outputs == {Output.SEMANTIC}
+    assert (job.tile_size_px, job.overlap_px, job.gsd_m) == (128, 32, 0.2)
+    assert job.vector_format is VectorFormat.GEOPACKAGE
+    assert job.cache_dir == tmp_path / "elsewhere"
+
+
+def test_the_folder_follows_the_raster_until_the_user_edits_it(dialog, raster_layer, tmp_path):
+    from rasters import squares_image, write_raster
+    from qgis.core import QgsRasterLayer
+
+    other_path = write_raster(tmp_path / "sub" / "other.tif", squares_image(64, 64, []))
+    other = QgsRasterLayer(str(other_path), "other", "gdal")
+    QgsProject.instance().addMapLayer(other)
+    dialog.raster_combo.setLayer(other)
+    assert dialog.folder_widget.filePath() == str(other_path.with_name("other_tcd"))
+    dialog.folder_widget.setFilePath(str(tmp_path / "mine"))
+    dialog.raster_combo.setLayer(raster_layer)
+    assert dialog.folder_widget.filePath() == str(tmp_path / "mine")
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda d: (d.confidence_check.setChecked(False), d.crowns_check.setChecked(False)), "at least one output"),
+        (lambda d: d.overlap_spin.setValue(40), "less than half the tile size"),
+        (lambda d: d.tile_spin.setValue(8), "at least 16 pixels"),
+        (lambda d: d.folder_widget.setFilePath(""), "Choose an output folder"),
+        (lambda d: d.folder_widget.setFilePath("relative/folder"), "full path"),
+    ],
+)
+def test_invalid_choices_are_explained_and_disable_run(dialog, change, expected):
+    change(dialog)
+    assert not dialog.run_button.isEnabled()
+    assert expected in dialog.message_label.text()
+    assert click_run(dialog) == []
+
+
+def test_a_folder_with_other_files_is_refused(dialog, tmp_path):
+    folder = tmp_path / "busy"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    dialog.folder_widget.setFilePath(str(folder))
+    assert not dialog.run_button.isEnabled()
+    assert "holds other files" in dialog.message_label.text()
+
+
+def test_an_unreadable_model_is_explained(dialog, tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\xff\xff\xff not onnx")
+    dialog.select_model(bad)
+    assert dialog.model_combo.currentText() == "broken.onnx (unreadable)"
+    assert not dialog.run_button.isEnabled()
+    assert "not a valid ONNX model" in dialog.message_label.text()
+
+
+def test_a_bad_metadata_model_is_explained(dialog, tmp_path):
+    odd = passthrough_model(tmp_path / "odd.onnx", extra_metadata={"output_kind": "hologram"})
+    dialog.select_model(odd)
+    assert not dialog.run_button.isEnabled()
+    assert "hologram" in dialog.message_label.text()
+
+
+def test_missing_packages_are_named_with_an_install_button(dialog):
+    from engine.doctor import Requirement
+
+    requirement = Requirement("onnxruntime", ">=1.16,<2")
+    dialog.set_missing([requirement])
+    assert dialog.dependency_row.isVisibleTo(dialog)
+    assert "onnxruntime" in dialog.dependency_label.text()
+    assert not dialog.run_button.isEnabled()
+    spy = QSignalSpy(dialog.installRequested)
+    QTest.mouseClick(dialog.install_button, Qt.LeftButton)
+    assert len(spy) == 1
+    dialog.set_missing([])
+    assert not dialog.dependency_row.isVisibleTo(dialog)
+    assert dialog.run_button.isEnabled()
+
+
+def test_only_the_map_extent(dialog, qgis_canvas, raster_layer):
+    # The canvas shows WGS 84; the job's area must come out in the raster's UTM CRS.
+    wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+    qgis_canvas.setDestinationCrs(wgs84)
+    extent = raster_layer.extent()
+    qgis_canvas.setExtent(QgsRectangle(extent.xMinimum(), extent.yMinimum(), extent.center().x(),
+                                       extent.center().y()))
+    from qgis.core import QgsCoordinateTransform
+
+    to_wgs = QgsCoordinateTransform(raster_layer.crs(), wgs84, QgsProject.instance())
+    qgis_canvas.setExtent(to_wgs.transformBoundingBox(QgsRectangle(extent.xMinimum(), extent.yMinimum(),
+                                                                   extent.center().x(), extent.center().y())))
+    dialog.area_extent.click()
+    (job,) = click_run(dialog)
+    area = QgsGeometry.fromWkt(job.aoi_wkt)
+    assert area.boundingBox().intersects(extent)
+    # The lower-left quarter of the raster, in metres: well inside the raster, not degrees.
+    centre = area.centroid().asPoint()
+    assert extent.xMinimum() < centre.x() < extent.center().x()
+    assert extent.yMinimum() < centre.y() < extent.center().y()
+
+
+def test_only_inside_selected_features(dialog, raster_layer):
+    polygons = QgsVectorLayer("Polygon?crs=EPSG:32633", "areas", "memory")
+    extent = raster_layer.extent()
+    inside = QgsFeature()
+    inside.setGeometry(QgsGeometry.fromRect(QgsRectangle(extent.xMinimum(), extent.yMinimum(),
+                                                         extent.xMinimum() + 5, extent.yMinimum() + 5)))
+    outside = QgsFeature()
+    outside.setGeometry(QgsGeometry.fromRect(QgsRectangle(0, 0, 10, 10)))
+    polygons.dataProvider().addFeatures([inside, outside])
+    QgsProject.instance().addMapLayer(polygons)
+    dialog.aoi_layer_combo.setLayer(polygons)
+    dialog.area_selection.click()
+    assert not dialog.run_button.isEnabled()
+    assert "Select at least one feature in areas" in dialog.message_label.text()
+
+    ids = sorted(f.id() for f in polygons.getFeatures())
+    polygons.selectByIds([ids[1]])  # the dialog follows the selection as it changes
+    assert "does not overlap the raster" in dialog.message_label.text()
+    polygons.selectByIds([ids[0]])
+    assert dialog.run_button.isEnabled(), dialog.message_label.text()
+    (job,) = click_run(dialog)
+    assert QgsGeometry.fromWkt(job.aoi_wkt).equals(inside.geometry())
+
+
+def test_a_non_file_raster_is_refused(dialog):
+    from qgis.core import QgsRasterLayer
+
+    wms = QgsRasterLayer("type=xyz&url=https://tile.invalid/{z}/{x}/{y}.png", "tiles", "wms")
+    QgsProject.instance().addMapLayer(wms, False)
+    dialog.raster_combo.setLayer(wms)
+    assert dialog.raster_combo.currentLayer() is wms
+    assert not dialog.run_button.isEnabled()
+    assert "not a raster file on disk" in dialog.message_label.text()
+
+
+def test_a_finished_run_in_the_folder_is_announced(dialog, raster_path, model_path):
+    from engine.predict import predict
+    from engine.settings import Job
+
+    job = Job(image=raster_path, cache_dir=raster_path.with_name("ortho_tcd"), model=model_path, threads=1)
+    predict(job)
+    dialog.validate()
+    assert dialog.run_button.isEnabled()
+    assert "finished run of this raster" in dialog.message_label.text()
+    assert Path(dialog.folder_widget.filePath()) == job.cache_dir
