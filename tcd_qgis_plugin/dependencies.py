@@ -565,11 +565,11 @@ def _show_result(iface, result: InstallResult, task: InstallTask) -> None:
     bar.pushWidget(item, Qgis.Critical)
 
 
-def show_missing_message(iface, on_install: Callable[[], None]):
+def show_missing_message(iface, on_install: Callable[[], None], reqs=None):
     """A warning in the message bar naming each missing package, with an
     "Install dependencies…" button that calls ``on_install()``. Returns the
     bar item, or None when nothing is missing."""
-    absent = missing()
+    absent = missing(reqs)
     if not absent:
         return None
     names = ", ".join(req.name if req.found_version is None else f"{req.name} {req.found_version}" for req in absent)
