@@ -48,7 +48,8 @@ class RunsPanel(QgsDockWidget):
     refreshRequested = pyqtSignal()
 
     def __init__(self, parent=None):
-        super().__init__(self.tr("TCD runs"), parent)
+        super().__init__(parent)
+        self.setWindowTitle(self.tr("TCD runs"))
         self.setObjectName("TCDRunsPanel")
         self.tree = QTreeWidget()
         self.tree.setRootIsDecorated(False)

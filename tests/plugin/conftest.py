@@ -24,9 +24,9 @@ from rasters import squares_image, write_raster  # noqa: E402
 
 from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsSettings  # noqa: E402
 
-# 40 squares of 8 px (0.8 m) on a 320 x 320 px image at 0.1 m: 64 px tiles with a
+# 40 squares of 12 px (1.2 m) on a 320 x 320 px image at 0.1 m: 64 px tiles with a
 # 16 px overlap give 7 x 7 = 49 tiles.
-SQUARES = [(10 + 40 * i, 12 + 40 * j, 8) for i in range(8) for j in range(5)]
+SQUARES = [(10 + 40 * i, 12 + 40 * j, 12) for i in range(8) for j in range(5)]
 
 
 @pytest.fixture
@@ -36,9 +36,9 @@ def raster_path(tmp_path) -> Path:
 
 @pytest.fixture
 def big_raster_path(tmp_path) -> Path:
-    """960 x 960 px: 400 tiles of 64 px, for runs that must still be going when cancelled."""
-    squares = [(10 + 40 * i, 12 + 40 * j, 8) for i in range(24) for j in range(24)]
-    return write_raster(tmp_path / "big.tif", squares_image(960, 960, squares), crs="EPSG:32633")
+    """640 x 640 px: 196 tiles of 64 px, for runs that must still be going when cancelled."""
+    squares = [(10 + 40 * i, 12 + 40 * j, 12) for i in range(16) for j in range(16)]
+    return write_raster(tmp_path / "big.tif", squares_image(640, 640, squares), crs="EPSG:32633")
 
 
 @pytest.fixture

@@ -1,0 +1,177 @@
+"""The prediction task: its two halves called directly, then once through the task manager.
+
+Every run goes through a real worker process (``python -m engine.worker``) with
+a real ONNX model on a real GeoTIFF.
+"""
+
+import json
+import os
+import signal
+import sys
+
+from qgis.core import Qgis, QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
+
+from engine.settings import Job
+from engine.status import cache_status
+from tcd_qgis_plugin import dependencies
+from tcd_qgis_plugin.core.layers import CacheLayerGroup
+from tcd_qgis_plugin.core.task import PredictionTask
+
+from conftest import wait_for_tasks
+
+
+TOTAL = 196  # tiles of big_raster_path
+
+
+def manifest_tile_ids(cache_dir) -> list[int]:
+    lines = (cache_dir / "tiles.jsonl").read_text().splitlines()[1:]
+    return [json.loads(line)["tile_id"] for line in lines]
+
+
+def make_task(job) -> PredictionTask:
+    return PredictionTask(job, dependencies.find_qgis_python(), dependencies.worker_environment())
+
+
+def group_layers(cache_dir):
+    group = QgsProject.instance().layerTreeRoot().findGroup(cache_dir.name)
+    assert group is not None, "no layer group for the run"
+    return [node.layer() for node in group.findLayers()]
+
+
+def test_run_then_finished_adds_styled_layers(plugin, raster_layer, raster_path, model_path, tmp_path, qgis_iface):
+    job = Job(image=raster_path, cache_dir=tmp_path / "ortho_tcd", model=model_path, threads=1)
+    plugin.registry.remember_job(job)
+    task = make_task(job)
+    seen = []
+    task.tilesCommitted.connect(seen.append)
+    task.tilesCommitted.connect(plugin._tiles_committed)
+    task.runEnded.connect(plugin._run_ended)
+    plugin.tasks[job.cache_dir.resolve()] = task
+    plugin.groups[job.cache_dir.resolve()] = CacheLayerGroup(QgsProject.instance(), job.cache_dir)
+
+    assert task.run() is True
+    assert task.worker_pid is not None and task.worker_pid != os.getpid()
+    assert [p.done for p in seen] == sorted(p.done for p in seen)
+    assert seen[-1].done == seen[-1].total == 49
+    # The layers appeared with the first tiles, before the run ended.
+    assert len(group_layers(job.cache_dir)) == 2
+
+    task.finished(True)
+    assert task.outcome.state == "complete"
+    assert task.outcome.features == 40
+    confidence, crowns = sorted(group_layers(job.cache_dir), key=lambda layer: layer.type())
+    assert isinstance(crowns, QgsVectorLayer) or isinstance(confidence, QgsVectorLayer)
+    raster = confidence if isinstance(confidence, QgsRasterLayer) else crowns
+    vector = crowns if raster is confidence else confidence
+    assert raster.isValid() and vector.isValid()
+    assert raster.renderer().type() == "singlebandpseudocolor"
+    shader = raster.renderer().shader().rasterShaderFunction()
+    assert shader.colorRampItemList()[0].color.alpha() == 0  # no confidence: transparent
+    assert shader.colorRampItemList()[-1].color.green() > shader.colorRampItemList()[-1].color.red()
+    symbol_layer = vector.renderer().symbol().symbolLayer(0)
+    assert symbol_layer.brushStyle() == 0  # Qt.NoBrush: outlines only
+    assert vector.featureCount() == 40
+    assert qgis_iface.messageBar().get_messages(Qgis.Success)
+    assert plugin.registry.failure(job.cache_dir) is None
+
+
+def test_a_failing_job_reports_one_sentence(plugin, raster_layer, raster_path, tmp_path, qgis_iface):
+    from onnx_models import passthrough_model
+
+    five_bands = passthrough_model(tmp_path / "five.onnx", n_bands=5)
+    job = Job(image=raster_path, cache_dir=tmp_path / "fails", model=five_bands, threads=1)
+    task = make_task(job)
+    task.runEnded.connect(plugin._run_ended)
+    plugin.tasks[job.cache_dir.resolve()] = task
+    assert task.run() is False
+    task.finished(False)
+    assert task.outcome.state == "failed"
+    assert task.outcome.message == "The model needs bands 1, 2, 3, 4, 5 but ortho.tif has 3 bands."
+    assert "RasterError" in task.outcome.details
+    critical = qgis_iface.messageBar().get_messages(Qgis.Critical)
+    assert any("needs bands 1, 2, 3, 4, 5" in m for m in critical)
+    assert plugin.registry.failure(job.cache_dir) == task.outcome.message
+
+
+def test_cancel_mid_run_leaves_a_resumable_cache(plugin, qgis_new_project, big_raster_path, slow_model_path,
+                                                 tmp_path):
+    job = Job(image=big_raster_path, cache_dir=tmp_path / "big_tcd", model=slow_model_path, threads=1)
+    task = make_task(job)
+    task.tilesCommitted.connect(lambda p: p.done >= 3 and task.cancel())
+    assert task.run() is False
+    task.finished(False)
+    assert task.outcome.state == "cancelled", task.outcome
+    status = cache_status(job.cache_dir)
+    assert status.state == "partial"
+    assert 3 <= status.done < status.total == TOTAL
+    assert status.locked_by is None
+
+    resumed = make_task(job)
+    seen = []
+    resumed.tilesCommitted.connect(seen.append)
+    # The resumed run starts from the committed tiles; it only predicts the rest.
+    assert resumed.run() is True, resumed.outcome
+    assert seen[0].done == status.done
+    assert all(p.done > status.done for p in seen[1:])
+    ids = manifest_tile_ids(job.cache_dir)
+    assert len(ids) == len(set(ids)) == TOTAL
+    assert cache_status(job.cache_dir).state == "complete"
+
+
+def test_a_killed_worker_fails_the_run_and_resume_finishes_it(plugin, qgis_new_project, big_raster_path,
+                                                              slow_model_path, tmp_path, qgis_iface):
+    job = Job(image=big_raster_path, cache_dir=tmp_path / "killed_tcd", model=slow_model_path, threads=1)
+    plugin.registry.remember_job(job)
+    task = make_task(job)
+    task.runEnded.connect(plugin._run_ended)
+    plugin.tasks[job.cache_dir.resolve()] = task
+    task.tilesCommitted.connect(lambda p: p.done == 2 and os.kill(task.worker_pid, signal.SIGKILL))
+    assert task.run() is False
+    task.finished(False)
+    assert task.outcome.state == "failed"
+    assert "SIGKILL" in task.outcome.message and "Resume" in task.outcome.message
+    assert any("SIGKILL" in m for m in qgis_iface.messageBar().get_messages(Qgis.Critical))
+    status = cache_status(job.cache_dir)
+    assert status.state == "partial" and status.done >= 2
+    assert [row.state for row in plugin.run_rows()] == ["failed"]
+
+    resumed = plugin.resume(job.cache_dir)
+    wait_for_tasks()
+    assert resumed.outcome.state == "complete", resumed.outcome
+    ids = manifest_tile_ids(job.cache_dir)
+    assert len(ids) == len(set(ids)) == TOTAL
+    assert [row.state for row in plugin.run_rows()] == ["complete"]
+
+
+def test_through_the_task_manager(plugin, raster_layer, raster_path, model_path, tmp_path, qgis_iface):
+    job = Job(image=raster_path, cache_dir=tmp_path / "managed_tcd", model=model_path, threads=1)
+    task = plugin.start_run(job)
+    assert task is not None
+    assert QgsApplication.taskManager().tasks() and task in QgsApplication.taskManager().tasks()
+    assert plugin.start_run(job) is None  # a second run into the same cache is refused
+    assert any("already going on" in m for m in qgis_iface.messageBar().get_messages(Qgis.Warning))
+    wait_for_tasks()
+    assert task.outcome.state == "complete"
+    layers = group_layers(job.cache_dir)
+    assert sorted(layer.name() for layer in layers) == ["canopy confidence", "crowns"]
+    assert all(layer.isValid() for layer in layers)
+    assert not plugin.tasks
+    assert any("Delineated 40 crowns" in m for m in qgis_iface.messageBar().get_messages(Qgis.Success))
+
+
+def test_unload_during_a_run_cancels_it_cleanly(qgis_iface, settings, qgis_new_project, big_raster_path,
+                                                slow_model_path, tmp_path):
+    from tcd_qgis_plugin.plugin import TCDPlugin
+
+    plugin = TCDPlugin(qgis_iface)
+    plugin.initGui()
+    job = Job(image=big_raster_path, cache_dir=tmp_path / "unload_tcd", model=slow_model_path, threads=1)
+    task = plugin.start_run(job)
+    while not (job.cache_dir / "tiles.jsonl").exists() or cache_status(job.cache_dir).done < 1:
+        QgsApplication.processEvents()
+    plugin.unload()
+    wait_for_tasks()
+    assert task.outcome.state == "cancelled"
+    status = cache_status(job.cache_dir)
+    assert status.state == "partial" and status.locked_by is None
+    assert sys.modules["tcd_qgis_plugin.plugin"]  # nothing was torn down under the task
