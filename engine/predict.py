@@ -292,7 +292,7 @@ def _run(job, model, info, settings, tiles, header, state, progress, cancelled) 
         finally:
             if reader is not None:
                 reader.close()
-            put(read_q, DONE) if not pipeline.stop.is_set() else None
+            put(read_q, DONE)  # returns at once if the run is stopping
 
     def writer_stage():
         try:
@@ -338,7 +338,6 @@ def _run(job, model, info, settings, tiles, header, state, progress, cancelled) 
 
     reader_thread = threading.Thread(target=reader_stage, name="tcd-reader", daemon=True)
     writer_thread = threading.Thread(target=writer_stage, name="tcd-writer", daemon=True)
-    was_cancelled = False
     try:
         if progress is not None:
             progress(Progress(len(committed), total, counters["skipped"], None, counters["features"]))
@@ -346,7 +345,6 @@ def _run(job, model, info, settings, tiles, header, state, progress, cancelled) 
         writer_thread.start()
         while True:
             if is_cancelled():
-                was_cancelled = True
                 break
             try:
                 item = read_q.get(timeout=0.1)
@@ -360,17 +358,15 @@ def _run(job, model, info, settings, tiles, header, state, progress, cancelled) 
             output = model.run(raw) if valid.any() else None
             if not put(write_q, (tile, valid, output)):
                 break
-        if not pipeline.stop.is_set():
-            put(write_q, DONE)
-        else:
-            was_cancelled = was_cancelled or pipeline.error is None
+        put(write_q, DONE)  # the writer commits what is queued, then stops
         writer_thread.join()
         pipeline.stop.set()
         reader_thread.join()
     except BaseException as exc:
         pipeline.fail(exc)
-        writer_thread.join() if writer_thread.is_alive() else None
-        reader_thread.join() if reader_thread.is_alive() else None
+        for thread in (writer_thread, reader_thread):
+            if thread.is_alive():
+                thread.join()
     finally:
         try:
             if vectors is not None:

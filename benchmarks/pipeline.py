@@ -1,0 +1,124 @@
+"""Engine benchmarks (run on demand, not in the test suite).
+
+    .venv/bin/python benchmarks/pipeline.py [--size 4096] [--quick]
+
+Prints, each measured in this one run:
+  1. end-to-end speed (both caches written) / model-only speed on the same tiles,
+     for a light 1x1-conv model at 512 px and, if present, the bundled default model
+     at 1024 px; with megapixels per second;
+  2. peak memory (RSS) for a raster 4x larger / peak memory for the base raster;
+  3. resume start-up on a complete cache with ~10,000 tiles (seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.model import OnnxModel, default_model_path
+from tests.onnx_models import conv1x1_model
+
+
+def make_raster(path: Path, size: int, seed: int = 0) -> Path:
+    """A forest-like RGB raster at 0.1 m written block by block (never whole in memory)."""
+    import rasterio
+    from rasterio.transform import Affine
+    from rasterio.windows import Window
+
+    rng = np.random.default_rng(seed)
+    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32633",
+                   transform=Affine(0.1, 0, 500000, 0, -0.1, 6000000), tiled=True, blockxsize=512,
+                   blockysize=512, compress="deflate")
+    yy, xx = np.mgrid[0:512, 0:512]
+    with rasterio.open(path, "w", **profile) as dst:
+        for row in range(0, size, 512):
+            for col in range(0, size, 512):
+                h, w = min(512, size - row), min(512, size - col)
+                block = np.full((512, 512), 40.0)
+                for cx, cy, r in rng.uniform([0, 0, 15], [512, 512, 40], (40, 3)):
+                    block[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = rng.uniform(120, 200)
+                img = np.stack([block * 0.6, block, block * 0.5]) + rng.normal(0, 8, (3, 512, 512))
+                dst.write(np.clip(img, 0, 255).astype(np.uint8)[:, :h, :w], window=Window(col, row, w, h))
+    return path
+
+
+def run_predict(image: Path, model: Path, cache: Path, **job_args) -> dict:
+    """Predict in a fresh process; returns wall time and peak RSS."""
+    code = (
+        "import json, resource, sys, time; sys.path.insert(0, %r)\n"
+        "from engine.predict import predict; from engine.settings import Job\n"
+        "t = time.perf_counter()\n"
+        "r = predict(Job(image=%r, cache_dir=%r, model=%r, **%r))\n"
+        "print(json.dumps({'seconds': time.perf_counter() - t, 'done': r.done, 'features': r.features,"
+        " 'maxrss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+    ) % (str(ROOT), str(image), str(cache), str(model), job_args)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def model_only_seconds(model_path: Path, tile_px: int, n_tiles: int) -> float:
+    model = OnnxModel(model_path)
+    raw = np.random.default_rng(0).integers(0, 255, (3, tile_px, tile_px)).astype(np.float32)
+    model.run(raw)  # warm-up
+    t = time.perf_counter()
+    for _ in range(n_tiles):
+        model.run(raw)
+    return time.perf_counter() - t
+
+
+def speed(tmp: Path, image: Path, size: int, name: str, model: Path, tile_px: int):
+    from engine.status import cache_status
+
+    e2e = run_predict(image, model, tmp / f"cache_{name}")
+    n_tiles = cache_status(tmp / f"cache_{name}").total
+    model_s = model_only_seconds(model, tile_px, n_tiles)
+    mp = size * size / 1e6
+    print(f"[{name}] {n_tiles} tiles of {tile_px} px, {e2e['features']} crowns")
+    print(f"[{name}] end-to-end {mp / e2e['seconds']:.2f} MP/s, model-only {mp / model_s:.2f} MP/s "
+          f"(same tiles), ratio end-to-end/model-only = {model_s / e2e['seconds']:.2f}; "
+          f"peak RSS {e2e['maxrss_mb']:.0f} MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size", type=int, default=4096, help="base raster edge in pixels (0.1 m)")
+    parser.add_argument("--quick", action="store_true", help="smaller rasters, fewer resume tiles")
+    args = parser.parse_args()
+    size = 1024 if args.quick else args.size
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        image = make_raster(tmp / "base.tif", size)
+        light = conv1x1_model(tmp / "light.onnx", tile_size_px=512, overlap_px=64)
+        speed(tmp, image, size, "light 1x1 conv", light, 512)
+        if default_model_path().is_file():
+            spec = OnnxModel(default_model_path()).spec
+            speed(tmp, image, size, "default model", default_model_path(), spec.tile_size_px)
+
+        big = make_raster(tmp / "big.tif", size * 2, seed=1)
+        base_mem = run_predict(image, light, tmp / "mem_base")["maxrss_mb"]
+        big_mem = run_predict(big, light, tmp / "mem_big")["maxrss_mb"]
+        print(f"[memory] peak RSS {base_mem:.0f} MB at {size}^2, {big_mem:.0f} MB at {2 * size}^2 (4x pixels): "
+              f"ratio {big_mem / base_mem:.3f} ({(big_mem / base_mem - 1) * 100:+.1f} %)")
+
+        n_side = 40 if args.quick else 100
+        resume_img = make_raster(tmp / "resume.tif", 64 * n_side, seed=2)
+        first = run_predict(resume_img, light, tmp / "resume", tile_size_px=64, overlap_px=0,
+                            outputs=frozenset({"semantic"}))
+        again = run_predict(resume_img, light, tmp / "resume", tile_size_px=64, overlap_px=0,
+                            outputs=frozenset({"semantic"}))
+        print(f"[resume] {first['done']} tiles predicted in {first['seconds']:.1f} s; resuming the complete "
+              f"cache took {again['seconds']:.2f} s (manifest of {first['done']} tiles)")
+
+
+if __name__ == "__main__":
+    main()
