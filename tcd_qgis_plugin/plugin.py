@@ -231,15 +231,19 @@ class TCDPlugin(QObject):
     def run_rows(self) -> list[RunRow]:
         rows = []
         for cache_dir in self.registry.caches():
+            task = self.tasks.get(cache_dir)
             if not cache_dir.is_dir():
-                rows.append(RunRow(cache_dir, "", "", 0, 0, "missing", self.tr("The folder no longer exists.")))
+                if task is not None:  # the worker has not created the folder yet
+                    rows.append(RunRow(cache_dir, task.job.image.name, "", 0, 0, "running"))
+                else:
+                    rows.append(RunRow(cache_dir, "", "", 0, 0, "missing", self.tr("The folder no longer exists.")))
                 continue
             status = cache_status(cache_dir)
             failure = self.registry.failure(cache_dir)
             state, note = status.state, status.error or ""
-            if cache_dir in self.tasks:
+            if task is not None:
                 state = "running"
-            elif failure and state != "complete" and state != "running":
+            elif failure and state not in ("complete", "running"):
                 state, note = "failed", failure
             image = status.image_path.name if status.image_path else ""
             rows.append(RunRow(cache_dir, image, status.model_name, status.done, status.total, state, note))
