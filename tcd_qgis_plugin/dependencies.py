@@ -572,8 +572,10 @@ def show_missing_message(iface, on_install: Callable[[], None], reqs=None):
     absent = missing(reqs)
     if not absent:
         return None
-    names = ", ".join(req.name if req.found_version is None else f"{req.name} {req.found_version}" for req in absent)
-    text = f"The plugin needs Python packages that this QGIS lacks or has in the wrong version: {names}."
+    names = ", ".join(
+        req.name if req.found_version is None else f"{req.pip_spec} (found {req.found_version})" for req in absent
+    )
+    text = f"Python packages to install: {names}."
     for req in absent:
         log(req.reason, Qgis.Warning)
     bar = iface.messageBar()
