@@ -25,7 +25,7 @@ from osgeo import gdal, ogr, osr
 
 from .errors import CacheCorruptError, CacheWriteError
 from .grid import Tile
-from .manifest import TileRecord, _fsync_dir, fsync_path, write_atomic
+from .manifest import TileRecord, fsync_path, write_atomic
 from .postprocess import Crown
 
 ogr.UseExceptions()
@@ -69,8 +69,6 @@ class GeotiffSemanticCache:
     def write_tile(self, tile: Tile, data: np.ndarray) -> str:
         """Write a core's confidence (n_classes, h, w) uint8 durably; returns its relative path."""
         rel = self.tile_name(tile.tile_id)
-        final = self.cache_dir / rel
-        tmp = final.with_name(f".{final.name}.tmp")
         col, row, w, h = tile.core_px
         a, b, c, d, e, f = self.transform
         profile = dict(driver="GTiff", width=w, height=h, count=data.shape[0], dtype="uint8",
@@ -79,16 +77,17 @@ class GeotiffSemanticCache:
                        compress="deflate", zlevel=1, predictor=2)
         if w >= 256 and h >= 256:
             profile.update(tiled=True, blockxsize=256, blockysize=256)
-        try:
-            with rasterio.open(tmp, "w", **profile) as dst:
+        # Encoded in memory and written by Python: GDAL can lose a failed write (disk full)
+        # without raising, Python's file IO cannot.
+        with rasterio.MemoryFile() as memfile:
+            with memfile.open(**profile) as dst:
                 dst.write(data)
                 for i, name in enumerate(self.class_names, start=1):
                     dst.set_band_description(i, name)
-            fsync_path(tmp)
-            os.replace(tmp, final)
-            _fsync_dir(self.dir)
-        except (OSError, rasterio.errors.RasterioError) as exc:
-            tmp.unlink(missing_ok=True)
+            encoded = memfile.read()
+        try:
+            write_atomic(self.cache_dir / rel, encoded)
+        except OSError as exc:
             raise _disk_error(f"the confidence tile {rel}", exc) from exc
         return rel
 
@@ -240,6 +239,28 @@ class ShapefileInstanceCache(VectorInstanceCache):
 
     def files(self):
         return [self.path.with_suffix(s) for s in (".shp", ".shx", ".dbf")]
+
+    def sync(self) -> None:
+        super().sync()
+        # GDAL may report success after a short write (disk full): check the sizes agree.
+        n = self.count()
+        if n == 0:
+            return  # the .dbf header is only written with the first record
+        shp, shx, dbf = self.files()
+        try:
+            with open(shx, "rb") as fx, open(dbf, "rb") as fd:
+                fx.seek(100 + 8 * (n - 1))
+                offset_words, length_words = struct.unpack(">ii", fx.read(8))
+                shp_size = (offset_words + 4 + length_words) * 2  # record header is 4 words
+                fd.seek(8)
+                header_len, record_len = struct.unpack("<HH", fd.read(4))
+            ok = (shx.stat().st_size == 100 + 8 * n
+                  and shp.stat().st_size == shp_size
+                  and dbf.stat().st_size >= header_len + record_len * n)
+        except (OSError, struct.error):
+            ok = False
+        if not ok:
+            raise CacheWriteError(f"Writing crowns to {self.rel} failed (is the disk full?); free space and resume.")
 
     @staticmethod
     def truncate(path: Path, n_records: int) -> bool:

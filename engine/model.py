@@ -20,6 +20,8 @@ JSON string. Our keys:
 ``seg_thresh``       probability above which a pixel belongs to a class.
 ``centre_thresh``, ``peak_min_distance_m``, ``min_crown_area_m2``
                      crown splitting parameters (``canopy_centres``).
+``input_dtype``      pixel type the model was trained on (default ``"uint8"``); rasters of
+                     another type are refused rather than silently mis-scaled.
 ``name``, ``description``, ``license``, ``provenance``  free text.
 
 Models made for the Deepness QGIS plugin work unchanged: ``model_type``

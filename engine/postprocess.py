@@ -119,7 +119,6 @@ def tile_crowns(
     labels: np.ndarray,
     scores: np.ndarray,
     classes: np.ndarray,
-    valid: np.ndarray,
     tile: Tile,
     src_transform,
     to_src,
@@ -127,8 +126,10 @@ def tile_crowns(
 ) -> list[Crown]:
     """Crowns owned by this tile (centroid in its core), as polygons in the source CRS.
 
-    Instances touching the tile's outer edge where the image continues are left
-    to the neighbour that sees them whole.
+    Neighbouring tiles see a crown within their shared margin identically, so
+    exactly one of them owns it. A crown reaching further than the margin
+    (``overlap_px // 2``) past a core is still kept, cut at the tile's edge,
+    rather than lost; overlaps should exceed the largest crown radius.
     """
     n = int(labels.max())
     if n == 0:
@@ -148,12 +149,6 @@ def tile_crowns(
         sx, sy = apply(invert(src_transform), np.asarray(wx), np.asarray(wy))
     col, row, w, h = tile.core_px
     owned = present & (sx >= col) & (sx < col + w) & (sy >= row) & (sy < row + h) & (counts >= min_area_px)
-
-    edge = np.zeros(n + 1, bool)
-    for strip, strip_valid in ((labels[0], valid[0]), (labels[-1], valid[-1]),
-                               (labels[:, 0], valid[:, 0]), (labels[:, -1], valid[:, -1])):
-        edge[strip[strip_valid]] = True
-    owned &= ~edge[1:]
     keep = idx[owned]
     if keep.size == 0:
         return []

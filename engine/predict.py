@@ -161,6 +161,12 @@ def predict(job: Job, progress: Callable[[Progress], None] | None = None,
             f"The model needs bands {', '.join(map(str, spec.bands))} but {Path(info.path).name} has "
             f"{info.count} band{'s' if info.count != 1 else ''}."
         )
+    expected_dtype = str(spec.metadata.get("input_dtype", "uint8")).strip('"')
+    if info.dtype != expected_dtype:
+        raise RasterError(
+            f"{Path(info.path).name} holds {info.dtype} pixels but this model expects {expected_dtype}; "
+            f"convert it first (in QGIS: Raster > Conversion > Translate, output type Byte, with scaling)."
+        )
     work_wkt = working_crs(info)
     settings = resolve_settings(job, spec, work_wkt)
     to_work = point_mapper(info.crs_wkt, work_wkt)
@@ -318,7 +324,7 @@ def _run(job, model, info, settings, tiles, header, state, progress, cancelled) 
                                                                                     src_crs, work_crs))
                     if vectors is not None:
                         labels, scores, classes = instance_labels(spec, output, probs, valid, settings.gsd_m)
-                        crowns = tile_crowns(spec, labels, scores, classes, valid, tile, info.transform, to_src,
+                        crowns = tile_crowns(spec, labels, scores, classes, tile, info.transform, to_src,
                                              min_area_px)
                         vectors.append(crowns, counters["features"] + 1, tile.tile_id)
                         files["instances"] = vectors.rel

@@ -113,10 +113,10 @@ def resolve_settings(job: Job, spec, work_crs: str) -> TileSettings:
     if spec.fixed_input_px is not None and tile != spec.fixed_input_px:
         raise InputError(f"This model only takes {spec.fixed_input_px} px tiles, not {tile} px.")
     overlap = spec.overlap_px if job.overlap_px is None else job.overlap_px
-    if job.overlap_px is None and job.tile_size_px is not None and overlap * 2 >= tile:
-        overlap = tile // 4
-    if overlap * 2 >= tile:
-        raise InputError(f"The overlap ({overlap} px) must be less than half the tile size ({tile} px).")
+    if job.overlap_px is None and job.tile_size_px is not None and overlap >= tile // 2:
+        overlap = tile // 4  # the model's overlap was meant for its own, larger tile
+    if overlap >= tile - 1:
+        raise InputError(f"The overlap ({overlap} px) must be smaller than the tile size ({tile} px).")
     gsd = job.gsd_m or spec.gsd_m
     return TileSettings(
         tile_size_px=int(tile),

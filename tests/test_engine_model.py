@@ -52,8 +52,9 @@ def test_fixed_input_size_sets_the_tile_and_rejects_overrides(tmp_path):
 
 def test_bad_overlap_is_explained():
     spec = spec_from_metadata(deepness(output_kind="semantic", tile_size_px=64, overlap_px=16))
-    with pytest.raises(InputError, match="less than half the tile size"):
-        resolve_settings(Job(image="x.tif", cache_dir="c", overlap_px=40), spec, "EPSG:3857")
+    with pytest.raises(InputError, match="smaller than the tile size"):
+        resolve_settings(Job(image="x.tif", cache_dir="c", overlap_px=64), spec, "EPSG:3857")
+    assert resolve_settings(Job(image="x.tif", cache_dir="c", overlap_px=40), spec, "EPSG:3857").core_px == 24
 
 
 def test_corrupt_and_truncated_onnx_files(tmp_path):
