@@ -469,8 +469,8 @@ class InstallTask(QgsTask):
                     + " ".join(req.reason for req in still)
                 )
             else:
-                what = ", ".join(result.installed) or "nothing was missing"
-                result.message = f"The TCD dependencies are installed ({what}); no restart is needed."
+                result.message = "The TCD dependencies are installed and ready; no restart is needed."
+                log("Installed: " + (", ".join(result.installed) or "nothing, all requirements were met"))
         if result.ok:
             log(result.message, Qgis.Success)
         else:
@@ -519,10 +519,13 @@ def install(
     the package folder (default :func:`package_dir`). ``reqs``: the requirements
     to satisfy (default :func:`requirements`). ``wait=True`` runs the install in
     the calling thread and returns when it is done (tests, scripts); otherwise a
-    QgsTask runs it with progress. The outcome goes to the message bar of
+    QgsTask runs it with progress. While one runs, another call returns it. The outcome goes to the message bar of
     ``iface`` (default ``qgis.utils.iface``), to the "TCD" log tab and to
     ``on_finished(result)``; the task's ``result`` holds it too.
     """
+    if _running:
+        log("An install of the TCD dependencies is already running.", Qgis.Warning)
+        return _running[0]
     if iface is None:
         from qgis.utils import iface
     folder = Path(target) if target else package_dir()

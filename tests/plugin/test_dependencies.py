@@ -162,9 +162,10 @@ def test_install_through_the_task_manager_upgrades_in_place(target, tmp_path, ba
     make_wheel(wheels, "tcd_probe_b", "2.0")
     results = []
 
-    dependencies.install(
+    task = dependencies.install(
         wheel_dir=str(wheels), target=target, reqs=[Requirement("tcd_probe_b", ">=2")], on_finished=results.append
     )
+    assert dependencies.install(wheel_dir=str(wheels), target=target) is task  # one install at a time
     deadline = 60_000
     while not results and deadline > 0:
         QgsApplication.processEvents()
