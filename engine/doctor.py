@@ -19,8 +19,10 @@ from :func:`diagnose`, nothing here imports the packages it checks.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
+import io
 import os
 import re
 import sys
@@ -337,23 +339,31 @@ class ProviderCheck:
     details: str = ""  # what ONNX Runtime said, for the log
 
 
-def _native_stderr_while(func):
-    """Run ``func`` and return (its result, what native code wrote to fd 2 meanwhile).
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _output_while(func):
+    """Run ``func`` and return (its result, what it printed meanwhile, as plain text).
 
     ONNX Runtime logs why a provider failed from C++ straight to file
-    descriptor 2, which ``sys.stderr`` redirection cannot catch.
+    descriptor 2, which ``sys.stderr`` redirection cannot catch, and its Python
+    layer prints an "EP Error" banner to ``sys.stdout``; both are kept out of the
+    report and returned instead.
     """
     sys.stderr.flush()
     saved = os.dup(2)
+    printed = io.StringIO()
     with tempfile.TemporaryFile(mode="w+b") as capture:
         os.dup2(capture.fileno(), 2)
         try:
-            result = func()
+            with contextlib.redirect_stdout(printed):
+                result = func()
         finally:
             os.dup2(saved, 2)
             os.close(saved)
         capture.seek(0)
-        return result, capture.read().decode("utf-8", "replace")
+        text = printed.getvalue() + capture.read().decode("utf-8", "replace")
+    return result, _ANSI.sub("", text).strip()
 
 
 def check_provider(ort, provider: str) -> ProviderCheck:
@@ -367,23 +377,30 @@ def check_provider(ort, provider: str) -> ProviderCheck:
         return ort.InferenceSession(TINY_MODEL, sess_options=options, providers=[provider, "CPUExecutionProvider"])
 
     try:
-        session, said = _native_stderr_while(start)
+        session, said = _output_while(start)
     except Exception as exc:  # noqa: BLE001 - any failure means the provider cannot start
         return ProviderCheck(
             provider, False, f"{provider} is installed but cannot start, so inference would fail on it.", str(exc)
         )
     if provider in session.get_providers():
-        return ProviderCheck(provider, True, details=said.strip())
+        return ProviderCheck(provider, True, details=said)
     return ProviderCheck(
         provider,
         False,
         f"{provider} is listed by ONNX Runtime but cannot start here (driver or libraries missing), "
         "so inference would run on the CPU.",
-        said.strip(),
+        said,
     )
 
 
 # --------------------------------------------------------------------------- report
+
+
+def _last_line(text: str) -> str:
+    """The last non-blank line of a log, where ONNX Runtime says what it lacks."""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not set(line.strip()) <= {"*"}]
+    # Drop ONNX Runtime's "<date> <time> [W:onnxruntime:Default, file.cc:123 Function] " prefix.
+    return re.sub(r"^\S+ \S+ \[[^\]]*\] ", "", lines[-1]) if lines else ""
 
 
 @dataclass(frozen=True)
@@ -424,13 +441,26 @@ class Report:
         if self.providers:
             names = ", ".join(p.name for p in self.providers)
             lines.append(f"ONNX Runtime execution providers: {names}")
-            lines += [f"  {p.name}: {p.details.splitlines()[-1]}" for p in self.providers if not p.works and p.details]
+            lines += [f"  {p.name}: {_last_line(p.details)}" for p in self.providers if not p.works and p.details]
         else:
             lines.append("ONNX Runtime execution providers: none (onnxruntime is not usable)")
         problems = self.problems
         lines.append("")
         lines += [f"problem: {sentence}" for sentence in problems] or ["Everything the engine needs is present."]
         return "\n".join(lines)
+
+
+def _site_of(module) -> str | None:
+    """The folder a module was imported from (``.../site-packages`` for a package)."""
+    path = getattr(module, "__file__", None)
+    if not path:
+        return None
+    path = Path(path).resolve()
+    return str(path.parent.parent if path.name == "__init__.py" else path.parent)
+
+
+def _same_dir(a: str, b: str) -> bool:
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
 
 
 def diagnose(requirements: list[Requirement] | None = None) -> Report:
@@ -450,6 +480,13 @@ def diagnose(requirements: list[Requirement] | None = None) -> Report:
             import_problems.append(
                 f"{req.name} {req.found_version} is installed but cannot be imported "
                 f"({type(exc).__name__}: {first_line})."
+            )
+            continue
+        imported_from = _site_of(usable[req.name])
+        if imported_from and req.location and not _same_dir(imported_from, req.location):
+            import_problems.append(
+                f"{module} is imported from {imported_from}, not from the {req.name} {req.found_version} "
+                f"in {req.location}: two copies are installed, remove one."
             )
     providers = []
     ort = usable.get("onnxruntime")

@@ -129,3 +129,13 @@ def test_a_gpu_provider_that_cannot_start_is_reported_not_silently_dropped():
     assert result.problem.startswith("CUDAExecutionProvider") and result.problem.endswith("on the CPU.")
     assert ". " not in result.problem  # one sentence
     assert doctor.check_provider(ort, "CPUExecutionProvider").works
+
+
+def test_a_second_copy_that_shadows_the_installed_one_is_reported(tmp_path):
+    # A stray tqdm/ folder ahead on sys.path: metadata names one copy, import gets the other.
+    (tmp_path / "tqdm").mkdir()
+    (tmp_path / "tqdm" / "__init__.py").write_text("")
+    out = run_doctor(f"import sys; sys.path.insert(0, {str(tmp_path)!r})")
+    assert out.returncode == 1, out.stdout + out.stderr
+    version = check(Requirement("tqdm")).found_version
+    assert f"problem: tqdm is imported from {tmp_path}, not from the tqdm {version} in " in out.stdout
