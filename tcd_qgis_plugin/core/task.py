@@ -83,7 +83,7 @@ class PredictionTask(QgsTask):
     def run(self) -> bool:
         try:
             self.outcome = self._run_worker()
-        except Exception as exc:  # never let an exception escape run()
+        except Exception as exc:  # noqa: BLE001 - never let an exception escape run()
             self.outcome = self._failed(tr("The prediction could not be started: {}").format(exc), repr(exc))
         return self.outcome.state == "complete"
 

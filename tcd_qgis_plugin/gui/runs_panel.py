@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qgis.gui import QgsDockWidget
-from qgis.PyQt.QtCore import QUrl, Qt, pyqtSignal
+from qgis.PyQt.QtCore import Qt, QUrl, pyqtSignal
 from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
@@ -24,7 +24,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-COLUMNS = ("run", "image", "model", "tiles", "state")
+COLUMNS = ("run", "state", "tiles", "image", "model")
 
 
 @dataclass(frozen=True)
@@ -54,22 +54,27 @@ class RunsPanel(QgsDockWidget):
         self.tree = QTreeWidget()
         self.tree.setRootIsDecorated(False)
         self.tree.setSelectionMode(QAbstractItemView.SingleSelection)
-        self.tree.setHeaderLabels([self.tr("Run"), self.tr("Image"), self.tr("Model"), self.tr("Tiles"),
-                                   self.tr("State")])
+        self.tree.setHeaderLabels([self.tr("Run"), self.tr("State"), self.tr("Tiles"), self.tr("Image"),
+                                   self.tr("Model")])
         self.resume_button = QPushButton(self.tr("Resume"))
         self.load_button = QPushButton(self.tr("Load layers"))
         self.folder_button = QPushButton(self.tr("Open folder"))
         self.delete_button = QPushButton(self.tr("Delete"))
         self.open_cache_button = QPushButton(self.tr("Open cache…"))
-        buttons = QHBoxLayout()
-        for button in (self.resume_button, self.load_button, self.folder_button, self.delete_button):
-            buttons.addWidget(button)
-        buttons.addStretch(1)
-        buttons.addWidget(self.open_cache_button)
+        # Two rows keep the dock narrow beside the map.
+        run_buttons = QHBoxLayout()
+        for button in (self.resume_button, self.load_button, self.folder_button):
+            run_buttons.addWidget(button)
+        run_buttons.addStretch(1)
+        folder_buttons = QHBoxLayout()
+        folder_buttons.addWidget(self.delete_button)
+        folder_buttons.addStretch(1)
+        folder_buttons.addWidget(self.open_cache_button)
         body = QWidget()
         layout = QVBoxLayout(body)
         layout.addWidget(self.tree, 1)
-        layout.addLayout(buttons)
+        layout.addLayout(run_buttons)
+        layout.addLayout(folder_buttons)
         self.setWidget(body)
 
         self.tree.itemSelectionChanged.connect(self._update_buttons)
@@ -89,11 +94,11 @@ class RunsPanel(QgsDockWidget):
         self.tree.clear()
         for row in rows:
             tiles = f"{row.done} / {row.total}" if row.total else "–"
-            item = QTreeWidgetItem([row.cache_dir.name, row.image, row.model, tiles, self._state_text(row.state)])
+            item = QTreeWidgetItem([row.cache_dir.name, self._state_text(row.state), tiles, row.image, row.model])
             item.setData(0, Qt.UserRole, str(row.cache_dir))
             item.setToolTip(0, str(row.cache_dir))
             if row.note:
-                item.setToolTip(len(COLUMNS) - 1, row.note)
+                item.setToolTip(COLUMNS.index("state"), row.note)
             self.tree.addTopLevelItem(item)
             if selected is not None and row.cache_dir == selected:
                 item.setSelected(True)

@@ -10,19 +10,18 @@ from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parents[2]
 for path in (ROOT, ROOT / "tests"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from onnx_models import _save, passthrough_model  # noqa: E402
-from rasters import squares_image, write_raster  # noqa: E402
-
-from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsSettings  # noqa: E402
+from onnx_models import _save, passthrough_model
+from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsSettings
+from rasters import squares_image, write_raster
 
 # 40 squares of 12 px (1.2 m) on a 320 x 320 px image at 0.1 m: 64 px tiles with a
 # 16 px overlap give 7 x 7 = 49 tiles.
@@ -117,8 +116,13 @@ def plugin(qgis_iface, settings):
     plugin.unload()
 
 
-def wait_for_tasks(timeout_s: float = 120.0) -> None:
-    """Process events until the task manager has no active task."""
+@pytest.fixture
+def wait_for_tasks():
+    """A function that processes events until the task manager has no active task."""
+    return _wait_for_tasks
+
+
+def _wait_for_tasks(timeout_s: float = 120.0) -> None:
     import time
 
     manager = QgsApplication.taskManager()

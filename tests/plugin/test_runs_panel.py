@@ -12,11 +12,9 @@ from engine.settings import Job
 from engine.status import cache_status
 from tcd_qgis_plugin.plugin import TCDPlugin
 
-from conftest import wait_for_tasks
-
 
 def states(panel) -> dict:
-    return {row[0]: row[4] for row in panel.row_texts()}
+    return {row[0]: row[1] for row in panel.row_texts()}
 
 
 def click(panel, cache_dir, button) -> None:
@@ -25,7 +23,8 @@ def click(panel, cache_dir, button) -> None:
     QTest.mouseClick(button, Qt.LeftButton)
 
 
-def test_each_state(plugin, qgis_new_project, raster_path, big_raster_path, model_path, slow_model_path, tmp_path):
+def test_each_state(plugin, qgis_new_project, raster_path, big_raster_path, model_path, slow_model_path, tmp_path,
+                    wait_for_tasks):
     complete = Job(image=raster_path, cache_dir=tmp_path / "complete", model=model_path, threads=1)
     predict(complete)
     partial = Job(image=raster_path, cache_dir=tmp_path / "partial", model=model_path, threads=1)
@@ -42,8 +41,8 @@ def test_each_state(plugin, qgis_new_project, raster_path, big_raster_path, mode
     panel = plugin.panel
     assert states(panel) == {"complete": "complete", "partial": "partial", "failed": "failed", "gone": "missing"}
     rows = {row[0]: row for row in panel.row_texts()}
-    assert rows["complete"][1:4] == ["ortho.tif", "passthrough test model", "49 / 49"]
-    assert rows["partial"][3].endswith("/ 49") and rows["partial"][3] != "49 / 49"
+    assert rows["complete"] == ["complete", "complete", "49 / 49", "ortho.tif", "passthrough test model"]
+    assert rows["partial"][2].endswith("/ 49") and rows["partial"][2] != "49 / 49"
 
     panel.select(complete.cache_dir)
     assert not panel.resume_button.isEnabled() and panel.load_button.isEnabled()
@@ -54,7 +53,7 @@ def test_each_state(plugin, qgis_new_project, raster_path, big_raster_path, mode
     task = plugin.start_run(running)
     deadline = time.monotonic() + 60
     assert states(panel)["running"] == "running"
-    tiles = lambda: {row[0]: row[3] for row in panel.row_texts()}["running"]  # noqa: E731
+    tiles = lambda: {row[0]: row[2] for row in panel.row_texts()}["running"]
     while tiles() in ("–", "0 / 196") and time.monotonic() < deadline:
         QgsApplication.processEvents()
     assert tiles().endswith("/ 196") and states(panel)["running"] == "running"
@@ -66,7 +65,7 @@ def test_each_state(plugin, qgis_new_project, raster_path, big_raster_path, mode
 
 
 def test_resume_from_the_panel_after_a_restart(qgis_iface, settings, qgis_new_project, raster_path, model_path,
-                                               tmp_path):
+                                               tmp_path, wait_for_tasks):
     job = Job(image=raster_path, cache_dir=tmp_path / "ortho_tcd", model=model_path, tile_size_px=96,
               overlap_px=32, threads=1)
     first = TCDPlugin(qgis_iface)
@@ -93,7 +92,8 @@ def test_resume_from_the_panel_after_a_restart(qgis_iface, settings, qgis_new_pr
         second.unload()
 
 
-def test_open_cache_load_layers_and_delete(plugin, qgis_new_project, raster_path, model_path, tmp_path, monkeypatch):
+def test_open_cache_load_layers_and_delete(plugin, qgis_new_project, raster_path, model_path, tmp_path, monkeypatch,
+                                           wait_for_tasks):
     elsewhere = Job(image=raster_path, cache_dir=tmp_path / "from_cli", model=model_path, overlap_px=8, threads=1)
     predict(elsewhere, cancelled=lambda: (elsewhere.cache_dir / "tiles.jsonl").exists()
             and cache_status(elsewhere.cache_dir).done >= 3)

@@ -17,9 +17,6 @@ from tcd_qgis_plugin import dependencies
 from tcd_qgis_plugin.core.layers import CacheLayerGroup
 from tcd_qgis_plugin.core.task import PredictionTask
 
-from conftest import wait_for_tasks
-
-
 TOTAL = 196  # tiles of big_raster_path
 
 
@@ -119,7 +116,7 @@ def test_cancel_mid_run_leaves_a_resumable_cache(plugin, qgis_new_project, big_r
 
 
 def test_a_killed_worker_fails_the_run_and_resume_finishes_it(plugin, qgis_new_project, big_raster_path,
-                                                              slow_model_path, tmp_path, qgis_iface):
+                                                              slow_model_path, tmp_path, qgis_iface, wait_for_tasks):
     job = Job(image=big_raster_path, cache_dir=tmp_path / "killed_tcd", model=slow_model_path, threads=1)
     plugin.registry.remember_job(job)
     task = make_task(job)
@@ -143,7 +140,8 @@ def test_a_killed_worker_fails_the_run_and_resume_finishes_it(plugin, qgis_new_p
     assert [row.state for row in plugin.run_rows()] == ["complete"]
 
 
-def test_through_the_task_manager(plugin, raster_layer, raster_path, model_path, tmp_path, qgis_iface):
+def test_through_the_task_manager(plugin, raster_layer, raster_path, model_path, tmp_path, qgis_iface,
+                                  wait_for_tasks):
     job = Job(image=raster_path, cache_dir=tmp_path / "managed_tcd", model=model_path, threads=1)
     task = plugin.start_run(job)
     assert task is not None
@@ -160,7 +158,7 @@ def test_through_the_task_manager(plugin, raster_layer, raster_path, model_path,
 
 
 def test_unload_during_a_run_cancels_it_cleanly(qgis_iface, settings, qgis_new_project, big_raster_path,
-                                                slow_model_path, tmp_path):
+                                                slow_model_path, tmp_path, wait_for_tasks):
     from tcd_qgis_plugin.plugin import TCDPlugin
 
     plugin = TCDPlugin(qgis_iface)
