@@ -9,7 +9,14 @@ It runs in a QProcess, so the dialog stays responsive while ONNX Runtime loads.
 from __future__ import annotations
 
 import configparser
-from qgis.PyQt.QtCore import QCoreApplication, QProcess, QProcessEnvironment, Qt, pyqtSignal
+
+from qgis.PyQt.QtCore import (
+    QCoreApplication,
+    QProcess,
+    QProcessEnvironment,
+    Qt,
+    pyqtSignal,
+)
 from qgis.PyQt.QtGui import QFontDatabase
 from qgis.PyQt.QtWidgets import (
     QApplication,

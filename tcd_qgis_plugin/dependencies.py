@@ -32,10 +32,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsTask
 from qgis.PyQt.QtWidgets import QApplication, QPushButton
@@ -86,6 +87,11 @@ def _top_level_name(entry: str) -> str:
     """``numpy-1.24.2.dist-info`` / ``numpy.libs`` / ``sip.cpython-311.so`` -> ``numpy`` / ``numpy`` / ``sip``."""
     stem = re.split(r"[-.]", entry, maxsplit=1)[0]
     return stem.lower()
+
+
+def _project(name: str) -> str:
+    """A distribution name in the form :data:`PROTECTED` uses (``PyQt5-sip`` -> ``pyqt5_sip``)."""
+    return re.sub(r"[-_.]+", "_", name).lower()
 
 
 def _remove_protected(folder: Path) -> list[str]:
@@ -151,6 +157,7 @@ def _probe(python: Path) -> tuple | None:
             [str(python), "-c", code],
             capture_output=True,
             text=True,
+            check=False,
             timeout=60,
             creationflags=_NO_WINDOW,
         )
@@ -358,7 +365,7 @@ class InstallTask(QgsTask):
 
     def _pip_version(self, python: str, env: dict) -> tuple[int, int]:
         out = subprocess.run(
-            [python, "-m", "pip", "--version"], capture_output=True, text=True, env=env, creationflags=_NO_WINDOW
+            [python, "-m", "pip", "--version"], capture_output=True, text=True, check=False, env=env, creationflags=_NO_WINDOW
         )
         self._output += [out.stdout.strip(), out.stderr.strip()]
         match = re.match(r"pip (\d+)\.(\d+)", out.stdout)
@@ -399,7 +406,7 @@ class InstallTask(QgsTask):
                 planned = self._resolve(python, env, staging)
                 if planned is None:
                     return self._failed(command)
-                clash = [p for p in planned if _top_level_name(p) in PROTECTED]
+                clash = [p for p in planned if _project(p.split("==")[0]) in PROTECTED]
                 if clash:
                     return InstallResult(
                         False,
@@ -445,8 +452,6 @@ class InstallTask(QgsTask):
         except DependencyError as exc:
             self.result = InstallResult(False, str(exc), output="\n".join(self._output))
         except Exception as exc:  # noqa: BLE001 - an exception escaping run() can take QGIS down
-            import traceback
-
             log(traceback.format_exc(), Qgis.Critical)
             self.result = InstallResult(
                 False,
@@ -457,7 +462,7 @@ class InstallTask(QgsTask):
 
     # ---- main thread
 
-    def finished(self, ok: bool) -> None:  # noqa: ARG002 - self.result says it all
+    def finished(self, ok: bool) -> None:
         result = self.result or InstallResult(False, "Installing the TCD dependencies was cancelled.")
         if result.ok:
             activate(self.folder)
@@ -482,6 +487,11 @@ class InstallTask(QgsTask):
             self.on_finished(result)
 
 
+def _dist_info_project(name: str) -> str:
+    """``zope.interface-5.4.dist-info`` -> ``zope_interface``."""
+    return _project(name[: -len(".dist-info")].rsplit("-", 1)[0])
+
+
 def _move_into(staging: Path, folder: Path) -> None:
     """Move every entry of ``staging`` into ``folder``, replacing older copies.
 
@@ -490,9 +500,9 @@ def _move_into(staging: Path, folder: Path) -> None:
     """
     for entry in staging.iterdir():
         if entry.name.endswith(".dist-info"):
-            project = _top_level_name(entry.name)
+            project = _dist_info_project(entry.name)
             for old in folder.glob("*.dist-info"):
-                if _top_level_name(old.name) == project and old.name != entry.name:
+                if _dist_info_project(old.name) == project and old.name != entry.name:
                     shutil.rmtree(old)
         dest = folder / entry.name
         if dest.is_dir() and not dest.is_symlink():

@@ -214,6 +214,17 @@ def test_failed_install_gives_one_sentence_and_a_command_and_qgis_keeps_running(
     assert layer.isValid()
 
 
+def test_a_package_needing_another_numpy_than_qgis_has_is_refused(target, tmp_path, bar):
+    wheels = tmp_path / "wheels"
+    make_wheel(wheels, "tcd_probe_d", "1.0", requires=["numpy>=99"])
+    task = dependencies.install(wait=True, wheel_dir=str(wheels), target=target, reqs=[Requirement("tcd_probe_d")])
+    assert task.result.message == (
+        f"Installing the TCD dependencies failed: the requirements cannot be met together with QGIS's numpy "
+        f"{numpy.__version__}; the TCD log tab has pip's output and a command to run by hand."
+    )
+    assert not [p for p in target.iterdir() if p.name.lower().startswith("numpy")]
+
+
 def test_no_pip_is_a_clear_sentence(target, tmp_path, bar, monkeypatch):
     fake_python = tmp_path / "python3"
     fake_python.write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")  # -S: no site, so no pip
@@ -237,7 +248,7 @@ def test_missing_message_names_each_package_and_its_button_installs(bar):
 
 def dependencies_iface(bar):
     class Iface:
-        def messageBar(self):  # noqa: N802 - QGIS API
+        def messageBar(self):
             return bar
 
     return Iface()
