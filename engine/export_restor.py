@@ -170,9 +170,7 @@ def family_of_dir(folder: Path) -> Family:
         raise ModelError(
             f"{folder} holds a '{config['model_type']}' model; only SegFormer and UNet models can be exported."
         )
-    raise ModelError(
-        f"{folder} holds no SegFormer or UNet checkpoint (expected config.json or Restor's model.pt)."
-    )
+    raise ModelError(f"{folder} holds no SegFormer or UNet checkpoint (expected config.json or Restor's model.pt).")
 
 
 def _segformer_preprocessing(folder: Path | None, model_id: str | None):
@@ -240,7 +238,7 @@ def _load_segformer(folder: Path | None, model_id: str | None) -> _Loaded:
     return _Loaded(SegformerProbs(model).eval(), Family.SEGFORMER, scale, mean, std, detail)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _unet_class():
     """smp's ``Unet`` with a torchvision ResNet encoder, same modules and parameter names.
 
@@ -350,9 +348,7 @@ def _unet_class():
             reversed_channels = list(encoder_channels[1:])[::-1]
             c_in = [reversed_channels[0]] + list(_UNET_DECODER_CHANNELS[:-1])
             c_skip = reversed_channels[1:] + [0]
-            self.blocks = nn.ModuleList(
-                DecoderBlock(i, s, o) for i, s, o in zip(c_in, c_skip, _UNET_DECODER_CHANNELS)
-            )
+            self.blocks = nn.ModuleList(DecoderBlock(i, s, o) for i, s, o in zip(c_in, c_skip, _UNET_DECODER_CHANNELS))
 
         def forward(self, features):
             sizes = [f.shape[2:] for f in features][::-1]
@@ -379,9 +375,7 @@ def _unet_class():
 def build_unet(encoder_name: str, classes: int = 2, in_channels: int = 3):
     """A randomly initialised smp-layout ``Unet`` (PyTorch module) with a ResNet encoder."""
     if encoder_name not in _RESNETS:
-        raise ModelError(
-            f"The UNet encoder '{encoder_name}' is not supported; use one of {', '.join(_RESNETS)}."
-        )
+        raise ModelError(f"The UNet encoder '{encoder_name}' is not supported; use one of {', '.join(_RESNETS)}.")
     return _unet_class()(encoder_name, classes, in_channels)
 
 
@@ -458,7 +452,9 @@ def _load_unet(folder: Path | None, model_id: str | None) -> _Loaded:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ModelError(f"The UNet weights do not fit an smp Unet with a {encoder} encoder: {_first_line(exc)}") from exc
+        raise ModelError(
+            f"The UNet weights do not fit an smp Unet with a {encoder} encoder: {_first_line(exc)}"
+        ) from exc
 
     class UnetProbs(torch.nn.Module):
         def __init__(self, unet):
@@ -499,7 +495,7 @@ def load_checkpoint(source: str) -> _Loaded:
 def _metadata(loaded: _Loaded, name: str, source: str, license_: str) -> dict[str, object]:
     torch = _require_torch()
     kind = "SegFormer" if loaded.family is Family.SEGFORMER else "UNet"
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     return {
         "name": name,
         "description": f"Restor tree cover segmentation ({kind}, {name}); per-pixel tree probability.",
@@ -581,7 +577,10 @@ def export_restor(
                     str(tmp_onnx),
                     input_names=["image"],
                     output_names=["probs"],
-                    dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "probs": {0: "batch", 2: "height", 3: "width"}},
+                    dynamic_axes={
+                        "image": {0: "batch", 2: "height", 3: "width"},
+                        "probs": {0: "batch", 2: "height", 3: "width"},
+                    },
                     opset_version=OPSET,
                     dynamo=False,
                 )

@@ -113,9 +113,13 @@ def test_segformer_onnx_matches_tcd_pipeline_forward(torch, segformer):
         inputs = processor(images=[torch.from_numpy(raw.astype(np.float32))], return_tensors="pt")
         with torch.no_grad():
             logits = model(pixel_values=inputs.pixel_values).logits
-            expected = torch.nn.functional.interpolate(
-                logits, size=inputs.pixel_values.shape[-2:], mode="bilinear", align_corners=False
-            ).softmax(dim=1)[0].numpy()
+            expected = (
+                torch.nn.functional.interpolate(
+                    logits, size=inputs.pixel_values.shape[-2:], mode="bilinear", align_corners=False
+                )
+                .softmax(dim=1)[0]
+                .numpy()
+            )
         got = engine_model.run(raw)["probs"]
         assert got.shape == (2, size_px, size_px)
         _check_spread(expected)
@@ -157,7 +161,7 @@ def test_segformer_metadata_is_what_the_engine_and_plugin_read(segformer):
 
 
 def test_unet_metadata_feeds_raw_values(unet):
-    _, folder, result = unet
+    result = unet[2]
     spec = describe_model(result.path)
     assert result.name == spec.name == "tcd-unet-r34"  # a folder's name when no --name is given
     assert (spec.scale, spec.mean, spec.std) == (1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))

@@ -23,7 +23,9 @@ def register(subparsers) -> None:
     parser.add_argument("output", help="ONNX file to write (.onnx)")
     parser.add_argument("--name", help="model name shown in the plugin (default: the id, or the folder's name)")
     parser.add_argument(
-        "--license", default=RESTOR_LICENSE, help="licence stored in the model (default: %(default)s, that of Restor's weights)"
+        "--license",
+        default=RESTOR_LICENSE,
+        help="licence stored in the model (default: %(default)s, that of Restor's weights)",
     )
     parser.set_defaults(func=run)
 
