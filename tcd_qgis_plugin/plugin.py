@@ -18,6 +18,7 @@ from engine.errors import TCDError
 from engine.status import cache_status
 
 from . import dependencies
+from .about_dialog import AboutDialog
 from .core.layers import CacheLayerGroup
 from .core.runs import RunRegistry, job_from_cache
 from .core.task import LOG_TAG, PredictionTask, RunOutcome, TileProgress
@@ -38,6 +39,7 @@ class TCDPlugin(QObject):
         self.tasks: dict[Path, PredictionTask] = {}
         self.groups: dict[Path, CacheLayerGroup] = {}
         self.dialog: PredictDialog | None = None
+        self.about: AboutDialog | None = None
         self.panel: RunsPanel | None = None
         self.actions: list[QAction] = []
         self._stale: set[Path] = set()
@@ -47,7 +49,7 @@ class TCDPlugin(QObject):
         self._refresh_timer.timeout.connect(self._refresh_stale_layers)
 
     # -- QGIS plugin interface ------------------------------------------------
-    def initGui(self) -> None:  # noqa: N802 - QGIS API
+    def initGui(self) -> None:
         self.run_action = QAction(QIcon(str(icon_path())), self.tr("Tree crown delineation…"),
                                   self.iface.mainWindow())
         self.run_action.setObjectName("TCDRunAction")
@@ -65,7 +67,10 @@ class TCDPlugin(QObject):
         self.panel_action = self.panel.toggleViewAction()
         self.panel_action.setText(self.tr("TCD runs panel"))
         self.iface.addPluginToRasterMenu(self.tr("Tree crown delineation"), self.panel_action)
-        self.actions = [self.run_action, self.panel_action]
+        self.about_action = QAction(self.tr("About and environment…"), self.iface.mainWindow())
+        self.about_action.triggered.connect(self.show_about)
+        self.iface.addPluginToRasterMenu(self.tr("Tree crown delineation"), self.about_action)
+        self.actions = [self.run_action, self.panel_action, self.about_action]
 
         QgsProject.instance().cleared.connect(self._project_cleared)
         self.refresh_panel()
@@ -88,9 +93,10 @@ class TCDPlugin(QObject):
             self.iface.removeDockWidget(self.panel)
             self.panel.deleteLater()
             self.panel = None
-        if self.dialog is not None:
-            self.dialog.deleteLater()
-            self.dialog = None
+        for dialog in (self.dialog, self.about):
+            if dialog is not None:
+                dialog.deleteLater()
+        self.dialog = self.about = None
 
     # -- dialog ---------------------------------------------------------------
     def show_dialog(self) -> PredictDialog:
@@ -104,6 +110,16 @@ class TCDPlugin(QObject):
         self.dialog.show()
         self.dialog.raise_()
         return self.dialog
+
+    def show_about(self) -> AboutDialog:
+        """The plugin's version and the engine's doctor report, as the worker sees it."""
+        if self.about is None:
+            self.about = AboutDialog(self.iface.mainWindow())
+            self.about.installRequested.connect(self.install_dependencies)
+        self.about.refresh()
+        self.about.show()
+        self.about.raise_()
+        return self.about
 
     def _run_requested(self, job) -> None:
         if self.start_run(job) is not None and self.dialog is not None:
@@ -262,6 +278,8 @@ class TCDPlugin(QObject):
         dependencies.activate()
         if self.dialog is not None:
             self.dialog.set_missing(dependencies.missing())
+        if self.about is not None and self.about.isVisible():
+            self.about.refresh()
         self.refresh_panel()
 
     def _bar(self, message: str, level) -> None:

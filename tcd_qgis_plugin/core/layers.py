@@ -43,7 +43,7 @@ class CacheLayerGroup:
         added = []
         self._adopt_group_layers()
         for entry in cache_layers(self.cache_dir):
-            source = str(entry.path) if entry.layer_name is None else f"{entry.path}|layername={entry.layer_name}"
+            source = _source(entry)
             layer = self.project.mapLayer(self._layer_ids.get(source, ""))
             if layer is not None:
                 _reload(layer)
@@ -82,6 +82,23 @@ class CacheLayerGroup:
         group = self.group(create=False)
         if group is not None and not group.children():
             group.parent().removeChildNode(group)
+
+
+def _source(entry) -> str:
+    """The data source string of a cache layer.
+
+    The confidence mosaic is opened through GDAL's ``vrt://`` connection string,
+    not as the plain .vrt file: QGIS 3.22 computes statistics when it loads a
+    raster, GDAL stores them in an open VRT and writes the whole VRT back to disk
+    when QGIS closes it, which would overwrite the mosaic the engine has rewritten
+    since. Opened as ``vrt://``, the file is only a source and is never written;
+    reloading it also rereads the current tile list.
+    """
+    if entry.layer_name is not None:
+        return f"{entry.path}|layername={entry.layer_name}"
+    if entry.kind == "raster" and Path(entry.path).suffix.lower() == ".vrt":
+        return f"vrt://{entry.path}"
+    return str(entry.path)
 
 
 def _reload(layer) -> None:

@@ -71,8 +71,8 @@ def test_advanced_choices_reach_the_job(dialog, tmp_path):
 
 
 def test_the_folder_follows_the_raster_until_the_user_edits_it(dialog, raster_layer, tmp_path):
-    from rasters import squares_image, write_raster
     from qgis.core import QgsRasterLayer
+    from rasters import squares_image, write_raster
 
     other_path = write_raster(tmp_path / "sub" / "other.tif", squares_image(64, 64, []))
     other = QgsRasterLayer(str(other_path), "other", "gdal")
@@ -88,7 +88,7 @@ def test_the_folder_follows_the_raster_until_the_user_edits_it(dialog, raster_la
     "change, expected",
     [
         (lambda d: (d.confidence_check.setChecked(False), d.crowns_check.setChecked(False)), "at least one output"),
-        (lambda d: d.overlap_spin.setValue(40), "less than half the tile size"),
+        (lambda d: d.overlap_spin.setValue(64), "smaller than the tile size"),
         (lambda d: d.tile_spin.setValue(8), "at least 16 pixels"),
         (lambda d: d.folder_widget.setFilePath(""), "Choose an output folder"),
         (lambda d: d.folder_widget.setFilePath("relative/folder"), "full path"),

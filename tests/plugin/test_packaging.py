@@ -35,6 +35,10 @@ def test_the_zip_carries_the_plugin_the_engine_and_resources_only(plugin_zip):
     engine_files = {p.relative_to(ROOT).as_posix() for p in (ROOT / "engine").rglob("*.py")
                     if "__pycache__" not in p.parts}
     assert engine_files <= inside
+    plugin_dir = ROOT / "tcd_qgis_plugin"
+    plugin_files = {p.relative_to(plugin_dir).as_posix() for p in plugin_dir.rglob("*.py")
+                    if "__pycache__" not in p.parts}
+    assert plugin_files <= inside, "a plugin module is missing from pb_tool.cfg"
     for name in inside:
         top = name.split("/")[0]
         assert top not in ("tests", "benchmarks", "training", "docs", "scripts", ".venv"), name

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from qgis.core import Qgis, QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
+from qgis.core import Qgis, QgsApplication, QgsPointXY, QgsProject, QgsRasterLayer, QgsVectorLayer
 
 from engine.settings import Job
 from engine.status import cache_status
@@ -68,6 +68,14 @@ def test_run_then_finished_adds_styled_layers(plugin, raster_layer, raster_path,
     symbol_layer = vector.renderer().symbol().symbolLayer(0)
     assert symbol_layer.brushStyle() == 0  # Qt.NoBrush: outlines only
     assert vector.featureCount() == 40
+    # Loaded when only the first tile existed, the raster shows the last tiles after the reloads.
+    value, ok = raster.dataProvider().sample(QgsPointXY(500000 + 296 * 0.1, 6000000 - 178 * 0.1), 1)
+    assert ok and value == 230
+    # QGIS must never write the engine's mosaic back (GDAL saves statistics into an open VRT on close).
+    mosaic = (job.cache_dir / "confidence.vrt").read_text()
+    QgsProject.instance().removeAllMapLayers()
+    QgsApplication.processEvents()
+    assert (job.cache_dir / "confidence.vrt").read_text() == mosaic
     assert qgis_iface.messageBar().get_messages(Qgis.Success)
     assert plugin.registry.failure(job.cache_dir) is None
 
@@ -173,3 +181,17 @@ def test_unload_during_a_run_cancels_it_cleanly(qgis_iface, settings, qgis_new_p
     status = cache_status(job.cache_dir)
     assert status.state == "partial" and status.locked_by is None
     assert sys.modules["tcd_qgis_plugin.plugin"]  # nothing was torn down under the task
+
+
+def test_closing_the_project_cancels_the_run(plugin, raster_layer, big_raster_path, slow_model_path, tmp_path,
+                                             wait_for_tasks):
+    job = Job(image=big_raster_path, cache_dir=tmp_path / "closed_tcd", model=slow_model_path, threads=1)
+    task = plugin.start_run(job)
+    while not (job.cache_dir / "tiles.jsonl").exists() or cache_status(job.cache_dir).done < 1:
+        QgsApplication.processEvents()
+    QgsProject.instance().clear()
+    wait_for_tasks()
+    assert task.outcome.state == "cancelled"
+    assert cache_status(job.cache_dir).state == "partial"
+    assert not QgsProject.instance().mapLayers()  # nothing was added to the new, empty project
+    assert QgsProject.instance().layerTreeRoot().findGroup("closed_tcd") is None
