@@ -134,8 +134,13 @@ class TCDPlugin(QObject):
             return None
         if dependencies.show_missing_message(self.iface, self.install_dependencies) is not None:
             return None
+        try:
+            python = dependencies.find_qgis_python()
+        except dependencies.DependencyError as exc:
+            self._bar(str(exc), Qgis.Critical)
+            return None
         self.registry.remember_job(job)
-        task = PredictionTask(job, dependencies.find_qgis_python(), dependencies.worker_environment())
+        task = PredictionTask(job, python, dependencies.worker_environment())
         task.tilesCommitted.connect(self._tiles_committed, Qt.QueuedConnection)
         task.runEnded.connect(self._run_ended)
         self.tasks[cache_dir] = task

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 
+import pytest
 from qgis.core import Qgis, QgsApplication, QgsPointXY, QgsProject, QgsRasterLayer, QgsVectorLayer
 
 from engine.settings import Job
@@ -148,9 +149,11 @@ def test_a_killed_worker_fails_the_run_and_resume_finishes_it(plugin, qgis_new_p
     assert [row.state for row in plugin.run_rows()] == ["complete"]
 
 
+@pytest.mark.parametrize("vector_format", ["shp", "gpkg"])
 def test_through_the_task_manager(plugin, raster_layer, raster_path, model_path, tmp_path, qgis_iface,
-                                  wait_for_tasks):
-    job = Job(image=raster_path, cache_dir=tmp_path / "managed_tcd", model=model_path, threads=1)
+                                  wait_for_tasks, vector_format):
+    job = Job(image=raster_path, cache_dir=tmp_path / "managed_tcd", model=model_path, vector_format=vector_format,
+              threads=1)
     task = plugin.start_run(job)
     assert task is not None
     assert QgsApplication.taskManager().tasks() and task in QgsApplication.taskManager().tasks()
@@ -161,6 +164,9 @@ def test_through_the_task_manager(plugin, raster_layer, raster_path, model_path,
     layers = group_layers(job.cache_dir)
     assert sorted(layer.name() for layer in layers) == ["canopy confidence", "crowns"]
     assert all(layer.isValid() for layer in layers)
+    crowns = next(layer for layer in layers if layer.name() == "crowns")
+    assert crowns.featureCount() == 40
+    assert crowns.source().split("|")[0].endswith(f"crowns.{vector_format}")
     assert not plugin.tasks
     assert any("Delineated 40 crowns" in m for m in qgis_iface.messageBar().get_messages(Qgis.Success))
 
