@@ -98,6 +98,18 @@ def poll():
 def screenshot():
     iface.mapCanvas().waitWhileRendering()
     shot("03_result.png")
+    root = QgsProject.instance().layerTreeRoot()
+    for layer in group_layers():
+        if layer.name() == "crowns":
+            root.findLayer(layer.id()).setItemVisibilityChecked(False)
+    iface.mapCanvas().refreshAllLayers()
+    QTimer.singleShot(3000, screenshot_confidence)
+
+
+@guarded
+def screenshot_confidence():
+    iface.mapCanvas().waitWhileRendering()
+    shot("04_confidence_only.png")
     finish()
 
 
