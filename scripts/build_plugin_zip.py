@@ -12,7 +12,7 @@ docs and the sample raster stay out.
     python scripts/build_plugin_zip.py --stage          # also leave build/tcd_qgis_plugin/ with a
                                                         # pb_tool.cfg for that layout
 
-Uses only the standard library, so any Python 3.8+ runs it.
+Uses only the standard library, so any Python 3.9+ runs it.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def read_list(cfg_path: Path) -> tuple[list[str], list[str]]:
 def target(rel: str) -> str:
     """Where a repository path goes inside the plugin folder."""
     prefix = PLUGIN + "/"
-    return rel[len(prefix):] if rel.startswith(prefix) else rel
+    return rel.removeprefix(prefix)
 
 
 def collect(root: Path = ROOT) -> list[tuple[Path, str]]:

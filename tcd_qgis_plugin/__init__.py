@@ -8,7 +8,7 @@ in a worker process (``python -m engine.worker``).
 from .paths import add_engine_to_path
 
 
-def classFactory(iface):  # noqa: N802 - name required by QGIS
+def classFactory(iface):
     from . import dependencies
 
     dependencies.activate()

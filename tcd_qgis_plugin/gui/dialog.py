@@ -358,6 +358,6 @@ class PredictDialog(QDialog):
             self.registry.add_recent_model(self._job.model)
             self.runRequested.emit(self._job)
 
-    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+    def showEvent(self, event) -> None:
         self.validate()  # the canvas extent or the layers may have changed while hidden
         super().showEvent(event)
