@@ -133,7 +133,9 @@ class GeotiffSemanticCache:
         if not force and now - self._last_vrt < min_interval_s:
             return
         try:
-            write_atomic(self.cache_dir / VRT_NAME, self.vrt_xml(records).encode())
+            # Read-only: GDAL (e.g. QGIS computing statistics) would otherwise write its
+            # stale in-memory copy back over the mosaic when it closes the file.
+            write_atomic(self.cache_dir / VRT_NAME, self.vrt_xml(records).encode(), read_only=True)
         except OSError as exc:
             raise _disk_error(f"the mosaic {VRT_NAME}", exc) from exc
         self._last_vrt = now

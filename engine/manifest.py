@@ -166,14 +166,20 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so readers see the old file or the new one, never half."""
+def write_atomic(path: Path, data: bytes, *, read_only: bool = False) -> None:
+    """Replace ``path`` with ``data`` so readers see the old file or the new one, never half.
+
+    ``read_only`` leaves the file without write permission (POSIX), so a program
+    that opened it for update cannot write its own copy back over it.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if read_only and os.name == "posix":
+            os.chmod(tmp, 0o444)
         os.replace(tmp, path)
     except OSError:
         tmp.unlink(missing_ok=True)

@@ -124,12 +124,19 @@ def tile_crowns(
     to_src,
     min_area_px: float,
 ) -> list[Crown]:
-    """Crowns owned by this tile (centroid in its core), as polygons in the source CRS.
+    """Crowns owned by this tile, as polygons in the source CRS.
 
-    Neighbouring tiles see a crown within their shared margin identically, so
-    exactly one of them owns it. A crown reaching further than the margin
-    (``overlap_px // 2``) past a core is still kept, cut at the tile's edge,
-    rather than lost; overlaps should exceed the largest crown radius.
+    Crowns (``canopy_centres`` and ``instance_masks`` models) belong to the tile
+    whose core holds their centroid: neighbouring tiles see a crown within their
+    shared margin identically, so exactly one of them owns it. A crown reaching
+    further than the margin (``overlap_px // 2``) past a core is still kept, cut
+    at the tile's edge, rather than lost; overlaps should exceed the largest
+    crown radius.
+
+    Regions of a ``semantic`` model are canopy patches that can span any number
+    of tiles (closed canopy), so they are clipped to the core instead: each
+    piece of ground is stored once, patches split along core borders as in
+    tcd_pipeline's semantic cache.
     """
     n = int(labels.max())
     if n == 0:
@@ -148,7 +155,10 @@ def tile_crowns(
             wx, wy = to_src(wx, wy)
         sx, sy = apply(invert(src_transform), np.asarray(wx), np.asarray(wy))
     col, row, w, h = tile.core_px
-    owned = present & (sx >= col) & (sx < col + w) & (sy >= row) & (sy < row + h) & (counts >= min_area_px)
+    clip = spec.output_kind is OutputKind.SEMANTIC
+    owned = present & (counts >= min_area_px)
+    if not clip:
+        owned &= (sx >= col) & (sx < col + w) & (sy >= row) & (sy < row + h)
     keep = idx[owned]
     if keep.size == 0:
         return []
@@ -161,6 +171,7 @@ def tile_crowns(
         polygons.setdefault(int(value), []).append(geom)
 
     gsd = abs(tile.transform[0])
+    core = _core_polygon(tile, src_transform) if clip else None
     crowns = []
     for label in keep:
         parts = polygons.get(int(label))
@@ -172,16 +183,40 @@ def tile_crowns(
             continue
         if to_src is not None:
             geom = _map_geometry(geom, to_src)
-        if geom.GetGeometryType() != ogr.wkbPolygon:
-            if geom.GetGeometryType() == ogr.wkbMultiPolygon and geom.GetGeometryCount():
-                geom = max((geom.GetGeometryRef(i).Clone() for i in range(geom.GetGeometryCount())),
-                           key=lambda g: g.GetArea())
-            else:
-                continue
+        if core is not None:
+            pieces = _polygons(geom.Intersection(core))
+        else:
+            pieces = sorted(_polygons(geom), key=lambda g: -g.GetArea())[:1]
         class_i = int(classes[label])
-        crowns.append(Crown(bytes(geom.ExportToWkb(ogr.wkbNDR)), float(scores[label]),
-                            spec.class_names[class_i], class_i))
+        for piece in pieces:
+            crowns.append(Crown(bytes(piece.ExportToWkb(ogr.wkbNDR)), float(scores[label]),
+                                spec.class_names[class_i], class_i))
     return crowns
+
+
+def _polygons(geom: ogr.Geometry | None) -> list[ogr.Geometry]:
+    """The non-empty polygons of a geometry (a polygon, a multipolygon or a collection)."""
+    if geom is None or geom.IsEmpty():
+        return []
+    kind = ogr.GT_Flatten(geom.GetGeometryType())
+    if kind == ogr.wkbPolygon:
+        return [geom.Clone()] if geom.GetArea() > 0 else []
+    if kind in (ogr.wkbMultiPolygon, ogr.wkbGeometryCollection):
+        return [p for i in range(geom.GetGeometryCount()) for p in _polygons(geom.GetGeometryRef(i))]
+    return []
+
+
+def _core_polygon(tile: Tile, src_transform) -> ogr.Geometry:
+    """The tile's core as a polygon in the source CRS."""
+    col, row, w, h = tile.core_px
+    xs, ys = apply(src_transform, np.array([col, col + w, col + w, col, col], float),
+                   np.array([row, row, row + h, row + h, row], float))
+    ring = ogr.Geometry(ogr.wkbLinearRing)
+    for x, y in zip(xs, ys):
+        ring.AddPoint_2D(float(x), float(y))
+    poly = ogr.Geometry(ogr.wkbPolygon)
+    poly.AddGeometry(ring)
+    return poly
 
 
 def _map_geometry(geom: ogr.Geometry, mapper) -> ogr.Geometry:

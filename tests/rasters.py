@@ -36,6 +36,19 @@ def squares_image(width: int, height: int, squares, value=230, background=20, ba
     return img
 
 
+def crowns_image(width: int, height: int, squares, value=230, background=20, dot=3) -> np.ndarray:
+    """Input for tests.onnx_models.canopy_centres_model: band 1 canopy squares, band 2 a centre dot in each.
+
+    The dot is ``dot`` pixels wide so it survives resampling.
+    """
+    img = squares_image(width, height, squares, value, background)
+    img[1] = 0
+    for col, row, size in squares:
+        r, c = row + size // 2 - dot // 2, col + size // 2 - dot // 2
+        img[1, r : r + dot, c : c + dot] = 255
+    return img
+
+
 def read_confidence(cache_dir) -> np.ndarray:
     with rasterio.open(Path(cache_dir) / "confidence.vrt") as src:
         return src.read()

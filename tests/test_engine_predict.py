@@ -11,7 +11,7 @@ from rasterio.transform import Affine
 from engine.predict import predict
 from engine.settings import Job
 from tests.onnx_models import canopy_centres_model, passthrough_model
-from tests.rasters import read_confidence, read_crowns, squares_image, write_raster
+from tests.rasters import crowns_image, read_confidence, read_crowns, squares_image, write_raster
 
 # Squares (col, row, size) in source pixels; the second crosses the corner of the first
 # four tiles (cores are 48 model px), the third a vertical tile border.
@@ -20,7 +20,14 @@ SQUARES_01 = [(10, 10, 14), (41, 41, 14), (90, 60, 12), (130, 20, 16), (20, 120,
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
+    """Semantic model: P(tree) = band 1 / 255; its regions are clipped to tile cores."""
     return passthrough_model(tmp_path_factory.mktemp("m") / "passthrough.onnx", tile_size_px=64, overlap_px=16)
+
+
+@pytest.fixture(scope="module")
+def crown_model(tmp_path_factory):
+    """Crown model: canopy = band 1 / 255, crown centres = band 2 / 255."""
+    return canopy_centres_model(tmp_path_factory.mktemp("m") / "crowns.onnx", tile_size_px=64, overlap_px=16)
 
 
 def truth_centres(transform, squares):
@@ -35,10 +42,10 @@ def assert_found_within_one_pixel(crowns, centres, pixel_size):
         assert d <= pixel_size, (x, y, d, pixel_size)
 
 
-def test_aligned_raster_exact_semantics_and_crowns(tmp_path, model):
-    img = squares_image(160, 150, SQUARES_01)
+def test_aligned_raster_exact_semantics_and_crowns(tmp_path, crown_model):
+    img = crowns_image(160, 150, SQUARES_01)
     path = write_raster(tmp_path / "img.tif", img, gsd_m=0.1)
-    result = predict(Job(image=path, cache_dir=tmp_path / "cache", model=model))
+    result = predict(Job(image=path, cache_dir=tmp_path / "cache", model=crown_model))
     assert result.state == "complete" and result.done == result.total == 16
     conf = read_confidence(tmp_path / "cache")
     # P(tree) = band / 255, stored as round(P * 255): the band itself, every pixel written exactly once.
@@ -52,13 +59,13 @@ def test_aligned_raster_exact_semantics_and_crowns(tmp_path, model):
 
 
 @pytest.mark.parametrize("gsd_m", [0.05, 0.3])
-def test_resampled_rasters_place_shapes_within_one_source_pixel(tmp_path, model, gsd_m):
+def test_resampled_rasters_place_shapes_within_one_source_pixel(tmp_path, crown_model, gsd_m):
     scale = 0.1 / gsd_m
     squares = [(int(c * scale), int(r * scale), max(int(s * scale), 6)) for c, r, s in SQUARES_01]
     w, h = int(160 * scale), int(150 * scale)
-    img = squares_image(w, h, squares)
+    img = crowns_image(w, h, squares, dot=3 if gsd_m < 0.1 else 1)
     path = write_raster(tmp_path / "img.tif", img, gsd_m=gsd_m, origin=(500000.37, 6000000.11))
-    predict(Job(image=path, cache_dir=tmp_path / "cache", model=model))
+    predict(Job(image=path, cache_dir=tmp_path / "cache", model=crown_model))
     with rasterio.open(path) as src:
         transform = src.transform
     assert_found_within_one_pixel(read_crowns(tmp_path / "cache"), truth_centres(transform, squares), gsd_m)
@@ -70,15 +77,15 @@ def test_resampled_rasters_place_shapes_within_one_source_pixel(tmp_path, model,
     assert conf[img[0] == 20].mean() < 40
 
 
-def test_geographic_raster_is_predicted_in_utm_and_mapped_back(tmp_path, model):
+def test_geographic_raster_is_predicted_in_utm_and_mapped_back(tmp_path, crown_model):
     # ~0.1 m pixels at 47 N: 1e-6 deg latitude = 0.111 m, longitude scaled by cos(lat).
     lat0, lon0 = 47.0, 8.0
     dy = 0.1 / 111_132.0
     dx = 0.1 / (111_320.0 * np.cos(np.radians(lat0)))
     transform = Affine(dx, 0, lon0, 0, -dy, lat0)
-    img = squares_image(160, 150, SQUARES_01)
+    img = crowns_image(160, 150, SQUARES_01)
     path = write_raster(tmp_path / "img.tif", img, crs="EPSG:4326", transform=transform)
-    predict(Job(image=path, cache_dir=tmp_path / "cache", model=model))
+    predict(Job(image=path, cache_dir=tmp_path / "cache", model=crown_model))
     crowns = read_crowns(tmp_path / "cache")
     found = np.array([c["centroid"] for c in crowns])
     assert len(crowns) == len(SQUARES_01)
@@ -122,10 +129,11 @@ def test_nodata_tiles_are_skipped_and_recorded(tmp_path, model):
     assert all(x["cache_files"] == {} for x in lines if x["status"] == "skipped")
 
 
-def test_geopackage_output(tmp_path, model):
-    img = squares_image(160, 150, SQUARES_01)
+def test_geopackage_output(tmp_path, crown_model):
+    img = crowns_image(160, 150, SQUARES_01)
     path = write_raster(tmp_path / "img.tif", img)
-    predict(Job(image=path, cache_dir=tmp_path / "cache", model=model, vector_format="gpkg", outputs={"instances"}))
+    predict(Job(image=path, cache_dir=tmp_path / "cache", model=crown_model, vector_format="gpkg",
+                outputs={"instances"}))
     crowns = read_crowns(tmp_path / "cache", "crowns.gpkg")
     assert len(crowns) == len(SQUARES_01)
     assert not (tmp_path / "cache" / "confidence.vrt").exists()
@@ -144,3 +152,41 @@ def test_canopy_centres_split_touching_crowns(tmp_path):
     assert len(crowns) == 2
     xs = sorted(c["centroid"][0] for c in crowns)
     assert xs[0] < 500000 + 3.0 < xs[1]
+
+
+def test_semantic_regions_are_clipped_to_cores_and_stored_once(tmp_path, model):
+    from osgeo import ogr
+
+    # One 60 px canopy patch spanning the corner of four tiles (cores are 48 px).
+    img = squares_image(120, 120, [(20, 25, 60)])
+    path = write_raster(tmp_path / "img.tif", img)
+    predict(Job(image=path, cache_dir=tmp_path / "cache", model=model, outputs={"instances"}))
+    pieces = read_crowns(tmp_path / "cache")
+    assert len(pieces) == 4 and len({p["tile_id"] for p in pieces}) == 4
+    geoms = [ogr.CreateGeometryFromWkt(p["wkt"]) for p in pieces]
+    union = geoms[0]
+    for g in geoms[1:]:
+        assert union.Intersection(g).GetArea() < 1e-9  # no piece overlaps another
+        union = union.Union(g)
+    assert abs(union.GetArea() - 6.0 * 6.0) < 1e-6
+    assert sum(g.GetArea() for g in geoms) == pytest.approx(36.0)
+
+
+def test_mosaic_is_read_only_so_gdal_cannot_write_statistics_over_it(tmp_path, model):
+    import os
+    import stat
+
+    from osgeo import gdal
+
+    img = squares_image(160, 150, SQUARES_01)
+    path = write_raster(tmp_path / "img.tif", img)
+    predict(Job(image=path, cache_dir=tmp_path / "cache", model=model, outputs={"semantic"}))
+    vrt = tmp_path / "cache" / "confidence.vrt"
+    assert not vrt.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    if os.geteuid() != 0:  # root writes through any permission
+        gdal.UseExceptions()
+        with pytest.raises(RuntimeError):
+            gdal.OpenEx(str(vrt), gdal.OF_RASTER | gdal.OF_UPDATE)
+    # A resume rewrites the read-only mosaic without trouble.
+    predict(Job(image=path, cache_dir=tmp_path / "cache", model=model, outputs={"semantic"}))
+    assert vrt.is_file()

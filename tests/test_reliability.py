@@ -17,8 +17,8 @@ from engine.errors import CacheWriteError, ModelError, RasterError, TCDError
 from engine.predict import predict
 from engine.settings import Job
 from engine.status import cache_status
-from tests.onnx_models import constant_model, passthrough_model
-from tests.rasters import read_confidence, read_crowns, squares_image, write_raster
+from tests.onnx_models import canopy_centres_model, constant_model, passthrough_model
+from tests.rasters import crowns_image, read_confidence, read_crowns, write_raster
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +42,14 @@ def test_truncated_geotiff_fails_with_one_sentence_and_keeps_committed_tiles(tmp
     assert read_confidence(tmp_path / "c").shape == (1, 400, 400)
 
 
-def test_rotated_geotransform_is_predicted_on_its_own_grid(tmp_path, model):
+def test_rotated_geotransform_is_predicted_on_its_own_grid(tmp_path):
+    model = canopy_centres_model(tmp_path / "crowns.onnx", tile_size_px=64, overlap_px=32)
     angle = np.radians(20)
     a, b = 0.1 * np.cos(angle), 0.1 * np.sin(angle)
     transform = Affine(a, -b, 500000, -b, -a, 6000000)
-    img = squares_image(120, 100, [(30, 30, 16), (70, 50, 14)])
+    img = crowns_image(120, 100, [(30, 30, 16), (70, 50, 14)])
     path = write_raster(tmp_path / "img.tif", img, transform=transform)
-    predict(Job(image=path, cache_dir=tmp_path / "c", model=model, overlap_px=32))
+    predict(Job(image=path, cache_dir=tmp_path / "c", model=model))
     with rasterio.open(tmp_path / "c" / "confidence.vrt") as src:
         assert src.transform.almost_equals(transform)
         conf = src.read(1)
@@ -100,7 +101,7 @@ def test_model_that_outputs_nan(tmp_path):
 
 def test_paths_with_spaces_and_non_ascii_letters(tmp_path, model):
     folder = tmp_path / "Forêt de Bialowieża" / "år 2024"
-    path = write_raster(folder / "orto foto ł.tif", squares_image(100, 100, [(20, 20, 14)]))
+    path = write_raster(folder / "orto foto ł.tif", crowns_image(100, 100, [(20, 20, 14)]))
     cache = folder / "résultats tcd"
     predict(Job(image=path, cache_dir=cache, model=model))
     assert len(read_crowns(cache)) == 1
