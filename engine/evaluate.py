@@ -80,10 +80,15 @@ def read_csv_boxes(path: str | os.PathLike, image_name: str | None = None) -> np
         raise InputError(f"{path.name} is not a DeepForest CSV with xmin, ymin, xmax and ymax columns.")
     if image_name is not None and "image_path" in rows[0]:
         wanted = Path(image_name)
-        rows = [
+        named = [
             r for r in rows
             if Path(r["image_path"]).name == wanted.name or Path(r["image_path"]).stem == wanted.stem
         ]
+        if not named:
+            names = sorted({Path(r["image_path"]).name for r in rows})
+            listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            raise InputError(f"{path.name} has no boxes for {wanted.name} (it annotates {listed}).")
+        rows = named
     try:
         return _as_boxes([[float(r[k]) for k in ("xmin", "ymin", "xmax", "ymax")] for r in rows])
     except (TypeError, ValueError) as exc:

@@ -52,6 +52,9 @@ def test_bad_annotation_files_raise_input_errors(tmp_path):
             read_boxes(tmp_path / name)
     with pytest.raises(InputError):
         read_boxes(tmp_path / "boxes.json")
+    (tmp_path / "a.csv").write_text(CSV_TEXT)
+    with pytest.raises(InputError, match="no boxes for plot_c.tif"):
+        read_boxes(tmp_path / "a.csv", image_name="plot_c.tif")
 
 
 def test_iou_of_constructed_boxes():
