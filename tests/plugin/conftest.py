@@ -19,30 +19,31 @@ for path in (ROOT, ROOT / "tests"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from onnx_models import _save, passthrough_model
+from onnx_models import _save, canopy_centres_model
 from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsSettings
-from rasters import squares_image, write_raster
+from rasters import crowns_image, write_raster
 
-# 40 squares of 12 px (1.2 m) on a 320 x 320 px image at 0.1 m: 64 px tiles with a
-# 16 px overlap give 7 x 7 = 49 tiles.
+# 40 crowns of 12 px (1.2 m) on a 320 x 320 px image at 0.1 m (band 1 canopy, band 2 a
+# dot at each crown's centre, for the crown test model): 64 px tiles with a 16 px
+# overlap give 7 x 7 = 49 tiles.
 SQUARES = [(10 + 40 * i, 12 + 40 * j, 12) for i in range(8) for j in range(5)]
 
 
 @pytest.fixture
 def raster_path(tmp_path) -> Path:
-    return write_raster(tmp_path / "ortho.tif", squares_image(320, 320, SQUARES), crs="EPSG:32633")
+    return write_raster(tmp_path / "ortho.tif", crowns_image(320, 320, SQUARES), crs="EPSG:32633")
 
 
 @pytest.fixture
 def big_raster_path(tmp_path) -> Path:
     """640 x 640 px: 196 tiles of 64 px, for runs that must still be going when cancelled."""
     squares = [(10 + 40 * i, 12 + 40 * j, 12) for i in range(16) for j in range(16)]
-    return write_raster(tmp_path / "big.tif", squares_image(640, 640, squares), crs="EPSG:32633")
+    return write_raster(tmp_path / "big.tif", crowns_image(640, 640, squares), crs="EPSG:32633")
 
 
 @pytest.fixture
 def model_path(tmp_path) -> Path:
-    return passthrough_model(tmp_path / "models" / "passthrough.onnx")
+    return canopy_centres_model(tmp_path / "models" / "crowns.onnx", extra_metadata={"name": "crown test model"})
 
 
 @pytest.fixture

@@ -41,8 +41,8 @@ def test_defaults_and_run_emit_the_job(dialog, raster_layer, raster_path, model_
     assert dialog.raster_combo.currentLayer() is raster_layer
     assert dialog.folder_widget.filePath() == str(raster_path.with_name("ortho_tcd"))
     names = [dialog.model_combo.itemText(i) for i in range(dialog.model_combo.count())]
-    assert "passthrough test model" in names  # listed by its metadata name, not its file name
-    assert dialog.model_combo.currentText() == "passthrough test model"
+    assert "crown test model" in names  # listed by its metadata name, not its file name
+    assert dialog.model_combo.currentText() == "crown test model"
     assert dialog.run_button.isEnabled(), dialog.message_label.text()
 
     jobs = click_run(dialog)

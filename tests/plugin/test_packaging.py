@@ -45,7 +45,9 @@ def test_the_zip_carries_the_plugin_the_engine_and_resources_only(plugin_zip):
         assert "__pycache__" not in name and not name.endswith(".pyc"), name
         assert not name.startswith("resources/sample"), name
     models = [n for n in inside if n.startswith("resources/models/")]
-    assert models == [n for n in models if n.endswith(".onnx")]
+    assert models == [n for n in models if n.endswith(".onnx") or n.endswith("README.md")]  # models + model card
+    if (ROOT / "resources" / "models" / "tcd_default.onnx").is_file():
+        assert "resources/models/tcd_default.onnx" in models
 
 
 def test_metadata_is_complete(plugin_zip):

@@ -41,7 +41,7 @@ def test_each_state(plugin, qgis_new_project, raster_path, big_raster_path, mode
     panel = plugin.panel
     assert states(panel) == {"complete": "complete", "partial": "partial", "failed": "failed", "gone": "missing"}
     rows = {row[0]: row for row in panel.row_texts()}
-    assert rows["complete"] == ["complete", "complete", "49 / 49", "ortho.tif", "passthrough test model"]
+    assert rows["complete"] == ["complete", "complete", "49 / 49", "ortho.tif", "crown test model"]
     assert rows["partial"][2].endswith("/ 49") and rows["partial"][2] != "49 / 49"
 
     panel.select(complete.cache_dir)
