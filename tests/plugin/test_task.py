@@ -201,3 +201,16 @@ def test_closing_the_project_cancels_the_run(plugin, raster_layer, big_raster_pa
     assert cache_status(job.cache_dir).state == "partial"
     assert not QgsProject.instance().mapLayers()  # nothing was added to the new, empty project
     assert QgsProject.instance().layerTreeRoot().findGroup("closed_tcd") is None
+
+
+def test_removing_the_raster_layer_during_a_run_does_not_disturb_it(plugin, raster_layer, raster_path, model_path,
+                                                                     tmp_path, qgis_iface, wait_for_tasks):
+    # The task holds the raster's path and a frozen job, never the layer.
+    job = Job(image=raster_path, cache_dir=tmp_path / "removed_tcd", model=model_path, threads=1)
+    task = plugin.start_run(job)
+    QgsProject.instance().removeMapLayer(raster_layer.id())
+    QgsApplication.processEvents()
+    wait_for_tasks()
+    assert task.outcome.state == "complete" and task.outcome.features == 40
+    assert sorted(layer.name() for layer in group_layers(job.cache_dir)) == ["canopy confidence", "crowns"]
+    assert not qgis_iface.messageBar().get_messages(Qgis.Critical)
