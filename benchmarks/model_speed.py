@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.model import OnnxModel, default_model_path  # noqa: E402
+from engine.model import OnnxModel, default_model_path
 
 
 def main() -> int:

@@ -7,7 +7,7 @@ import numpy as np
 from engine.crowns import delineate_crowns
 
 GSD_M = 0.1
-PARAMS = dict(gsd_m=GSD_M, seg_thresh=0.5, centre_thresh=0.3, peak_min_distance_m=1.0, min_crown_area_m2=1.0)
+PARAMS = {"gsd_m": GSD_M, "seg_thresh": 0.5, "centre_thresh": 0.3, "peak_min_distance_m": 1.0, "min_crown_area_m2": 1.0}
 
 
 def disc(shape, cy, cx, r):

@@ -175,7 +175,7 @@ class Sampler:
         region = self.regions[rng.choice(len(self.regions), p=self.weights)]
         scale = float(np.exp(rng.uniform(np.log(0.6), np.log(1.6))))
         h, w = region.image.shape[:2]
-        src = min(int(round(self.crop_px / scale)), h, w)
+        src = min(round(self.crop_px / scale), h, w)
         scale = self.crop_px / src
         y0 = int(rng.integers(0, h - src + 1))
         x0 = int(rng.integers(0, w - src + 1))
@@ -191,10 +191,10 @@ class Sampler:
         rng = self.rng
         size = self.crop_px
         placed = list(boxes)
-        for _ in range(int(rng.integers(8, 61))):
-            patch, alpha = self.bank[int(rng.integers(len(self.bank)))]
+        for _ in range(rng.integers(8, 61)):
+            patch, alpha = self.bank[rng.integers(len(self.bank))]
             s = scale * float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
-            h, w = max(4, int(round(patch.shape[0] * s))), max(4, int(round(patch.shape[1] * s)))
+            h, w = max(4, round(patch.shape[0] * s)), max(4, round(patch.shape[1] * s))
             if h >= size or w >= size:
                 continue
             x0, y0 = int(rng.integers(-w // 4, size - 3 * w // 4)), int(rng.integers(-h // 4, size - 3 * h // 4))
