@@ -142,11 +142,14 @@ def tile_crowns(
     if n == 0:
         return []
     idx = np.arange(1, n + 1)
-    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    flat = labels.ravel()
+    counts = np.bincount(flat, minlength=n + 1)[1:]
     present = counts > 0
-    cy, cx = (np.asarray(v) for v in zip(*ndimage.center_of_mass(np.ones_like(labels), labels, idx)))
-    # Pixel centres: model pixel (col, row) covers [col, col + 1).
-    cx, cy = cx + 0.5, cy + 0.5
+    rows, cols = np.divmod(np.arange(flat.size), labels.shape[1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # Pixel centres: model pixel (col, row) covers [col, col + 1).
+        cx = np.bincount(flat, weights=cols, minlength=n + 1)[1:] / counts + 0.5
+        cy = np.bincount(flat, weights=rows, minlength=n + 1)[1:] / counts + 0.5
     if tile.offset_px is not None:
         sx, sy = cx + tile.offset_px[0], cy + tile.offset_px[1]
     else:

@@ -114,6 +114,10 @@ class TileReader:
         self.info = info
         self.bands = list(bands)
         self.size = tile_size_px
+        # GDAL's block cache defaults to 5 % of RAM and fills as a large raster is read;
+        # a tile row's worth of blocks is all that is ever read twice (the overlap).
+        self._env = rasterio.Env(GDAL_CACHEMAX=64 * 1024 * 1024)
+        self._env.__enter__()
         self.src = open_raster(info.path)
         self.src_crs = self.src.crs
         self.work_crs = CRS.from_wkt(work_crs)
@@ -128,6 +132,7 @@ class TileReader:
 
     def close(self):
         self.src.close()
+        self._env.__exit__(None, None, None)
 
     def _read_window(self, window: Window):
         """Bands and validity of an in-image window (window already clipped)."""
