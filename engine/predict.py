@@ -16,6 +16,7 @@ import queue
 import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -271,7 +272,9 @@ def _run(job, model, info, settings, tiles, header, state, progress, cancelled) 
     min_area_px = spec.min_crown_area_m2 / (settings.gsd_m ** 2) if spec.output_kind.value != "canopy_centres" else 0
 
     read_q: queue.Queue = queue.Queue(maxsize=2)
-    write_q: queue.Queue = queue.Queue(maxsize=2)
+    # Tiles being post-processed or waiting to be written; bounds memory to a few tiles.
+    write_q: queue.Queue = queue.Queue(maxsize=3)
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tcd-post")
     DONE = object()
 
     def put(q, item) -> bool:
@@ -300,7 +303,20 @@ def _run(job, model, info, settings, tiles, header, state, progress, cancelled) 
                 reader.close()
             put(read_q, DONE)  # returns at once if the run is stopping
 
+    def postprocess(tile: Tile, valid, output):
+        """The CPU-heavy part of a tile's output, computed in a pool beside inference."""
+        if output is None:
+            return None, None
+        probs = class_probabilities(spec, output, valid)
+        confidence = semantic_core(probs, tile, info.transform, src_crs, work_crs) if semantic is not None else None
+        crowns = None
+        if vectors is not None:
+            labels, scores, classes = instance_labels(spec, output, probs, valid, settings.gsd_m)
+            crowns = tile_crowns(spec, labels, scores, classes, tile, info.transform, to_src, min_area_px)
+        return confidence, crowns
+
     def writer_stage():
+        """Writes and commits tiles strictly in plan order, as their post-processing completes."""
         try:
             while True:
                 try:
@@ -311,31 +327,23 @@ def _run(job, model, info, settings, tiles, header, state, progress, cancelled) 
                     continue
                 if item is DONE:
                     return
-                tile, valid, output = item
+                tile, skipped, future = item
+                confidence, crowns = future.result()
                 files: dict[str, str] = {}
-                n_new = 0
-                if output is None:
-                    status = "skipped"
-                else:
-                    status = "done"
-                    probs = class_probabilities(spec, output, valid)
-                    if semantic is not None:
-                        files["semantic"] = semantic.write_tile(tile, semantic_core(probs, tile, info.transform,
-                                                                                    src_crs, work_crs))
-                    if vectors is not None:
-                        labels, scores, classes = instance_labels(spec, output, probs, valid, settings.gsd_m)
-                        crowns = tile_crowns(spec, labels, scores, classes, tile, info.transform, to_src,
-                                             min_area_px)
-                        vectors.append(crowns, counters["features"] + 1, tile.tile_id)
-                        files["instances"] = vectors.rel
-                        n_new = len(crowns)
+                if confidence is not None:
+                    files["semantic"] = semantic.write_tile(tile, confidence)
+                if crowns is not None:
+                    vectors.append(crowns, counters["features"] + 1, tile.tile_id)
+                    files["instances"] = vectors.rel
+                n_new = len(crowns) if crowns else 0
                 counters["features"] += n_new
+                status = "skipped" if skipped else "done"
                 record = TileRecord(tile.tile_id, tuple(tile.bbox_px), status, files, n_new, counters["features"])
                 writer.commit(record)
                 committed.append(record)
-                if status == "skipped":
+                if skipped:
                     counters["skipped"] += 1
-                if semantic is not None and status == "done":
+                elif semantic is not None:
                     semantic.write_vrt(committed, force=False)
                 if progress is not None:
                     progress(Progress(len(committed), total, counters["skipped"], tile.tile_id, counters["features"]))
@@ -362,7 +370,7 @@ def _run(job, model, info, settings, tiles, header, state, progress, cancelled) 
                 break
             tile, raw, valid = item
             output = model.run(raw) if valid.any() else None
-            if not put(write_q, (tile, valid, output)):
+            if not put(write_q, (tile, output is None, pool.submit(postprocess, tile, valid, output))):
                 break
         put(write_q, DONE)  # the writer commits what is queued, then stops
         writer_thread.join()
@@ -374,6 +382,7 @@ def _run(job, model, info, settings, tiles, header, state, progress, cancelled) 
             if thread.is_alive():
                 thread.join()
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         try:
             if vectors is not None:
                 vectors.close()
