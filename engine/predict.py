@@ -131,18 +131,23 @@ def clear_cache(cache_dir: Path) -> None:
     shutil.rmtree(cache_dir / SEMANTIC_DIR, ignore_errors=True)
 
 
-class _Pipeline:
-    """The per-run state shared by the reader, inference and writer stages."""
+class _Stop:
+    """Shared by the pipeline's threads: the first error wins and stops every stage."""
 
-    def __init__(self, job: Job, model: OnnxModel, info: RasterInfo, settings: TileSettings, tiles: list[Tile]):
-        self.job, self.model, self.info, self.settings, self.tiles = job, model, info, settings, tiles
+    def __init__(self):
         self.error: BaseException | None = None
-        self.stop = threading.Event()
+        self.event = threading.Event()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def set(self) -> None:
+        self.event.set()
 
     def fail(self, exc: BaseException) -> None:
         if self.error is None:
             self.error = exc
-        self.stop.set()
+        self.event.set()
 
 
 def predict(job: Job, progress: Callable[[Progress], None] | None = None,
@@ -219,7 +224,7 @@ def predict(job: Job, progress: Callable[[Progress], None] | None = None,
         return _run(job, model, info, settings, tiles, header, state, progress, cancelled)
 
 
-def _rollback(cache_dir: Path, settings: TileSettings, state: ManifestState, semantic, vector_cls) -> ManifestState:
+def _rollback(cache_dir: Path, state: ManifestState, semantic, vector_cls) -> ManifestState:
     """Undo what was written after the last committed tile; also drop committed tiles whose files vanished."""
     tiles = state.tiles
     for i, record in enumerate(tiles):
@@ -255,7 +260,7 @@ def _run(job, model, info, settings, tiles, header, state, progress, cancelled) 
     semantic = (GeotiffSemanticCache(cache_dir, info.width, info.height, info.crs_wkt, info.transform,
                                      spec.class_names) if want_semantic else None)
     vector_cls = instance_cache_class(settings.vector_format) if want_instances else None
-    state = _rollback(cache_dir, settings, state, semantic, vector_cls)
+    state = _rollback(cache_dir, state, semantic, vector_cls)
     writer = ManifestWriter(cache_dir, state, header)
     committed = list(state.tiles)
     if semantic is not None:
@@ -265,7 +270,7 @@ def _run(job, model, info, settings, tiles, header, state, progress, cancelled) 
     total = len(tiles)
     counters = {"skipped": sum(1 for r in committed if r.status == "skipped"), "features": state.features_end}
     todo = tiles[len(committed):]
-    pipeline = _Pipeline(job, model, info, settings, tiles)
+    pipeline = _Stop()
     is_cancelled = cancelled or (lambda: False)
     src_crs, work_crs = CRS.from_wkt(info.crs_wkt), CRS.from_wkt(settings.work_crs)
     to_src = point_mapper(settings.work_crs, info.crs_wkt)
@@ -278,7 +283,7 @@ def _run(job, model, info, settings, tiles, header, state, progress, cancelled) 
     DONE = object()
 
     def put(q, item) -> bool:
-        while not pipeline.stop.is_set():
+        while not pipeline.is_set():
             try:
                 q.put(item, timeout=0.1)
                 return True
@@ -291,7 +296,7 @@ def _run(job, model, info, settings, tiles, header, state, progress, cancelled) 
         try:
             reader = TileReader(info, spec.bands, settings.work_crs, settings.tile_size_px, settings.gsd_m)
             for tile in todo:
-                if pipeline.stop.is_set():
+                if pipeline.is_set():
                     break
                 raw, valid = reader.read(tile)
                 if not put(read_q, (tile, raw, valid)):
@@ -322,7 +327,7 @@ def _run(job, model, info, settings, tiles, header, state, progress, cancelled) 
                 try:
                     item = write_q.get(timeout=0.1)
                 except queue.Empty:
-                    if pipeline.stop.is_set() and pipeline.error is not None:
+                    if pipeline.is_set() and pipeline.error is not None:
                         return
                     continue
                 if item is DONE:
@@ -363,7 +368,7 @@ def _run(job, model, info, settings, tiles, header, state, progress, cancelled) 
             try:
                 item = read_q.get(timeout=0.1)
             except queue.Empty:
-                if pipeline.stop.is_set():
+                if pipeline.is_set():
                     break
                 continue
             if item is DONE:
@@ -374,7 +379,7 @@ def _run(job, model, info, settings, tiles, header, state, progress, cancelled) 
                 break
         put(write_q, DONE)  # the writer commits what is queued, then stops
         writer_thread.join()
-        pipeline.stop.set()
+        pipeline.set()
         reader_thread.join()
     except BaseException as exc:
         pipeline.fail(exc)
