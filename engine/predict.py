@@ -34,7 +34,7 @@ from .manifest import (FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, ManifestState
                        read_manifest)
 from .model import OnnxModel, default_model_path
 from .postprocess import class_probabilities, instance_labels, semantic_core, tile_crowns
-from .reader import TileReader, describe_raster, point_mapper, working_crs
+from .reader import TileReader, check_bands, describe_raster, point_mapper, working_crs
 from .settings import Job, Output, TileSettings, resolve_settings
 
 
@@ -162,11 +162,7 @@ def predict(job: Job, progress: Callable[[Progress], None] | None = None,
     model_path = job.model or default_model_path()
     model = OnnxModel(model_path, threads=job.threads)
     spec = model.spec
-    if max(spec.bands) > info.count:
-        raise RasterError(
-            f"The model needs bands {', '.join(map(str, spec.bands))} but {Path(info.path).name} has "
-            f"{info.count} band{'s' if info.count != 1 else ''}."
-        )
+    check_bands(info, spec.bands)
     expected_dtype = str(spec.metadata.get("input_dtype", "uint8")).strip('"')
     if info.dtype != expected_dtype:
         raise RasterError(

@@ -102,15 +102,20 @@ def point_mapper(src_wkt: str, dst_wkt: str):
     return mapper
 
 
+def check_bands(info: RasterInfo, bands: tuple[int, ...]) -> None:
+    """Raise RasterError if the raster lacks a band the model reads (``bands`` are 1-based)."""
+    if max(bands) > info.count:
+        raise RasterError(
+            f"The model needs band{'s' if len(bands) > 1 else ''} {', '.join(map(str, bands))} "
+            f"but {Path(info.path).name} has {info.count} band{'s' if info.count != 1 else ''}."
+        )
+
+
 class TileReader:
     """Reads tiles of one raster. Not thread-safe: use one per thread."""
 
     def __init__(self, info: RasterInfo, bands: tuple[int, ...], work_crs: str, tile_size_px: int, gsd_m: float):
-        if max(bands) > info.count:
-            raise RasterError(
-                f"The model needs band{'s' if len(bands) > 1 else ''} {', '.join(map(str, bands))} "
-                f"but {Path(info.path).name} has {info.count} band{'s' if info.count > 1 else ''}."
-            )
+        check_bands(info, bands)
         self.info = info
         self.bands = list(bands)
         self.size = tile_size_px
