@@ -19,7 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.model import OnnxModel, default_model_path
+from engine.models.runner import OnnxModel
+from engine.models.spec import default_model_path
 
 
 def main() -> int:

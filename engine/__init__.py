@@ -3,7 +3,7 @@
 ``import engine`` is cheap and needs only the standard library: the names below
 are loaded on first use, so a QGIS without rasterio or onnxruntime can still read
 caches (``cache_status``, ``cache_layers``) and model metadata (``describe_model``).
-Prediction itself is ``engine.predict.predict(job, progress=..., cancelled=...)``.
+Prediction itself is ``engine.run.predict.predict(job, progress=..., cancelled=...)``.
 """
 
 __version__ = "0.1.0"
@@ -12,14 +12,14 @@ _EXPORTS = {
     "Job": "settings",
     "Output": "settings",
     "VectorFormat": "settings",
-    "Progress": "predict",
-    "RunResult": "predict",
-    "cache_status": "status",
-    "cache_layers": "status",
-    "CacheStatus": "status",
-    "CacheLayer": "status",
-    "describe_model": "model",
-    "default_model_path": "model",
+    "Progress": "run.predict",
+    "RunResult": "run.predict",
+    "cache_status": "cache.status",
+    "cache_layers": "cache.status",
+    "CacheStatus": "cache.status",
+    "CacheLayer": "cache.status",
+    "describe_model": "models.spec",
+    "default_model_path": "models.spec",
     "TCDError": "errors",
 }
 

@@ -117,7 +117,7 @@ def main() -> int:
 
         # Imported here: it needs rasterio, onnxruntime and scipy, which a missing
         # dependency turns into an error event below rather than a bare traceback.
-        from .predict import predict
+        from .run.predict import predict
 
         def progress(p) -> None:
             events.send("progress", done=p.done, total=p.total, skipped=p.skipped, tile_id=p.tile_id,

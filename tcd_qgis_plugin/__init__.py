@@ -2,17 +2,17 @@
 
 Nothing imported here may need onnxruntime, rasterio or scipy: the plugin must
 load in a stock QGIS so that it can offer to install them. Prediction itself runs
-in a worker process (``python -m engine.worker``).
+in a worker process (``tcd_qgis_plugin.engine.worker``). The plugin enters
+QGIS's module namespace as ``tcd_qgis_plugin`` alone: it imports itself by its
+own name and never edits ``sys.path`` (only its installed packages' folder is
+added, by :func:`tcd_qgis_plugin.dependencies.activate`).
 """
-
-from .paths import add_engine_to_path
 
 
 def classFactory(iface):
-    from . import dependencies
+    from tcd_qgis_plugin import dependencies
 
     dependencies.activate()
-    add_engine_to_path()
-    from .plugin import TCDPlugin
+    from tcd_qgis_plugin.plugin import TCDPlugin
 
     return TCDPlugin(iface)

@@ -1,6 +1,6 @@
 """About / environment dialog: the plugin's version and the engine's doctor report.
 
-The report comes from ``python -m engine doctor`` run exactly as a prediction
+The report comes from the engine's ``doctor`` command run exactly as a prediction
 worker runs (QGIS's Python, :func:`dependencies.worker_environment`), so it shows
 what a prediction will see, including whether a GPU provider really starts.
 It runs in a QProcess, so the dialog stays responsive while ONNX Runtime loads.
@@ -28,8 +28,9 @@ from qgis.PyQt.QtWidgets import (
     QVBoxLayout,
 )
 
-from . import dependencies
-from .paths import PLUGIN_DIR
+from tcd_qgis_plugin import dependencies
+from tcd_qgis_plugin.core.launch import engine_command
+from tcd_qgis_plugin.paths import PLUGIN_DIR
 
 
 def tr(text: str) -> str:
@@ -113,7 +114,8 @@ class AboutDialog(QDialog):
         self.process.readyReadStandardOutput.connect(self._read)
         self.process.finished.connect(self._done)
         self.process.errorOccurred.connect(self._failed_to_start)
-        self.process.start(str(python), ["-m", "engine", "doctor"])
+        command = engine_command(python, "", "doctor")
+        self.process.start(command[0], command[1:])
 
     def _read(self) -> None:
         self._output += bytes(self.process.readAllStandardOutput())

@@ -1,6 +1,6 @@
 """The plugin's Python dependencies: find what is missing, install it beside QGIS.
 
-What the engine needs is listed in ``requirements.txt`` (see :mod:`engine.doctor`,
+What the engine needs is listed in ``requirements.txt`` (see :mod:`tcd_qgis_plugin.engine.doctor`,
 which does the checking). Packages the plugin installs go to a folder it owns under
 the QGIS profile, ``<profile>/python/dependencies/tcd_qgis_plugin/python3.X``, so
 they survive plugin upgrades and a Python upgrade of QGIS starts a fresh folder.
@@ -41,7 +41,7 @@ from pathlib import Path
 from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsTask
 from qgis.PyQt.QtWidgets import QApplication, QPushButton
 
-from .paths import add_engine_to_path, engine_root
+from tcd_qgis_plugin.engine import doctor
 
 LOG_TAG = "TCD"
 
@@ -59,13 +59,6 @@ _NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # no console flashing u
 
 class DependencyError(Exception):
     """The dependencies cannot be handled automatically; ``str(err)`` is one sentence."""
-
-
-def _doctor():
-    add_engine_to_path()
-    from engine import doctor
-
-    return doctor
 
 
 def log(message: str, level: Qgis.MessageLevel = Qgis.Info) -> None:
@@ -132,17 +125,16 @@ def activate(target: Path | None = None) -> None:
 def requirements():
     """The runtime requirements from the plugin's ``requirements.txt``.
 
-    Returns ``engine.doctor.Requirement`` objects (``name``, ``spec``, ...). The file
+    Returns ``tcd_qgis_plugin.engine.doctor.Requirement`` objects (``name``, ``spec``, ...). The file
     sits beside the ``engine`` package: the plugin folder in the ZIP, the
     repository root in a checkout.
     """
-    return _doctor().read_requirements()
+    return doctor.read_requirements()
 
 
 def missing(reqs=None):
     """The requirements QGIS's Python lacks, each with ``found_version``,
     ``location`` and a one-sentence ``reason``. Reads package metadata only."""
-    doctor = _doctor()
     return doctor.missing(requirements() if reqs is None else reqs)
 
 
@@ -221,16 +213,16 @@ def find_qgis_python() -> Path:
 def worker_environment(target: Path | None = None) -> dict:
     """Environment for a child process run with :func:`find_qgis_python`.
 
-    PYTHONPATH: the folder holding ``engine``, then any PYTHONPATH QGIS itself was
-    started with (so the child sees what QGIS sees), then the plugin's package
-    folder. The folder is cleared of protected packages first, because on
+    PYTHONPATH: any PYTHONPATH QGIS itself was started with (so the child sees
+    what QGIS sees), then the plugin's package folder. The plugin itself is not
+    on it: :mod:`tcd_qgis_plugin.core.task` loads it by file location. The folder is cleared of protected packages first, because on
     PYTHONPATH it comes before site-packages.
     """
     folder = Path(target) if target else package_dir()
     _remove_protected(folder)
     env = dict(os.environ)
     existing = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([str(engine_root()), *existing, str(folder)]))
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([*existing, str(folder)]))
     if sys.flags.no_user_site:
         env["PYTHONNOUSERSITE"] = "1"
     else:
@@ -317,7 +309,7 @@ class InstallTask(QgsTask):
         self.result: InstallResult | None = None
         self._output: list[str] = []
         self._steps = 0
-        self.pins = {r.name: r.found_version for r in _doctor().provided_by_qgis() if r.found_version}
+        self.pins = {r.name: r.found_version for r in doctor.provided_by_qgis() if r.found_version}
         self.constraints = folder.parent / "constraints.txt"
 
     # ---- worker thread

@@ -1,39 +1,23 @@
-"""Where the engine and the resources live, in the repository and in the plugin ZIP.
+"""Where the plugin's files live: the same layout in the repository and in the plugin ZIP.
 
-In the ZIP, ``engine/`` and ``resources/`` sit inside the plugin folder; in the
-repository they sit beside it. ``engine`` is imported as a top-level package, so
-the folder holding it goes on ``sys.path`` (and on the worker's PYTHONPATH).
+The plugin folder holds ``engine/`` (the prediction engine, imported as
+``tcd_qgis_plugin.engine``) and ``resources/`` (styles, icons, the default
+model). In the repository both are links to the top-level folders of the same
+names; the ZIP carries copies. Nothing is ever added to ``sys.path``.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 PLUGIN_DIR = Path(__file__).resolve().parent
-
-
-def engine_root() -> Path:
-    """The folder that holds the ``engine`` package."""
-    if (PLUGIN_DIR / "engine").is_dir():
-        return PLUGIN_DIR
-    return PLUGIN_DIR.parent
-
-
-def resources_dir() -> Path:
-    return engine_root() / "resources"
+RESOURCES_DIR = PLUGIN_DIR / "resources"
 
 
 def style_path(style: str) -> Path:
     """The QML file of a cache layer style (``confidence`` or ``crowns``)."""
-    return resources_dir() / "styles" / f"{style}.qml"
+    return RESOURCES_DIR / "styles" / f"{style}.qml"
 
 
 def icon_path() -> Path:
-    return resources_dir() / "icons" / "tcd.svg"
-
-
-def add_engine_to_path() -> None:
-    root = str(engine_root())
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    return RESOURCES_DIR / "icons" / "tcd.svg"

@@ -14,17 +14,16 @@ from qgis.PyQt.QtCore import QObject, Qt, QTimer
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction
 
-from engine.errors import TCDError
-from engine.status import cache_status
-
-from . import dependencies
-from .about_dialog import AboutDialog
-from .core.layers import CacheLayerGroup
-from .core.runs import RunRegistry, job_from_cache
-from .core.task import LOG_TAG, PredictionTask, RunOutcome, TileProgress
-from .gui.dialog import MANIFEST, PredictDialog
-from .gui.runs_panel import RunRow, RunsPanel
-from .paths import icon_path
+from tcd_qgis_plugin import dependencies
+from tcd_qgis_plugin.about_dialog import AboutDialog
+from tcd_qgis_plugin.core.layers import CacheLayerGroup
+from tcd_qgis_plugin.core.runs import RunRegistry, job_from_cache
+from tcd_qgis_plugin.core.task import LOG_TAG, PredictionTask, RunOutcome, TileProgress
+from tcd_qgis_plugin.engine.cache.status import cache_status
+from tcd_qgis_plugin.engine.errors import TCDError
+from tcd_qgis_plugin.gui.dialog import MANIFEST, PredictDialog
+from tcd_qgis_plugin.gui.runs_panel import RunRow, RunsPanel
+from tcd_qgis_plugin.paths import icon_path
 
 # Layers are reloaded at most this often while tiles come in.
 LAYER_REFRESH_MS = 1000

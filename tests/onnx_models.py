@@ -148,3 +148,41 @@ def constant_model(path, value: float, *, tile_size_px: int = 64, overlap_px: in
             "tile_size_px": tile_size_px, "overlap_px": overlap_px, "scale": 1 / 255, "mean": 0.0, "std": 1.0}
     meta.update(extra_metadata or {})
     return _save(graph, path, meta)
+
+
+def slow_model(path, *, size: int = 256, matmuls: int = 8) -> Path:
+    """The passthrough model plus matrix products that depend on the input and add zero.
+
+    Each tile costs ``matmuls`` products of ``size`` x ``size`` matrices, so a run
+    lasts long enough to be cancelled or killed halfway.
+    """
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, "size", "size"])
+    y = helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 2, "size", "size"])
+    nodes = [
+        helper.make_node("Slice", ["image", "s0", "s1", "ax"], ["tree0"]),
+        helper.make_node("ReduceMean", ["image"], ["mean"], keepdims=0),
+        helper.make_node("Mul", ["w", "mean"], ["m0"]),
+    ]
+    for i in range(matmuls):
+        nodes.append(helper.make_node("MatMul", [f"m{i}", "half"], [f"m{i + 1}"]))
+    nodes += [
+        helper.make_node("ReduceSum", [f"m{matmuls}"], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+        helper.make_node("Add", ["tree0", "nothing"], ["tree"]),
+        helper.make_node("Sub", ["one", "tree"], ["bg"]),
+        helper.make_node("Concat", ["bg", "tree"], ["probs"], axis=1),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([0], np.int64), "s0"),
+        numpy_helper.from_array(np.array([1], np.int64), "s1"),
+        numpy_helper.from_array(np.array([1], np.int64), "ax"),
+        numpy_helper.from_array(np.full((size, size), 0.01, np.float32), "w"),
+        numpy_helper.from_array((np.eye(size) * 0.5).astype(np.float32), "half"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+    ]
+    graph = helper.make_graph(nodes, "slow_passthrough", [x], [y], inits)
+    meta = {"name": "slow passthrough test model", "output_kind": "semantic", "class_names": ["background", "tree"],
+            "gsd_m": 0.1, "tile_size_px": 64, "overlap_px": 16, "bands": [1, 2, 3], "scale": 1 / 255, "mean": 0.0,
+            "std": 1.0, "seg_thresh": 0.5}
+    return _save(graph, path, meta)

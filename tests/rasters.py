@@ -66,3 +66,17 @@ def read_crowns(cache_dir, name="crowns.shp") -> list[dict]:
         row["centroid"] = (c.GetX(), c.GetY())
         rows.append(row)
     return rows
+
+
+def snapshot(cache_dir, vector: str = "crowns.shp"):
+    """What two caches must agree on: manifest tile lines, crowns (attributes and geometry), confidence."""
+    lines = (Path(cache_dir) / "tiles.jsonl").read_text().splitlines()[1:]
+    crowns = [{k: v for k, v in c.items() if k != "centroid"} for c in read_crowns(cache_dir, vector)]
+    return lines, crowns, read_confidence(cache_dir)
+
+
+def assert_same_cache(a, b) -> None:
+    """Compare two :func:`snapshot` results exactly."""
+    assert a[0] == b[0]
+    assert a[1] == b[1]
+    np.testing.assert_array_equal(a[2], b[2])

@@ -1,10 +1,10 @@
-"""engine.crowns.delineate_crowns on synthetic canopy and centre maps (0.1 m pixels)."""
+"""engine.postprocess.crowns.delineate_crowns on synthetic canopy and centre maps (0.1 m pixels)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from engine.crowns import delineate_crowns
+from engine.postprocess.crowns import delineate_crowns
 
 GSD_M = 0.1
 PARAMS = {"gsd_m": GSD_M, "seg_thresh": 0.5, "centre_thresh": 0.3, "peak_min_distance_m": 1.0, "min_crown_area_m2": 1.0}

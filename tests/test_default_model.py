@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import rasterio
 
-from engine.crowns import delineate_crowns
-from engine.model import OnnxModel, OutputKind, default_model_path, read_onnx_metadata
+from engine.models.onnx_meta import read_onnx_metadata
+from engine.models.runner import OnnxModel
+from engine.models.spec import OutputKind, default_model_path
+from engine.postprocess.crowns import delineate_crowns
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "resources" / "models" / "tcd_default.onnx"

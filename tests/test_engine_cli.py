@@ -6,18 +6,12 @@ import sys
 import numpy as np
 import pytest
 
-from tests.onnx_models import passthrough_model
 from tests.rasters import write_raster
 
 
 def cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd or ".", timeout=120)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return passthrough_model(tmp_path_factory.mktemp("m") / "m.onnx", tile_size_px=64, overlap_px=16)
 
 
 @pytest.fixture
@@ -75,7 +69,7 @@ def test_status_of_a_folder_without_cache(tmp_path):
 
 
 def test_engine_never_imports_qgis():
-    code = ("import sys, engine, engine.predict, engine.status, engine.cli; "
+    code = ("import sys, engine, engine.run.predict, engine.cache.status, engine.cli; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('qgis', 'PyQt5', 'PyQt6')]; "
             "assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

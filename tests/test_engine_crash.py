@@ -11,19 +11,18 @@ import time
 import numpy as np
 import pytest
 
-from engine.predict import predict
+from engine.cache.status import cache_status
+from engine.run.predict import predict
 from engine.settings import Job
-from engine.status import cache_status
 from tests.onnx_models import passthrough_model
-from tests.rasters import read_confidence, read_crowns, write_raster
+from tests.rasters import snapshot, write_raster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DRIVER = textwrap.dedent(
     """
     import sys
-    sys.path.insert(0, {root!r})
-    from engine.predict import predict
+    from engine.run.predict import predict
     from engine.settings import Job
     job = Job(image=sys.argv[1], cache_dir=sys.argv[2], model=sys.argv[3], vector_format=sys.argv[4])
     predict(job, progress=lambda p: print(p.done, flush=True))
@@ -42,20 +41,13 @@ def setup(tmp_path_factory):
         img[:, r : r + s, c : c + s] = rng.integers(150, 255)
     image = write_raster(tmp / "img.tif", img)
     model = passthrough_model(tmp / "m.onnx", tile_size_px=64, overlap_px=16)
-    driver = tmp / "driver.py"
-    driver.write_text(DRIVER.format(root=ROOT))
-    return tmp, image, model, driver
-
-
-def snapshot(cache_dir, vector):
-    lines = (cache_dir / "tiles.jsonl").read_text().splitlines()[1:]
-    crowns = [{k: v for k, v in c.items() if k != "centroid"} for c in read_crowns(cache_dir, vector)]
-    return lines, crowns, read_confidence(cache_dir)
+    return tmp, image, model, DRIVER
 
 
 def run_and_kill(driver, image, cache, model, fmt, after_tiles, jitter_s):
     """Start a prediction; SIGKILL it once ``after_tiles`` tiles have committed, plus ``jitter_s``."""
-    proc = subprocess.Popen([sys.executable, str(driver), str(image), str(cache), str(model), fmt],
+    # Run from the repository root, so ``-c`` code imports this checkout's engine.
+    proc = subprocess.Popen([sys.executable, "-c", driver, str(image), str(cache), str(model), fmt], cwd=ROOT,
                             stdout=subprocess.PIPE, text=True)
     try:
         for line in proc.stdout:

@@ -7,7 +7,9 @@ import onnx
 import pytest
 
 from engine.errors import InputError, ModelError
-from engine.model import OnnxModel, OutputKind, describe_model, read_onnx_metadata, spec_from_metadata
+from engine.models.onnx_meta import read_onnx_metadata
+from engine.models.runner import OnnxModel
+from engine.models.spec import OutputKind, describe_model, spec_from_metadata
 from engine.settings import Job, resolve_settings
 from tests.onnx_models import conv1x1_model, passthrough_model
 
@@ -70,7 +72,7 @@ def test_corrupt_and_truncated_onnx_files(tmp_path):
 
 def test_model_expecting_other_channels(tmp_path):
     from engine.errors import RasterError
-    from engine.predict import predict
+    from engine.run.predict import predict
     from tests.rasters import write_raster
 
     image = write_raster(tmp_path / "img.tif", np.zeros((3, 50, 50), np.uint8))

@@ -8,26 +8,14 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
-from engine.predict import predict
+from engine.run.predict import predict
 from engine.settings import Job
-from tests.onnx_models import canopy_centres_model, passthrough_model
+from tests.onnx_models import canopy_centres_model
 from tests.rasters import crowns_image, read_confidence, read_crowns, squares_image, write_raster
 
 # Squares (col, row, size) in source pixels; the second crosses the corner of the first
 # four tiles (cores are 48 model px), the third a vertical tile border.
 SQUARES_01 = [(10, 10, 14), (41, 41, 14), (90, 60, 12), (130, 20, 16), (20, 120, 20)]
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """Semantic model: P(tree) = band 1 / 255; its regions are clipped to tile cores."""
-    return passthrough_model(tmp_path_factory.mktemp("m") / "passthrough.onnx", tile_size_px=64, overlap_px=16)
-
-
-@pytest.fixture(scope="module")
-def crown_model(tmp_path_factory):
-    """Crown model: canopy = band 1 / 255, crown centres = band 2 / 255."""
-    return canopy_centres_model(tmp_path_factory.mktemp("m") / "crowns.onnx", tile_size_px=64, overlap_px=16)
 
 
 def truth_centres(transform, squares):

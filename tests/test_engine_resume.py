@@ -7,20 +7,15 @@ import numpy as np
 import pytest
 from osgeo import ogr
 
+from engine.cache.lock import CacheLock
+from engine.cache.status import cache_layers, cache_status
 from engine.errors import CacheCorruptError, CacheLockedError, CacheMismatchError
-from engine.lock import CacheLock
-from engine.predict import predict
+from engine.run.predict import predict
 from engine.settings import Job
-from engine.status import cache_layers, cache_status
 from tests.onnx_models import passthrough_model
-from tests.rasters import read_confidence, read_crowns, write_raster
+from tests.rasters import assert_same_cache, snapshot, write_raster
 
 N_TILES = 16  # 160 x 150 px at 48 px cores
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return passthrough_model(tmp_path_factory.mktemp("m") / "m.onnx", tile_size_px=64, overlap_px=16)
 
 
 @pytest.fixture
@@ -31,18 +26,6 @@ def image(tmp_path):
         c, r, s = rng.integers(0, 145), rng.integers(0, 135), rng.integers(10, 16)
         img[:, r : r + s, c : c + s] = 230
     return write_raster(tmp_path / "img.tif", img)
-
-
-def snapshot(cache_dir):
-    lines = (cache_dir / "tiles.jsonl").read_text().splitlines()[1:]
-    crowns = [{k: v for k, v in c.items() if k != "centroid"} for c in read_crowns(cache_dir)]
-    return lines, crowns, read_confidence(cache_dir)
-
-
-def assert_same_cache(a, b):
-    assert a[0] == b[0]
-    assert a[1] == b[1]
-    np.testing.assert_array_equal(a[2], b[2])
 
 
 @pytest.fixture

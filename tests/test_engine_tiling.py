@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from engine.grid import RasterInfo, plan_tiles
-from engine.reader import point_mapper
+from engine.tiling.grid import RasterInfo, plan_tiles
+from engine.tiling.raster import point_mapper
 
 
 def info(width, height, gsd=0.1, crs_wkt="EPSG:32633", geographic=False, transform=None):

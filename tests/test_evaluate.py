@@ -116,10 +116,10 @@ def test_map_boxes_to_pixels_inverts_a_north_up_transform():
 
 
 def _engine_has_predict() -> bool:
-    return importlib.util.find_spec("engine.predict") is not None and importlib.util.find_spec("engine.status") is not None
+    return importlib.util.find_spec("engine.run.predict") is not None and importlib.util.find_spec("engine.cache.status") is not None
 
 
-@pytest.mark.skipif(not _engine_has_predict(), reason="engine.predict / engine.status not in this checkout yet")
+@pytest.mark.skipif(not _engine_has_predict(), reason="engine.run.predict / engine.cache.status not in this checkout yet")
 def test_cli_scores_a_real_cache(tmp_path, capsys):
     """Predict a raster whose band 1 paints two crowns, then evaluate against right and wrong boxes."""
     import rasterio
@@ -148,7 +148,7 @@ def test_cli_scores_a_real_cache(tmp_path, capsys):
     assert "F1        1.000" in out and "TP 2  FP 0  FN 0" in out
 
     cache = tmp_path / "cache"
-    from engine.predict import predict
+    from engine.run.predict import predict
     from engine.settings import Job
 
     predict(Job(image=image, cache_dir=cache, model=model))

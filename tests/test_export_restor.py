@@ -20,7 +20,7 @@ import pytest
 
 from engine.cli import main
 from engine.errors import InputError, ModelError
-from engine.export_restor import (
+from engine.export.restor import (
     Family,
     export_restor,
     family_of_dir,
@@ -28,7 +28,9 @@ from engine.export_restor import (
     is_hub_id,
     load_checkpoint,
 )
-from engine.model import OnnxModel, describe_model, read_onnx_metadata
+from engine.models.onnx_meta import read_onnx_metadata
+from engine.models.runner import OnnxModel
+from engine.models.spec import describe_model
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCH_REASON = "torch is not installed (pip install -r requirements-export.txt)"
@@ -84,7 +86,7 @@ def segformer(torch, tmp_path_factory):
 @pytest.fixture(scope="module")
 def unet(torch, tmp_path_factory):
     """A randomly initialised smp-layout UNet (resnet34) saved as Restor's model.pt, and its ONNX export."""
-    from engine.export_restor import build_unet
+    from engine.export.restor import build_unet
 
     torch.manual_seed(0)
     model = build_unet("resnet34", classes=2).eval()
@@ -213,7 +215,7 @@ def test_smp_save_pretrained_folder_exports_the_same_model(torch, unet, tmp_path
     ("name", "bottleneck"), [("resnet18", False), ("resnet34", False), ("resnet50", True), ("resnet101", True)]
 )
 def test_unet_encoder_is_recognised_from_its_weights(torch, name, bottleneck):
-    from engine.export_restor import build_unet, encoder_of_state_dict
+    from engine.export.restor import build_unet, encoder_of_state_dict
 
     with torch.device("meta"):  # layout only: no memory, no initialisation time
         state = build_unet(name).state_dict()
@@ -222,7 +224,7 @@ def test_unet_encoder_is_recognised_from_its_weights(torch, name, bottleneck):
 
 
 def test_unet_with_other_than_two_classes_is_refused(torch, tmp_path):
-    from engine.export_restor import build_unet
+    from engine.export.restor import build_unet
 
     with torch.device("meta"):
         state = build_unet("resnet18", classes=3).state_dict()
@@ -274,7 +276,7 @@ def test_without_torch_the_error_names_the_extra(monkeypatch, tmp_path):
 
 def test_importing_the_engine_and_its_cli_never_imports_torch():
     code = (
-        "import sys, engine.export_restor, engine.cli.export_restor; "
+        "import sys, engine.export.restor, engine.cli.export_restor; "
         "print(sorted(m for m in ('torch', 'transformers', 'huggingface_hub') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -13,17 +13,12 @@ import pytest
 import rasterio
 from rasterio.transform import Affine
 
+from engine.cache.status import cache_status
 from engine.errors import CacheWriteError, ModelError, RasterError, TCDError
-from engine.predict import predict
+from engine.run.predict import predict
 from engine.settings import Job
-from engine.status import cache_status
-from tests.onnx_models import canopy_centres_model, constant_model, passthrough_model
+from tests.onnx_models import canopy_centres_model, constant_model
 from tests.rasters import crowns_image, read_confidence, read_crowns, write_raster
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return passthrough_model(tmp_path_factory.mktemp("m") / "m.onnx", tile_size_px=64, overlap_px=16)
 
 
 def noisy_image(path, size=(3, 200, 200), seed=0, **kw):

@@ -73,7 +73,7 @@ def crown_envelopes(vector_path: Path, layer_name: str | None = None) -> np.ndar
 
 def evaluate_cache(cache_dir: Path, truth_path: Path, iou_thresh: float = DEFAULT_IOU_THRESH) -> Scores:
     """Scores of a cache's crowns against annotation boxes of its source image."""
-    from ..status import cache_layers, cache_status
+    from ..cache.status import cache_layers, cache_status
 
     status = cache_status(cache_dir)
     image_path = Path(status.image_path)
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--model only applies when evaluating an image; a cache already holds its crowns.")
         scores = evaluate_cache(args.source, args.truth, args.iou)
     elif args.source.is_file():
-        from ..predict import predict
+        from ..run.predict import predict
         from ..settings import Job
 
         with tempfile.TemporaryDirectory(prefix="tcd_evaluate_") as tmp:

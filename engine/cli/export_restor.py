@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..export_restor import RESTOR_LICENSE, export_restor
+from ..export.restor import RESTOR_LICENSE, export_restor
 
 
 def register(subparsers) -> None:

@@ -27,7 +27,7 @@ def default_cache_dir(image: Path) -> Path:
 
 
 def run(args) -> int:
-    from ..predict import predict
+    from ..run.predict import predict
     from ..settings import Job, parse_outputs
 
     job = Job(

@@ -12,8 +12,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..cache.status import cache_layers, cache_status
     from ..errors import CacheCorruptError
-    from ..status import cache_layers, cache_status
 
     if not args.cache_dir.is_dir():
         raise CacheCorruptError(f"{args.cache_dir} is not a folder.")

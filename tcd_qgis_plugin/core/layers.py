@@ -11,9 +11,8 @@ from pathlib import Path
 
 from qgis.core import QgsLayerTreeGroup, QgsProject, QgsRasterLayer, QgsVectorLayer
 
-from engine.status import cache_layers
-
-from ..paths import style_path
+from tcd_qgis_plugin.engine.cache.status import cache_layers
+from tcd_qgis_plugin.paths import style_path
 
 
 def group_name(cache_dir: Path) -> str:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from qgis.core import QgsSettings
 
-from engine.errors import CacheCorruptError
-from engine.manifest import read_manifest
-from engine.settings import Job
-from engine.status import cache_status
-from engine.worker import job_from_json, job_to_json
+from tcd_qgis_plugin.engine.cache.manifest import read_manifest
+from tcd_qgis_plugin.engine.cache.status import cache_status
+from tcd_qgis_plugin.engine.errors import CacheCorruptError
+from tcd_qgis_plugin.engine.settings import Job
+from tcd_qgis_plugin.engine.worker import job_from_json, job_to_json
 
 PREFIX = "tcd/"
 MAX_RECENT_MODELS = 8

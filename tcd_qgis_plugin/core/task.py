@@ -1,4 +1,4 @@
-"""A QgsTask that runs one prediction in a worker process (``python -m engine.worker``).
+"""A QgsTask that runs one prediction in a worker process (:mod:`tcd_qgis_plugin.engine.worker`).
 
 ``run()`` works on a background thread: it starts the worker, relays its progress
 events and forwards a cancel request; it never touches widgets or the project.
@@ -22,9 +22,10 @@ from pathlib import Path
 from qgis.core import Qgis, QgsMessageLog, QgsTask
 from qgis.PyQt.QtCore import QCoreApplication, pyqtSignal
 
-from engine import worker
-from engine.settings import Job
-from engine.worker import CANCEL, job_to_json
+from tcd_qgis_plugin.core.launch import engine_command
+from tcd_qgis_plugin.engine.settings import Job
+from tcd_qgis_plugin.engine.worker import CANCEL, job_to_json
+from tcd_qgis_plugin.paths import PLUGIN_DIR
 
 LOG_TAG = "TCD"
 # After a cancel request the engine finishes the tile in progress; a worker that
@@ -32,9 +33,6 @@ LOG_TAG = "TCD"
 CANCEL_GRACE_S = 60.0
 KILL_GRACE_S = 5.0
 POLL_S = 0.1
-# ``python -m`` puts the working directory first on sys.path: running the worker
-# from the folder that holds this engine makes it import this very copy.
-ENGINE_ROOT = Path(worker.__file__).resolve().parent.parent
 
 
 def tr(text: str) -> str:
@@ -98,9 +96,9 @@ class PredictionTask(QgsTask):
         else:
             kwargs["start_new_session"] = True  # a Ctrl-C in QGIS's terminal is not the user cancelling
         proc = subprocess.Popen(
-            [str(self.python), "-m", "engine.worker"],
+            engine_command(self.python, "worker"),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=self.env, cwd=str(ENGINE_ROOT),
+            env=self.env, cwd=str(PLUGIN_DIR),
             text=True, encoding="utf-8", errors="replace", bufsize=1, **kwargs,
         )
         QgsMessageLog.logMessage(

@@ -31,13 +31,12 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from engine.errors import TCDError
-from engine.model import default_model_path, describe_model
-from engine.settings import Job, Output, VectorFormat, resolve_settings
-from engine.status import cache_status
-
-from ..core.aoi import AoiError, extent_wkt, selection_wkt
-from ..core.runs import RunRegistry
+from tcd_qgis_plugin.core.aoi import AoiError, extent_wkt, selection_wkt
+from tcd_qgis_plugin.core.runs import RunRegistry
+from tcd_qgis_plugin.engine.cache.status import cache_status
+from tcd_qgis_plugin.engine.errors import TCDError
+from tcd_qgis_plugin.engine.models.spec import default_model_path, describe_model
+from tcd_qgis_plugin.engine.settings import Job, Output, VectorFormat, resolve_settings
 
 AREA_ALL, AREA_EXTENT, AREA_SELECTION = range(3)
 MANIFEST = "tiles.jsonl"

@@ -24,7 +24,7 @@ from qgis.core import QgsRasterLayer
 from qgis.PyQt.QtWidgets import QAction
 from qgis.utils import plugins
 
-from engine.status import cache_status
+from tcd_qgis_plugin.engine.cache.status import cache_status
 
 state = {"polls": 0}
 
@@ -121,7 +121,7 @@ def test_dialog_run_layers_and_panel_in_desktop_qgis(tmp_path, desktop_qgis):
     sys_packages = sysconfig.get_paths()["purelib"]
     if ".venv" not in sys_packages:
         pytest.skip("run with the dev venv's python: its packages are lent to QGIS")
-    from onnx_models import passthrough_model
+    from tests.onnx_models import passthrough_model
 
     image = tmp_path / "OSBS_029.tif"
     shutil.copy(SAMPLE, image)

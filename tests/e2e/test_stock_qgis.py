@@ -122,7 +122,7 @@ def install():
 
 @guarded
 def predict():
-    from engine import Job
+    from tcd_qgis_plugin.engine import Job
 
     shot("03_installed.png")
     iface.messageBar().clearWidgets()
@@ -191,7 +191,7 @@ def stock_qgis_run(tmp_path_factory):
         pytest.skip("scripts/build_plugin_zip.py does not exist yet")
     if not _pypi_reachable():
         pytest.skip("pypi.org cannot be reached; the install step needs it")
-    from onnx_models import canopy_centres_model
+    from tests.onnx_models import canopy_centres_model
 
     work = tmp_path_factory.mktemp("stock_qgis")
     zip_path = work / "tcd_qgis_plugin.zip"

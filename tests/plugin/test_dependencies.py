@@ -20,9 +20,9 @@ import pytest
 from qgis.core import Qgis, QgsApplication, QgsRasterLayer
 from qgis.PyQt.QtWidgets import QPushButton
 
-from engine.doctor import Requirement
 from tcd_qgis_plugin import dependencies
 from tcd_qgis_plugin.about_dialog import AboutDialog
+from tcd_qgis_plugin.engine.doctor import Requirement
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,8 +110,8 @@ def test_worker_environment_keeps_pythonpath_and_qgis_numpy(target, tmp_path, mo
     monkeypatch.setenv("PYTHONPATH", str(extra))
     env = dependencies.worker_environment(target)
     entries = env["PYTHONPATH"].split(os.pathsep)
-    assert entries == [str(ROOT), str(extra), str(target)]
-    code = "import numpy, engine.doctor, sys; print(numpy.__file__); print(sys.path)"
+    assert entries == [str(extra), str(target)]
+    code = "import numpy, sys; print(numpy.__file__); print(sys.path)"
     out = subprocess.run(
         [str(dependencies.find_qgis_python()), "-c", code], env=env, capture_output=True, text=True, check=True
     )

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-from onnx_models import passthrough_model
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsFeature,
@@ -15,9 +14,10 @@ from qgis.core import (
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtTest import QSignalSpy, QTest
 
-from engine.settings import Output, VectorFormat
 from tcd_qgis_plugin.core.runs import RunRegistry
+from tcd_qgis_plugin.engine.settings import Output, VectorFormat
 from tcd_qgis_plugin.gui.dialog import PredictDialog
+from tests.onnx_models import passthrough_model
 
 
 @pytest.fixture
@@ -72,7 +72,8 @@ def test_advanced_choices_reach_the_job(dialog, tmp_path):
 
 def test_the_folder_follows_the_raster_until_the_user_edits_it(dialog, raster_layer, tmp_path):
     from qgis.core import QgsRasterLayer
-    from rasters import squares_image, write_raster
+
+    from tests.rasters import squares_image, write_raster
 
     other_path = write_raster(tmp_path / "sub" / "other.tif", squares_image(64, 64, []))
     other = QgsRasterLayer(str(other_path), "other", "gdal")
@@ -127,7 +128,7 @@ def test_a_bad_metadata_model_is_explained(dialog, tmp_path):
 
 
 def test_missing_packages_are_named_with_an_install_button(dialog):
-    from engine.doctor import Requirement
+    from tcd_qgis_plugin.engine.doctor import Requirement
 
     requirement = Requirement("onnxruntime", ">=1.16,<2")
     dialog.set_missing([requirement])
@@ -200,8 +201,8 @@ def test_a_non_file_raster_is_refused(dialog):
 
 
 def test_a_finished_run_in_the_folder_is_announced(dialog, raster_path, model_path):
-    from engine.predict import predict
-    from engine.settings import Job
+    from tcd_qgis_plugin.engine.run.predict import predict
+    from tcd_qgis_plugin.engine.settings import Job
 
     job = Job(image=raster_path, cache_dir=raster_path.with_name("ortho_tcd"), model=model_path, threads=1)
     predict(job)

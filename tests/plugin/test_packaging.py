@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import engine
+from tcd_qgis_plugin import engine
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIRED_METADATA = ("name", "qgisMinimumVersion", "description", "about", "version", "author", "email",
@@ -28,8 +28,8 @@ def test_the_zip_carries_the_plugin_the_engine_and_resources_only(plugin_zip):
     assert all(n.startswith("tcd_qgis_plugin/") for n in names)
     inside = {n[len("tcd_qgis_plugin/"):] for n in names}
     for needed in ("__init__.py", "plugin.py", "dependencies.py", "core/task.py", "gui/dialog.py",
-                   "gui/runs_panel.py", "engine/__init__.py", "engine/worker.py", "engine/predict.py",
-                   "engine/status.py", "resources/styles/confidence.qml", "resources/styles/crowns.qml",
+                   "gui/runs_panel.py", "engine/__init__.py", "engine/worker.py", "engine/run/predict.py",
+                   "engine/cache/status.py", "resources/styles/confidence.qml", "resources/styles/crowns.qml",
                    "resources/icons/tcd.svg", "metadata.txt", "requirements.txt"):
         assert needed in inside, needed
     engine_files = {p.relative_to(ROOT).as_posix() for p in (ROOT / "engine").rglob("*.py")
@@ -86,8 +86,9 @@ import tcd_qgis_plugin
 plugin = tcd_qgis_plugin.classFactory(None)
 from tcd_qgis_plugin.gui import dialog, runs_panel
 from tcd_qgis_plugin.core import task
-import engine
-assert engine.__file__.startswith(sys.argv[1]), engine.__file__
+import tcd_qgis_plugin.engine
+assert tcd_qgis_plugin.engine.__file__.startswith(sys.argv[1]), tcd_qgis_plugin.engine.__file__
+assert "engine" not in sys.modules
 loaded = sorted(n for n in sys.modules if n.split(".")[0] in HEAVY)
 print("LOADED", loaded)
 """

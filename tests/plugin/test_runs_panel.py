@@ -7,9 +7,9 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtTest import QTest
 from qgis.PyQt.QtWidgets import QFileDialog, QMessageBox
 
-from engine.predict import predict
-from engine.settings import Job
-from engine.status import cache_status
+from tcd_qgis_plugin.engine.cache.status import cache_status
+from tcd_qgis_plugin.engine.run.predict import predict
+from tcd_qgis_plugin.engine.settings import Job
 from tcd_qgis_plugin.plugin import TCDPlugin
 
 

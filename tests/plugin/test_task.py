@@ -1,6 +1,6 @@
 """The prediction task: its two halves called directly, then once through the task manager.
 
-Every run goes through a real worker process (``python -m engine.worker``) with
+Every run goes through a real worker process (``tcd_qgis_plugin.engine.worker``) with
 a real ONNX model on a real GeoTIFF.
 """
 
@@ -12,11 +12,11 @@ import sys
 import pytest
 from qgis.core import Qgis, QgsApplication, QgsPointXY, QgsProject, QgsRasterLayer, QgsVectorLayer
 
-from engine.settings import Job
-from engine.status import cache_status
 from tcd_qgis_plugin import dependencies
 from tcd_qgis_plugin.core.layers import CacheLayerGroup
 from tcd_qgis_plugin.core.task import PredictionTask
+from tcd_qgis_plugin.engine.cache.status import cache_status
+from tcd_qgis_plugin.engine.settings import Job
 
 TOTAL = 196  # tiles of big_raster_path
 
@@ -82,7 +82,7 @@ def test_run_then_finished_adds_styled_layers(plugin, raster_layer, raster_path,
 
 
 def test_a_failing_job_reports_one_sentence(plugin, raster_layer, raster_path, tmp_path, qgis_iface):
-    from onnx_models import passthrough_model
+    from tests.onnx_models import passthrough_model
 
     five_bands = passthrough_model(tmp_path / "five.onnx", n_bands=5)
     job = Job(image=raster_path, cache_dir=tmp_path / "fails", model=five_bands, threads=1)

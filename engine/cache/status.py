@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import TCDError
+from ..errors import TCDError
 from .lock import holder
 from .manifest import read_manifest, safe_relpath
 

@@ -23,7 +23,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .errors import CacheCorruptError, CacheWriteError
+from ..errors import CacheCorruptError, CacheWriteError
+from .durable import write_atomic
 
 MANIFEST_NAME = "tiles.jsonl"
 FORMAT_NAME = "tcd-qgis-cache"
@@ -142,49 +143,6 @@ def read_manifest(cache_dir: Path) -> ManifestState:
                 trusting = False
                 dropped += 1
     return ManifestState(header, tiles, good, dropped)
-
-
-def _fsync_dir(path: Path) -> None:
-    # Some filesystems (and Windows) cannot open or fsync a directory; the rename is still done.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, *, read_only: bool = False) -> None:
-    """Replace ``path`` with ``data`` so readers see the old file or the new one, never half.
-
-    ``read_only`` leaves the file without write permission (POSIX), so a program
-    that opened it for update cannot write its own copy back over it.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if read_only and os.name == "posix":
-            os.chmod(tmp, 0o444)
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 class ManifestWriter:

@@ -33,7 +33,6 @@ Models made for the Deepness QGIS plugin work unchanged: ``model_type``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -42,9 +41,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Mapping
 
-import numpy as np
-
-from .errors import ModelError
+from ..errors import ModelError
+from .onnx_meta import read_onnx_metadata
 
 DEFAULT_GSD_M = 0.1
 DEFAULT_TILE_SIZE_PX = 1024
@@ -88,75 +86,6 @@ class ModelSpec:
     fixed_input_px: int | None = None
     metadata: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
-
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ValueError("truncated varint")
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, pos
-        shift += 7
-
-
-def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """Read an ONNX file's ``metadata_props`` without loading its weights.
-
-    Walks the top-level protobuf fields of ``ModelProto`` and seeks over the
-    (large) graph, so listing models in a dialog stays fast.
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"Cannot read the model file {path}: {exc.strerror or exc}.") from exc
-    meta: dict[str, str] = {}
-    pos = 0
-    try:
-        while pos < len(data):
-            key, pos = _read_varint(data, pos)
-            field_no, wire = key >> 3, key & 7
-            if wire == 0:
-                _, pos = _read_varint(data, pos)
-            elif wire == 1:
-                pos += 8
-            elif wire == 5:
-                pos += 4
-            elif wire == 2:
-                length, pos = _read_varint(data, pos)
-                if pos + length > len(data):
-                    raise ValueError("truncated field")
-                if field_no == 14:
-                    entry, k, v, epos = data[pos : pos + length], "", "", 0
-                    while epos < len(entry):
-                        ekey, epos = _read_varint(entry, epos)
-                        elen, epos = _read_varint(entry, epos)
-                        text = entry[epos : epos + elen].decode("utf-8")
-                        epos += elen
-                        if ekey >> 3 == 1:
-                            k = text
-                        elif ekey >> 3 == 2:
-                            v = text
-                    meta[k] = v
-                pos += length
-            else:
-                raise ValueError(f"wire type {wire}")
-    except (ValueError, UnicodeDecodeError, IndexError) as exc:
-        raise ModelError(f"{path.name} is not a valid ONNX model file.") from exc
-    if pos != len(data) or not data:
-        raise ModelError(f"{path.name} is not a valid ONNX model file.")
-    return meta
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _json(meta: Mapping[str, str], key: str, default=None):
@@ -329,13 +258,11 @@ def spec_from_metadata(
 
 
 def default_model_path() -> Path:
-    """The bundled default model: ``resources/models/`` beside the engine (repo or plugin ZIP)."""
-    here = Path(__file__).resolve().parent
-    for root in (here.parent, here.parent / "tcd_qgis_plugin"):
-        candidate = root / "resources" / "models" / "tcd_default.onnx"
-        if candidate.is_file():
-            return candidate
-    return here.parent / "resources" / "models" / "tcd_default.onnx"
+    """The bundled default model: ``resources/models/`` beside the engine folder.
+
+    That is the repository root in a checkout and the plugin folder in the plugin ZIP.
+    """
+    return Path(__file__).resolve().parents[2] / "resources" / "models" / "tcd_default.onnx"
 
 
 def describe_model(path: str | os.PathLike) -> ModelSpec:
@@ -344,115 +271,3 @@ def describe_model(path: str | os.PathLike) -> ModelSpec:
     if not path.is_file():
         raise ModelError(f"The model file {path} does not exist.")
     return spec_from_metadata(read_onnx_metadata(path), path=str(path))
-
-
-def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    x = x - np.max(x, axis=axis, keepdims=True)
-    np.exp(x, out=x)
-    x /= np.sum(x, axis=axis, keepdims=True)
-    return x
-
-
-class OnnxModel:
-    """An onnxruntime session with the spec that explains its inputs and outputs."""
-
-    def __init__(self, path: str | os.PathLike, *, threads: int | None = None, providers: list[str] | None = None):
-        path = Path(path)
-        if not path.is_file():
-            raise ModelError(f"The model file {path} does not exist.")
-        meta = read_onnx_metadata(path)
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ModelError("onnxruntime is not installed; install the plugin's dependencies first.") from exc
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(
-                str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"onnxruntime cannot load {path.name}: {first_line[:200]}") from exc
-        inputs = self.session.get_inputs()
-        outputs = self.session.get_outputs()
-        if len(inputs) != 1:
-            raise ModelError(f"The model has {len(inputs)} inputs; exactly one image input is supported.")
-        self.input_name = inputs[0].name
-        shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
-        if len(shape) != 4:
-            raise ModelError(f"The model's input has {len(shape)} dimensions; expected (batch, bands, height, width).")
-        self.input_type = inputs[0].type
-        out_shape = outputs[0].shape
-        n_out = out_shape[1] if len(out_shape) == 4 and isinstance(out_shape[1], int) else None
-        self.output_names = [o.name for o in outputs]
-        self.spec = spec_from_metadata(
-            meta, path=str(path), sha256=file_sha256(path), input_shape=shape, n_output_channels=n_out
-        )
-
-    def normalise(self, raw: np.ndarray) -> np.ndarray:
-        """(bands, H, W) raw pixel values → the model's (1, bands, H, W) float32 input."""
-        spec = self.spec
-        x = raw.astype(np.float32) * np.float32(spec.scale)
-        x -= np.asarray(spec.mean, np.float32)[:, None, None]
-        x /= np.asarray(spec.std, np.float32)[:, None, None]
-        return x[None]
-
-    def run(self, raw: np.ndarray) -> dict[str, np.ndarray]:
-        """Run one tile; ``raw`` is (bands, T, T) in source units. Returns named outputs.
-
-        For ``semantic`` and ``canopy_centres`` models ``"probs"`` is (C, T, T)
-        float32 probabilities; ``instance_masks`` models return ``masks`` (N, T, T),
-        ``scores`` (N,) and ``labels`` (N,).
-        """
-        x = self.normalise(raw)
-        if self.input_type == "tensor(float16)":
-            x = x.astype(np.float16)
-        try:
-            results = self.session.run(None, {self.input_name: x})
-        except Exception as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"The model failed on a {x.shape[2]}x{x.shape[3]} px tile: {first_line[:200]}") from exc
-        kind = self.spec.output_kind
-        tile = raw.shape[1:]
-        if kind is OutputKind.INSTANCE_MASKS:
-            named = dict(zip(self.output_names, results))
-            masks = named.get("masks", results[0])
-            scores = named.get("scores", results[1] if len(results) > 1 else None)
-            labels = named.get("labels", results[2] if len(results) > 2 else None)
-            masks = np.asarray(masks, np.float32)
-            if masks.ndim == 4:
-                masks = masks[:, 0]
-            if masks.ndim != 3 or masks.shape[1:] != tile:
-                raise ModelError(f"The model's masks have shape {masks.shape}; expected (N, {tile[0]}, {tile[1]}).")
-            n = masks.shape[0]
-            scores = np.ones(n, np.float32) if scores is None else np.asarray(scores, np.float32).reshape(n)
-            labels = (
-                np.full(n, self.spec.channel_of_class[0], np.int64)
-                if labels is None
-                else np.asarray(labels, np.int64).reshape(n)
-            )
-            return {"masks": masks, "scores": scores, "labels": labels}
-        out = np.asarray(results[0], np.float32)
-        if out.ndim == 3:
-            out = out[:, None] if kind is OutputKind.SEMANTIC and out.shape[0] == 1 else out[None]
-        if out.ndim != 4 or out.shape[0] != 1 or out.shape[2:] != tile:
-            raise ModelError(
-                f"The model's output has shape {tuple(out.shape)}; expected (1, classes, {tile[0]}, {tile[1]})."
-            )
-        probs = out[0]
-        if self.spec.output_activation == "softmax":
-            probs = _softmax(probs, axis=0)
-        elif self.spec.output_activation == "sigmoid":
-            probs = 1.0 / (1.0 + np.exp(-probs))
-        if kind is OutputKind.CANOPY_CENTRES and probs.shape[0] != 2:
-            raise ModelError(f"A canopy_centres model must output 2 channels, not {probs.shape[0]}.")
-        if kind is OutputKind.SEMANTIC and max(self.spec.channel_of_class) >= probs.shape[0]:
-            raise ModelError(
-                f"The model outputs {probs.shape[0]} channels but names {len(self.spec.class_names)} classes."
-            )
-        if not np.all(np.isfinite(probs)):
-            raise ModelError("The model produced NaN or infinite values; it cannot be used on this image.")
-        return {"probs": probs}

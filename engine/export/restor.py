@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from .errors import InputError, ModelError
+from ..errors import InputError, ModelError
 
 SEGFORMER_IDS = tuple(f"restor/tcd-segformer-mit-b{i}" for i in range(6))
 UNET_ENCODER_OF_ID = {

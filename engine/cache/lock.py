@@ -12,7 +12,7 @@ import socket
 import time
 from pathlib import Path
 
-from .errors import CacheLockedError, CacheWriteError
+from ..errors import CacheLockedError, CacheWriteError
 
 LOCK_NAME = ".lock"
 

@@ -30,7 +30,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-REQUIREMENTS_FILE = Path(__file__).resolve().parent.parent / "requirements.txt"
+REQUIREMENTS_FILE = Path(__file__).resolve().parents[2] / "requirements.txt"
 
 # Packages that QGIS itself imports. The plugin must use QGIS's copies and never
 # install them: distribution name -> import name.

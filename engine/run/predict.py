@@ -25,17 +25,28 @@ import numpy as np
 from osgeo import ogr
 from rasterio.crs import CRS
 
-from . import __version__
-from .caches import (SEMANTIC_DIR, VECTOR_STEM, VRT_NAME, GeotiffSemanticCache, instance_cache_class)
-from .errors import CacheMismatchError, CacheWriteError, InputError, RasterError
-from .grid import RasterInfo, Tile, apply, plan_tiles
-from .lock import LOCK_NAME, CacheLock
-from .manifest import (FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, ManifestState, ManifestWriter, TileRecord,
-                       read_manifest)
-from .model import OnnxModel, default_model_path
-from .postprocess import class_probabilities, instance_labels, semantic_core, tile_crowns
-from .reader import TileReader, check_bands, describe_raster, point_mapper, working_crs
-from .settings import Job, Output, TileSettings, resolve_settings
+from .. import __version__
+from ..cache.lock import LOCK_NAME, CacheLock
+from ..cache.manifest import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    ManifestState,
+    ManifestWriter,
+    TileRecord,
+    read_manifest,
+)
+from ..cache.semantic import SEMANTIC_DIR, VRT_NAME, GeotiffSemanticCache
+from ..cache.vectors import VECTOR_STEM, instance_cache_class
+from ..errors import CacheMismatchError, CacheWriteError, InputError, RasterError
+from ..models.runner import OnnxModel
+from ..models.spec import default_model_path
+from ..postprocess.confidence import class_probabilities, semantic_core
+from ..postprocess.vectorise import instance_labels, tile_crowns
+from ..settings import Job, Output, TileSettings, resolve_settings
+from ..tiling.grid import RasterInfo, Tile, apply, plan_tiles
+from ..tiling.raster import check_bands, describe_raster, point_mapper, working_crs
+from ..tiling.reader import TileReader
 
 
 @dataclass(frozen=True)

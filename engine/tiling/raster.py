@@ -1,0 +1,102 @@
+"""The source raster: opening it with one-sentence errors, its description, and its CRSs."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.warp import transform as warp_points
+
+from ..errors import RasterError
+from .grid import RasterInfo, apply, utm_epsg
+
+
+def open_raster(path: str | os.PathLike):
+    """Open a raster with rasterio, turning every failure into a one-sentence RasterError."""
+    path = Path(path)
+    if not path.exists():
+        raise RasterError(f"The raster {path} does not exist.")
+    if path.is_dir():
+        raise RasterError(f"{path} is a folder, not a raster file.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioIOError as exc:
+        if not os.access(path, os.R_OK):
+            raise RasterError(f"The raster {path.name} cannot be read (permission denied).") from exc
+        raise RasterError(f"{path.name} is not a raster GDAL can read, or the file is damaged.") from exc
+
+
+def describe_raster(path: str | os.PathLike) -> RasterInfo:
+    """Read the header facts of a raster and check it can be predicted."""
+    path = Path(path)
+    with open_raster(path) as src:
+        if src.crs is None:
+            raise RasterError(f"{path.name} has no coordinate reference system; assign one (e.g. in QGIS) first.")
+        t = src.transform
+        if t.a == 1 and t.e == 1 and t.b == 0 and t.d == 0 and t.c == 0 and t.f == 0:
+            raise RasterError(f"{path.name} has no georeferencing (no geotransform).")
+        if t.a * t.e - t.b * t.d == 0:
+            raise RasterError(f"{path.name} has a degenerate geotransform.")
+        crs = src.crs
+        if crs.is_geographic:
+            units_per_m = 1.0
+        else:
+            try:
+                _, factor = crs.linear_units_factor
+            except Exception as exc:  # rasterio raises CRSError for CRSs without linear units
+                raise RasterError(f"The CRS of {path.name} has no linear unit; reproject it first.") from exc
+            units_per_m = 1.0 / float(factor)
+        stat = path.stat()
+        return RasterInfo(
+            path=str(path.resolve()),
+            width=src.width,
+            height=src.height,
+            count=src.count,
+            dtype=src.dtypes[0],
+            crs_wkt=crs.to_wkt(),
+            crs_is_geographic=bool(crs.is_geographic),
+            units_per_m=units_per_m,
+            transform=(t.a, t.b, t.c, t.d, t.e, t.f),
+            file_size=stat.st_size,
+            mtime_ns=stat.st_mtime_ns,
+        )
+
+
+def working_crs(info: RasterInfo) -> str:
+    """The CRS tiles are predicted in: the source CRS, or its local UTM zone if geographic (WKT)."""
+    if not info.crs_is_geographic:
+        return info.crs_wkt
+    cx, cy = apply(info.transform, info.width / 2, info.height / 2)
+    src = CRS.from_wkt(info.crs_wkt)
+    lon, lat = warp_points(src, CRS.from_epsg(4326), [cx], [cy])
+    return CRS.from_epsg(utm_epsg(lon[0], lat[0])).to_wkt()
+
+
+def point_mapper(src_wkt: str, dst_wkt: str):
+    """``f(xs, ys) -> (xs, ys)`` mapping coordinates from one CRS to another, or None if equal."""
+    if src_wkt == dst_wkt:
+        return None
+    src, dst = CRS.from_wkt(src_wkt), CRS.from_wkt(dst_wkt)
+
+    def mapper(xs, ys):
+        out_x, out_y = warp_points(src, dst, np.atleast_1d(np.asarray(xs, float)), np.atleast_1d(np.asarray(ys, float)))
+        return np.asarray(out_x), np.asarray(out_y)
+
+    return mapper
+
+
+def check_bands(info: RasterInfo, bands: tuple[int, ...]) -> None:
+    """Raise RasterError if the raster lacks a band the model reads (``bands`` are 1-based)."""
+    if max(bands) > info.count:
+        raise RasterError(
+            f"The model needs band{'s' if len(bands) > 1 else ''} {', '.join(map(str, bands))} "
+            f"but {Path(info.path).name} has {info.count} band{'s' if info.count != 1 else ''}."
+        )
+
