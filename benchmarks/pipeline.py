@@ -25,38 +25,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.model import OnnxModel, default_model_path
+from benchmarks.rasters import make_raster
+from engine.models.runner import OnnxModel
+from engine.models.spec import default_model_path
 from tests.onnx_models import conv1x1_model
-
-
-def make_raster(path: Path, size: int, seed: int = 0) -> Path:
-    """A forest-like RGB raster at 0.1 m written block by block (never whole in memory)."""
-    import rasterio
-    from rasterio.transform import Affine
-    from rasterio.windows import Window
-
-    rng = np.random.default_rng(seed)
-    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32633",
-                   transform=Affine(0.1, 0, 500000, 0, -0.1, 6000000), tiled=True, blockxsize=512,
-                   blockysize=512, compress="deflate")
-    yy, xx = np.mgrid[0:512, 0:512]
-    with rasterio.open(path, "w", **profile) as dst:
-        for row in range(0, size, 512):
-            for col in range(0, size, 512):
-                h, w = min(512, size - row), min(512, size - col)
-                block = np.full((512, 512), 40.0)
-                for cx, cy, r in rng.uniform([0, 0, 15], [512, 512, 40], (40, 3)):
-                    block[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = rng.uniform(120, 200)
-                img = np.stack([block * 0.6, block, block * 0.5]) + rng.normal(0, 8, (3, 512, 512))
-                dst.write(np.clip(img, 0, 255).astype(np.uint8)[:, :h, :w], window=Window(col, row, w, h))
-    return path
 
 
 def run_predict(image: Path, model: Path, cache: Path, **job_args) -> dict:
     """Predict in a fresh process; returns wall time and peak RSS."""
     code = (
         "import json, resource, sys, time; sys.path.insert(0, %r)\n"
-        "from engine.predict import predict; from engine.settings import Job\n"
+        "from engine.run.predict import predict; from engine.settings import Job\n"
         "t = time.perf_counter()\n"
         "r = predict(Job(image=%r, cache_dir=%r, model=%r, **%r))\n"
         "print(json.dumps({'seconds': time.perf_counter() - t, 'done': r.done, 'features': r.features,"
@@ -77,7 +56,7 @@ def model_only_seconds(model_path: Path, tile_px: int, n_tiles: int) -> float:
 
 
 def speed(tmp: Path, image: Path, size: int, name: str, model: Path, tile_px: int):
-    from engine.status import cache_status
+    from engine.cache.status import cache_status
 
     e2e = run_predict(image, model, tmp / f"cache_{name}")
     n_tiles = cache_status(tmp / f"cache_{name}").total
