@@ -1,7 +1,8 @@
 """A QgsTask that runs one prediction in a worker process (:mod:`tcd_qgis_plugin.engine.worker`).
 
-``run()`` works on a background thread: it starts the worker, relays its progress
-events and forwards a cancel request; it never touches widgets or the project.
+:class:`WorkerRun` drives the worker (start it, relay its progress events, forward a
+cancel request); the task and the Processing algorithm both use it. The task's
+``run()`` works on a background thread and never touches widgets or the project.
 Progress reaches the main thread through the queued ``tilesCommitted`` signal;
 ``finished()`` (main thread) logs the outcome and emits ``runEnded``.
 """
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,33 +65,36 @@ class TileProgress:
     features: int
 
 
-class PredictionTask(QgsTask):
-    tilesCommitted = pyqtSignal(object)  # TileProgress
-    runEnded = pyqtSignal(object)  # RunOutcome
+class WorkerRun:
+    """One prediction in a worker process, driven from the calling thread until the worker ends.
 
-    def __init__(self, job: Job, python: Path, env: dict, description: str | None = None):
-        super().__init__(description or tr("Tree crown delineation: {}").format(job.image.name),
-                         QgsTask.CanCancel)
+    The one place that drives a worker: :class:`PredictionTask` (the dialog and the
+    runs panel) and the Processing algorithm ``tcd:delineatecrowns`` each call
+    :meth:`run` on their own background thread. ``cancelled`` is polled every
+    ``POLL_S``; ``on_progress`` gets a :class:`TileProgress` on the calling thread.
+    ``resume_hint`` ends the sentences of a run that stopped early: where the user resumes it.
+    """
+
+    def __init__(self, job: Job, python: Path, env: dict, resume_hint: str | None = None):
         self.job = job
         self.python = Path(python)
         self.env = dict(env)
-        self.outcome: RunOutcome | None = None
+        self.resume_hint = resume_hint or tr("press Resume in the TCD runs panel")
         self.worker_pid: int | None = None
-        self._last = TileProgress(job.cache_dir, 0, 0, 0, 0)
+        self.last = TileProgress(job.cache_dir, 0, 0, 0, 0)
 
-    # -- background thread ----------------------------------------------------
-    def run(self) -> bool:
+    def run(self, cancelled: Callable[[], bool], on_progress: Callable[[TileProgress], None]) -> RunOutcome:
+        """Start the worker and relay its events until it ends; never raises."""
         try:
-            self.outcome = self._run_worker()
-        except Exception as exc:  # noqa: BLE001 - never let an exception escape run()
-            self.outcome = self._failed(tr("The prediction could not be started: {}").format(exc), repr(exc))
-        return self.outcome.state == "complete"
+            return self._run(cancelled, on_progress)
+        except Exception as exc:  # the caller gets an outcome, never an exception
+            return self.failed(tr("The prediction could not be started: {}").format(exc), repr(exc))
 
-    def _failed(self, message: str, details: str = "") -> RunOutcome:
-        p = self._last
+    def failed(self, message: str, details: str = "") -> RunOutcome:
+        p = self.last
         return RunOutcome(self.job.cache_dir, "failed", p.done, p.total, p.features, message, details)
 
-    def _run_worker(self) -> RunOutcome:
+    def _run(self, cancelled, on_progress) -> RunOutcome:
         kwargs = {}
         if sys.platform == "win32":
             kwargs["creationflags"] = subprocess.CREATE_NO_WINDOW
@@ -122,7 +127,7 @@ class PredictionTask(QgsTask):
         cancel_sent_at = None
         stop_sent_at = None
         while True:
-            if self.isCanceled() and cancel_sent_at is None:
+            if cancelled() and cancel_sent_at is None:
                 cancel_sent_at = time.monotonic()
                 _send(proc, CANCEL)
             if cancel_sent_at is not None and proc.poll() is None:
@@ -144,7 +149,7 @@ class PredictionTask(QgsTask):
             elif event.get("event") == "started":
                 self.worker_pid = event.get("pid")
             elif event.get("event") == "progress":
-                self._on_progress(event)
+                self._on_progress(event, on_progress)
             elif event.get("event") in ("finished", "error"):
                 final = event
         try:
@@ -157,37 +162,35 @@ class PredictionTask(QgsTask):
         stderr_text = "".join(stderr_tail)
         if stderr_text.strip():
             QgsMessageLog.logMessage(tr("Worker output:\n{}").format(stderr_text), LOG_TAG, Qgis.Info)
-        return self._outcome(final, returncode, stderr_text)
+        return self._outcome(final, returncode, stderr_text, cancelled)
 
-    def _on_progress(self, event: dict) -> None:
+    def _on_progress(self, event: dict, on_progress) -> None:
         try:
             p = TileProgress(self.job.cache_dir, int(event["done"]), int(event["total"]),
                              int(event.get("skipped", 0)), int(event.get("features", 0)))
         except (KeyError, TypeError, ValueError):
             return
-        self._last = p
-        if p.total:
-            self.setProgress(100.0 * p.done / p.total)
-        self.tilesCommitted.emit(p)
+        self.last = p
+        on_progress(p)
 
-    def _outcome(self, final: dict | None, returncode: int, stderr_text: str) -> RunOutcome:
-        p = self._last
+    def _outcome(self, final: dict | None, returncode: int, stderr_text: str, cancelled) -> RunOutcome:
+        p = self.last
         if final is not None and final.get("event") == "finished":
             state = final.get("state")
             done, total, features = (int(final.get(k, 0)) for k in ("done", "total", "features"))
             if state == "complete":
                 message = tr("Delineated {} crowns in {} tiles of {}.").format(features, total, self.job.image.name)
                 return RunOutcome(self.job.cache_dir, "complete", done, total, features, message)
-            message = tr("The run on {} was cancelled after {} of {} tiles; resume it from the TCD runs panel.").format(
-                self.job.image.name, done, total)
+            message = tr("The run on {} was cancelled after {} of {} tiles; {}.").format(
+                self.job.image.name, done, total, self.resume_hint)
             return RunOutcome(self.job.cache_dir, "cancelled", done, total, features, message)
         if final is not None:
             message = str(final.get("message") or tr("The prediction failed."))
             details = "{}: {}\n{}".format(final.get("type", "Error"), message, final.get("details", ""))
-            return self._failed(message, details)
-        if self.isCanceled():
-            message = tr("The run on {} was stopped after {} of {} tiles; resume it from the TCD runs panel.").format(
-                self.job.image.name, p.done, p.total)
+            return self.failed(message, details)
+        if cancelled():
+            message = tr("The run on {} was stopped after {} of {} tiles; {}.").format(
+                self.job.image.name, p.done, p.total, self.resume_hint)
             return RunOutcome(self.job.cache_dir, "cancelled", p.done, p.total, p.features, message)
         if returncode < 0:
             try:
@@ -197,13 +200,39 @@ class PredictionTask(QgsTask):
             how = tr("was killed ({})").format(how)
         else:
             how = tr("exited with status {}").format(returncode)
-        message = tr("The prediction process {} after {} of {} tiles; the finished tiles are kept and "
-                     "Resume continues the run.").format(how, p.done, p.total)
-        return self._failed(message, stderr_text)
+        message = tr("The prediction process {} after {} of {} tiles; the finished tiles are kept: {}.").format(
+            how, p.done, p.total, self.resume_hint)
+        return self.failed(message, stderr_text)
+
+
+class PredictionTask(QgsTask):
+    tilesCommitted = pyqtSignal(object)  # TileProgress
+    runEnded = pyqtSignal(object)  # RunOutcome
+
+    def __init__(self, job: Job, python: Path, env: dict, description: str | None = None):
+        super().__init__(description or tr("Tree crown delineation: {}").format(job.image.name),
+                         QgsTask.CanCancel)
+        self.job = job
+        self.worker = WorkerRun(job, python, env)
+        self.outcome: RunOutcome | None = None
+
+    @property
+    def worker_pid(self) -> int | None:
+        return self.worker.worker_pid
+
+    # -- background thread ----------------------------------------------------
+    def run(self) -> bool:
+        self.outcome = self.worker.run(self.isCanceled, self._on_progress)
+        return self.outcome.state == "complete"
+
+    def _on_progress(self, p: TileProgress) -> None:
+        if p.total:
+            self.setProgress(100.0 * p.done / p.total)
+        self.tilesCommitted.emit(p)
 
     # -- main thread ---------------------------------------------------------
     def finished(self, result: bool) -> None:
-        outcome = self.outcome or self._failed(tr("The prediction did not run."))
+        outcome = self.outcome or self.worker.failed(tr("The prediction did not run."))
         level = {"complete": Qgis.Success, "cancelled": Qgis.Info}.get(outcome.state, Qgis.Critical)
         QgsMessageLog.logMessage(outcome.message, LOG_TAG, level)
         if outcome.details:
