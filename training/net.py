@@ -50,7 +50,9 @@ class CrownNet(nn.Module):
         self.enc4 = nn.Sequential(SeparableBlock(w2, w4, stride=2), SeparableBlock(w4, w4))
         self.enc8 = nn.Sequential(SeparableBlock(w4, w8, stride=2), SeparableBlock(w8, w8))
         self.enc16 = nn.Sequential(
-            SeparableBlock(w8, w16, stride=2), SeparableBlock(w16, w16, dilation=2), SeparableBlock(w16, w16, dilation=4)
+            SeparableBlock(w8, w16, stride=2),
+            SeparableBlock(w16, w16, dilation=2),
+            SeparableBlock(w16, w16, dilation=4),
         )
         self.lat8 = _conv_bn(w16, w8)
         self.dec8 = SeparableBlock(w8, w8)
@@ -69,13 +71,30 @@ class CrownNet(nn.Module):
 
 
 class ExportWrapper(nn.Module):
-    """Probabilities at the input's full resolution, as the exported model returns them."""
+    """Probabilities at the input's full resolution, as the exported model returns them.
 
-    def __init__(self, net: CrownNet):
+    With ``flips`` 2 or 4 the model also runs on the horizontally (and vertically, and
+    both) flipped image and averages the flipped-back maps: test-time augmentation
+    inside the graph, so the engine needs no change (at 2x or 4x the model's time).
+    """
+
+    def __init__(self, net: CrownNet, flips: int = 1):
         super().__init__()
+        if flips not in (1, 2, 4):
+            raise ValueError(f"flips must be 1, 2 or 4, not {flips}")
         self.net = net
+        self.flips = flips
 
-    def forward(self, image):
+    def _probs(self, image):
         probs = torch.sigmoid(self.net(image))
         # Sigmoid before upsampling: 16x fewer exp() and the result stays within 0..1.
         return F.interpolate(probs, size=image.shape[-2:], mode="bilinear", align_corners=False)
+
+    def forward(self, image):
+        probs = self._probs(image)
+        if self.flips == 1:
+            return probs
+        dims = [[3], [2], [2, 3]][: self.flips - 1]
+        for d in dims:
+            probs = probs + torch.flip(self._probs(torch.flip(image, d)), d)
+        return probs / self.flips
