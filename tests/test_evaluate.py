@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -115,11 +115,6 @@ def test_map_boxes_to_pixels_inverts_a_north_up_transform():
     np.testing.assert_allclose(map_boxes_to_pixels(crs_box, ~transform), pixel_box, atol=1e-6)
 
 
-def _engine_has_predict() -> bool:
-    return importlib.util.find_spec("engine.run.predict") is not None and importlib.util.find_spec("engine.cache.status") is not None
-
-
-@pytest.mark.skipif(not _engine_has_predict(), reason="engine.run.predict / engine.cache.status not in this checkout yet")
 def test_cli_scores_a_real_cache(tmp_path, capsys):
     """Predict a raster whose band 1 paints two crowns, then evaluate against right and wrong boxes."""
     import rasterio
@@ -155,3 +150,71 @@ def test_cli_scores_a_real_cache(tmp_path, capsys):
     assert main(["evaluate", str(cache), "--truth", str(tmp_path / "wrong.csv")]) == 0
     out = capsys.readouterr().out
     assert "TP 0  FP 2  FN 1" in out
+
+
+def test_cli_loio_runs_each_fold_model_on_its_held_out_image(tmp_path, capsys):
+    """Two unreferenced PNG 'sites', two fold models: per-site scores and their mean from one command."""
+    from PIL import Image
+
+    from engine.cli import main
+    from tests.onnx_models import canopy_centres_model
+    from tests.rasters import crowns_image
+
+    data_dir, folds_dir = tmp_path / "data", tmp_path / "folds"
+    data_dir.mkdir()
+    # Site A: two crowns, both annotated. Site B: two crowns, one annotated and one box where
+    # there is no crown (TP 1, FP 1, FN 1: F1 0.5).
+    sites = {
+        "site_a": ([(10, 10, 20), (60, 60, 20)], [(10, 10, 30, 30), (60, 60, 80, 80)]),
+        "site_b": ([(10, 60, 20), (60, 10, 20)], [(10, 60, 30, 80), (0, 0, 8, 8)]),
+    }
+    folds = []
+    for name, (squares, boxes) in sites.items():
+        Image.fromarray(crowns_image(96, 96, squares).transpose(1, 2, 0)).save(data_dir / f"{name}.png")
+        rows = "".join(f"{name}.png,{x0},{y0},{x1},{y1},Tree\n" for x0, y0, x1, y1 in boxes)
+        (data_dir / f"{name}.csv").write_text("image_path,xmin,ymin,xmax,ymax,label\n" + rows)
+        other = "site_b" if name == "site_a" else "site_a"
+        canopy_centres_model(folds_dir / f"heldout-{name}.onnx", tile_size_px=64, overlap_px=16)
+        folds.append({"name": f"heldout-{name}", "model": f"heldout-{name}.onnx", "image": f"{name}.png",
+                      "truth": f"{name}.csv", "train": [other]})
+    (folds_dir / "folds.json").write_text(json.dumps({"gsd_m": 0.1, "folds": folds}))
+
+    assert main(["evaluate", "--loio", str(folds_dir), "--data-dir", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "heldout-site_a: site_a.png (model trained on site_b)" in out
+    assert "F1 1.000  (TP 2, FP 0, FN 0" in out
+    assert "F1 0.500  (TP 1, FP 1, FN 1" in out
+    assert "mean F1 0.750 over 2 held-out images" in out
+
+    # Missing data and no fetcher: one line, exit 2.
+    (data_dir / "site_b.csv").unlink()
+    assert main(["evaluate", "--loio", str(folds_dir), "--data-dir", str(data_dir)]) == 2
+    assert "missing from" in capsys.readouterr().err
+    assert main(["evaluate", "--loio", str(tmp_path / "nowhere")]) == 2
+    assert main(["evaluate", "--loio", str(folds_dir), "--truth", "x.csv"]) == 2
+
+
+@pytest.mark.slow
+def test_cli_loio_of_the_bundled_folds(capsys):
+    """The shipped fold models on the DeepForest images they never saw (needs pip to fetch the data once)."""
+    from pathlib import Path
+
+    from engine.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    folds = root / "training" / "folds"
+    if not (folds / "folds.json").is_file():
+        pytest.skip("no fold models in this checkout (training/folds/folds.json)")
+    manifest = json.loads((folds / "folds.json").read_text())
+    data_dir = root / "training" / "data"
+    if not all((data_dir / f[k]).is_file() for f in manifest["folds"] for k in ("image", "truth")):
+        try:
+            from training.data import fetch_data
+
+            fetch_data(data_dir)
+        except Exception as exc:  # no network, no pip index
+            pytest.skip(f"cannot fetch the DeepForest sample data: {exc}")
+    assert main(["evaluate", "--loio"]) == 0
+    out = capsys.readouterr().out
+    mean = float(out.split("mean F1 ")[1].split()[0])
+    assert abs(mean - manifest["mean_f1"]) < 0.05, out

@@ -1,14 +1,24 @@
-"""``python -m engine evaluate CACHE_OR_IMAGE --truth ANNOTATIONS``: crown accuracy against boxes.
+"""``python -m engine evaluate``: crown accuracy against annotated boxes.
 
-Given a cache folder, its crown polygons are read with OGR; given an image, it
-is first predicted into a temporary cache. Each crown's envelope is mapped into
-the source image's pixel space and matched one-to-one with the annotation boxes
-(see :mod:`engine.evaluate`).
+``evaluate CACHE_OR_IMAGE --truth ANNOTATIONS``: given a cache folder, its crown
+polygons are read with OGR; given an image, it is first predicted into a temporary
+cache. Each crown's envelope is mapped into the source image's pixel space and
+matched one-to-one with the annotation boxes (see :mod:`engine.evaluate`).
+
+``evaluate --loio [FOLDS_DIR]``: leave-one-image-out scores of the bundled default
+model's recipe. ``FOLDS_DIR`` (default ``training/folds``) holds ``folds.json`` and
+one small ONNX model per fold, each trained on all annotated images but one; each
+is run through the real ``predict`` on the image it never saw, and the per-image
+scores and their mean F1 are printed. Images and annotations are read from
+``--data-dir`` (default ``training/data``); the manifest may name a fetch function
+(``training.data:fetch_data``) that downloads missing files.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import tempfile
 from pathlib import Path
 
@@ -17,6 +27,13 @@ import numpy as np
 from ..errors import InputError, RasterError
 from ..evaluate import DEFAULT_IOU_THRESH, Scores, map_boxes_to_pixels, read_boxes, score_boxes
 
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_FOLDS_DIR = REPO / "training" / "folds"
+DEFAULT_DATA_DIR = REPO / "training" / "data"
+# A projected CRS in metres for images without georeferencing (any one will do: only
+# pixel sizes matter); UTM 12N holds Yellowstone.
+LOCAL_CRS = "EPSG:32612"
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -24,12 +41,19 @@ def register(subparsers) -> None:
         help="precision, recall and F1 of predicted crowns against annotated boxes",
         description="Compare crowns with annotated boxes (pixel coordinates of the image) at an IoU threshold.",
     )
-    parser.add_argument("source", type=Path, help="a cache folder, or an image to predict into a temporary cache")
-    parser.add_argument("--truth", type=Path, required=True,
+    parser.add_argument("source", type=Path, nargs="?",
+                        help="a cache folder, or an image to predict into a temporary cache")
+    parser.add_argument("--truth", type=Path,
                         help="DeepForest .csv or Pascal-VOC .xml boxes in the image's pixel coordinates")
+    parser.add_argument("--loio", type=Path, nargs="?", const=DEFAULT_FOLDS_DIR, default=None, metavar="FOLDS_DIR",
+                        help="leave-one-image-out scores: run each fold model of FOLDS_DIR (default "
+                             "training/folds) on the image it was not trained on")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="images and annotations named by the folds (default training/data)")
     parser.add_argument("--model", type=Path, default=None, help="ONNX model for an image (default: bundled model)")
     parser.add_argument("--iou", type=float, default=DEFAULT_IOU_THRESH,
-                        help=f"IoU a crown's bounding box needs with a truth box to match (default {DEFAULT_IOU_THRESH})")
+                        help="IoU a crown's bounding box needs with a truth box to match "
+                             f"(default {DEFAULT_IOU_THRESH})")
     parser.set_defaults(func=run)
 
 
@@ -86,9 +110,104 @@ def evaluate_cache(cache_dir: Path, truth_path: Path, iou_thresh: float = DEFAUL
     return score_boxes(pred_px, truth_px, iou_thresh)
 
 
+def georeferenced_copy(image: Path, out: Path, gsd_m: float) -> Path:
+    """A GeoTIFF copy of an image without georeferencing (a PNG), north-up at ``gsd_m`` in :data:`LOCAL_CRS`."""
+    from osgeo import gdal, osr
+
+    gdal.UseExceptions()
+    try:
+        src = gdal.Open(str(image))
+    except RuntimeError as exc:
+        raise RasterError(f"Cannot open the image {image}.") from exc
+    dst = gdal.GetDriverByName("GTiff").CreateCopy(str(out), src)
+    dst.SetGeoTransform((500000.0, gsd_m, 0.0, 5000000.0 + src.RasterYSize * gsd_m, 0.0, -gsd_m))
+    srs = osr.SpatialReference()
+    srs.SetFromUserInput(LOCAL_CRS)
+    dst.SetProjection(srs.ExportToWkt())
+    dst = None
+    return out
+
+
+def evaluate_image(image: Path, truth: Path, model: Path | None, iou_thresh: float = DEFAULT_IOU_THRESH,
+                   gsd_m: float | None = None) -> Scores:
+    """Predict ``image`` into a temporary cache and score its crowns.
+
+    With ``gsd_m``, the image is taken as unreferenced (a PNG) at that pixel size and
+    predicted from a georeferenced copy; its annotations stay in its own pixels.
+    """
+    from ..run.predict import predict
+    from ..settings import Job
+
+    with tempfile.TemporaryDirectory(prefix="tcd_evaluate_") as tmp:
+        if gsd_m is not None:
+            image = georeferenced_copy(image, Path(tmp) / f"{image.stem}.tif", gsd_m)
+        cache_dir = Path(tmp) / "cache"
+        predict(Job(image=image, cache_dir=cache_dir, model=model))
+        return evaluate_cache(cache_dir, truth, iou_thresh)
+
+
+def _fetch(spec: str, data_dir: Path) -> None:
+    """Call ``module:function(data_dir)`` named by a folds manifest to download missing data."""
+    module_name, _, function = spec.partition(":")
+    try:
+        fetch = getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError) as exc:
+        raise InputError(f"Cannot load {spec} to fetch the evaluation data; put the files in {data_dir}.") from exc
+    try:
+        fetch(data_dir)
+    except Exception as exc:  # pip or network failures: say what was tried
+        raise InputError(f"Fetching the evaluation data into {data_dir} with {spec} failed: {exc}") from exc
+
+
+def evaluate_loio(folds_dir: Path, data_dir: Path | None = None, iou_thresh: float = DEFAULT_IOU_THRESH,
+                  progress=print) -> list[tuple[dict, Scores]]:
+    """[(fold, scores)] of every fold of ``folds_dir/folds.json`` on its held-out image.
+
+    The manifest: ``{"gsd_m": 0.1, "fetch": "module:function", "folds": [{"name", "model",
+    "image", "truth", "train"}]}``; ``model`` is relative to ``folds_dir``, ``image`` and
+    ``truth`` to ``data_dir``; ``gsd_m`` is the pixel size of unreferenced images.
+    """
+    manifest_path = folds_dir / "folds.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        folds = manifest["folds"]
+    except OSError as exc:
+        raise InputError(f"No leave-one-image-out folds at {folds_dir} ({manifest_path.name} is missing).") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{manifest_path} is not a folds manifest with a list of folds.") from exc
+    data_dir = data_dir or DEFAULT_DATA_DIR
+    needed = [data_dir / f[key] for f in folds for key in ("image", "truth")]
+    if not all(p.is_file() for p in needed):
+        if not manifest.get("fetch"):
+            missing = ", ".join(p.name for p in needed if not p.is_file())
+            raise InputError(f"The evaluation data is missing from {data_dir}: {missing}.")
+        _fetch(manifest["fetch"], data_dir)
+    results = []
+    for fold in folds:
+        model = folds_dir / fold["model"]
+        if not model.is_file():
+            raise InputError(f"The fold model {model} does not exist.")
+        scores = evaluate_image(data_dir / fold["image"], data_dir / fold["truth"], model, iou_thresh,
+                                manifest.get("gsd_m"))
+        progress(f"{fold['name']}: {fold['image']} (model trained on {', '.join(fold.get('train', ['?']))})")
+        progress(f"  {scores.summary()}")
+        results.append((fold, scores))
+    return results
+
+
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.iou <= 1:
         raise InputError(f"The IoU threshold must be in (0, 1], not {args.iou}.")
+    if args.loio is not None:
+        if args.source is not None or args.truth is not None or args.model is not None:
+            raise InputError("--loio takes no image, cache, --truth or --model: the folds name their own.")
+        print(f"leave-one-image-out, folds of {args.loio}: each model scored on the image it was not trained on")
+        results = evaluate_loio(args.loio, args.data_dir, args.iou)
+        mean = sum(s.f1 for _, s in results) / len(results) if results else 0.0
+        print(f"mean F1 {mean:.3f} over {len(results)} held-out images (IoU >= {args.iou:g})")
+        return 0
+    if args.source is None or args.truth is None:
+        raise InputError("Give an image or cache folder and --truth ANNOTATIONS, or --loio.")
     if not args.truth.is_file():
         raise InputError(f"The annotation file {args.truth} does not exist.")
     if args.source.is_dir():
@@ -96,13 +215,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--model only applies when evaluating an image; a cache already holds its crowns.")
         scores = evaluate_cache(args.source, args.truth, args.iou)
     elif args.source.is_file():
-        from ..run.predict import predict
-        from ..settings import Job
-
-        with tempfile.TemporaryDirectory(prefix="tcd_evaluate_") as tmp:
-            cache_dir = Path(tmp) / "cache"
-            predict(Job(image=args.source, cache_dir=cache_dir, model=args.model))
-            scores = evaluate_cache(cache_dir, args.truth, args.iou)
+        scores = evaluate_image(args.source, args.truth, args.model, args.iou)
     else:
         raise InputError(f"{args.source} is neither a cache folder nor an image file.")
     print(f"precision {scores.precision:.3f}")
