@@ -67,12 +67,12 @@ class AboutDialog(QDialog):
                 version=plugin_version(), folder=dependencies.package_dir()
             )
         )
-        self.header.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.header.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.report = QPlainTextEdit()
         self.report.setReadOnly(True)
-        self.report.setFont(QFontDatabase.systemFont(QFontDatabase.FixedFont))
+        self.report.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
 
-        buttons = QDialogButtonBox(QDialogButtonBox.Close)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         buttons.rejected.connect(self.reject)
         self.install_button = QPushButton(tr("Install dependencies…"))
         self.install_button.setVisible(False)
@@ -82,7 +82,7 @@ class AboutDialog(QDialog):
         self.refresh_button = QPushButton(tr("Check again"))
         self.refresh_button.clicked.connect(self.refresh)
         for button in (self.install_button, self.copy_button, self.refresh_button):
-            buttons.addButton(button, QDialogButtonBox.ActionRole)
+            buttons.addButton(button, QDialogButtonBox.ButtonRole.ActionRole)
 
         layout = QVBoxLayout(self)
         layout.addWidget(self.header)
@@ -110,7 +110,7 @@ class AboutDialog(QDialog):
         self._output = b""
         self.process = QProcess(self)
         self.process.setProcessEnvironment(env)
-        self.process.setProcessChannelMode(QProcess.MergedChannels)
+        self.process.setProcessChannelMode(QProcess.ProcessChannelMode.MergedChannels)
         self.process.readyReadStandardOutput.connect(self._read)
         self.process.finished.connect(self._done)
         self.process.errorOccurred.connect(self._failed_to_start)
@@ -127,7 +127,7 @@ class AboutDialog(QDialog):
         self._show(self._output.decode("utf-8", "replace").rstrip(), exit_code)
 
     def _failed_to_start(self, error) -> None:
-        if error != QProcess.FailedToStart:
+        if error != QProcess.ProcessError.FailedToStart:
             return  # a crash still ends in finished()
         self.process.deleteLater()
         self.process = None

@@ -215,8 +215,9 @@ def worker_environment(target: Path | None = None) -> dict:
 
     PYTHONPATH: any PYTHONPATH QGIS itself was started with (so the child sees
     what QGIS sees), then the plugin's package folder. The plugin itself is not
-    on it: :mod:`tcd_qgis_plugin.core.task` loads it by file location. The folder is cleared of protected packages first, because on
-    PYTHONPATH it comes before site-packages.
+    on it: :mod:`tcd_qgis_plugin.core.task` loads it by file location. The folder is
+    cleared of protected packages first, because on PYTHONPATH it comes before
+    site-packages.
     """
     folder = Path(target) if target else package_dir()
     _remove_protected(folder)
@@ -299,7 +300,7 @@ class InstallTask(QgsTask):
         iface,
         reqs,
     ):
-        super().__init__("Installing TCD dependencies", QgsTask.CanCancel)
+        super().__init__("Installing TCD dependencies", QgsTask.Flag.CanCancel)
         self.specs = specs
         self.folder = folder
         self.wheel_dir = wheel_dir
@@ -357,7 +358,8 @@ class InstallTask(QgsTask):
 
     def _pip_version(self, python: str, env: dict) -> tuple[int, int]:
         out = subprocess.run(
-            [python, "-m", "pip", "--version"], capture_output=True, text=True, check=False, env=env, creationflags=_NO_WINDOW
+            [python, "-m", "pip", "--version"], capture_output=True, text=True, check=False, env=env,
+            creationflags=_NO_WINDOW,
         )
         self._output += [out.stdout.strip(), out.stderr.strip()]
         match = re.match(r"pip (\d+)\.(\d+)", out.stdout)
@@ -443,7 +445,7 @@ class InstallTask(QgsTask):
             self.result = self._install()
         except DependencyError as exc:
             self.result = InstallResult(False, str(exc), output="\n".join(self._output))
-        except Exception as exc:  # noqa: BLE001 - an exception escaping run() can take QGIS down
+        except Exception as exc:  # an exception escaping run() can take QGIS down
             log(traceback.format_exc(), Qgis.Critical)
             self.result = InstallResult(
                 False,

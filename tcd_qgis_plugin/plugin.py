@@ -62,7 +62,7 @@ class TCDPlugin(QObject):
         self.panel.deleteRequested.connect(self.delete_cache)
         self.panel.openCacheRequested.connect(self.open_cache)
         self.panel.refreshRequested.connect(self.refresh_panel)
-        self.iface.addDockWidget(Qt.RightDockWidgetArea, self.panel)
+        self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.panel)
         self.panel_action = self.panel.toggleViewAction()
         self.panel_action.setText(self.tr("TCD runs panel"))
         self.iface.addPluginToRasterMenu(self.tr("Tree crown delineation"), self.panel_action)
@@ -140,7 +140,7 @@ class TCDPlugin(QObject):
             return None
         self.registry.remember_job(job)
         task = PredictionTask(job, python, dependencies.worker_environment())
-        task.tilesCommitted.connect(self._tiles_committed, Qt.QueuedConnection)
+        task.tilesCommitted.connect(self._tiles_committed, Qt.ConnectionType.QueuedConnection)
         task.runEnded.connect(self._run_ended)
         self.tasks[cache_dir] = task
         self.groups.setdefault(cache_dir, CacheLayerGroup(QgsProject.instance(), cache_dir))

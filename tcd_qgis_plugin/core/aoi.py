@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from qgis.core import (
+    Qgis,
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsCsException,
@@ -32,9 +33,11 @@ def _to_raster(geometry: QgsGeometry, crs: QgsCoordinateReferenceSystem, raster:
     if crs != raster.crs():
         transform = QgsCoordinateTransform(crs, raster.crs(), QgsProject.instance())
         try:
-            geometry.transform(transform)
-        except QgsCsException as exc:
-            raise AoiError(tr("The area cannot be transformed to the raster's CRS.")) from exc
+            failed = geometry.transform(transform) != Qgis.GeometryOperationResult.Success
+        except QgsCsException:
+            failed = True
+        if failed:
+            raise AoiError(tr("The area cannot be transformed to the raster's CRS."))
     if not geometry.intersects(QgsGeometry.fromRect(raster.extent())):
         raise AoiError(tr("The chosen area does not overlap the raster."))
     return geometry.asWkt()
@@ -49,7 +52,7 @@ def extent_wkt(extent: QgsRectangle, crs: QgsCoordinateReferenceSystem, raster: 
 
 def selection_wkt(layer: QgsVectorLayer, raster: QgsRasterLayer) -> str:
     """The union of a polygon layer's selected features as a polygon in the raster's CRS."""
-    if layer.geometryType() != QgsWkbTypes.PolygonGeometry:
+    if layer.geometryType() != QgsWkbTypes.GeometryType.PolygonGeometry:
         raise AoiError(tr("{} is not a polygon layer.").format(layer.name()))
     geometries = [f.geometry() for f in layer.getSelectedFeatures() if f.hasGeometry()]
     if not geometries:

@@ -9,8 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qgis.core import QgsLayerTreeGroup, QgsProject, QgsRasterLayer, QgsVectorLayer
+from qgis.core import (
+    Qgis,
+    QgsLayerTreeGroup,
+    QgsMessageLog,
+    QgsProject,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
 
+from tcd_qgis_plugin.core.task import LOG_TAG
 from tcd_qgis_plugin.engine.cache.status import cache_layers
 from tcd_qgis_plugin.paths import style_path
 
@@ -42,7 +50,7 @@ class CacheLayerGroup:
         added = []
         self._adopt_group_layers()
         for entry in cache_layers(self.cache_dir):
-            source = _source(entry)
+            source = layer_source(entry)
             layer = self.project.mapLayer(self._layer_ids.get(source, ""))
             if layer is not None:
                 _reload(layer)
@@ -51,8 +59,12 @@ class CacheLayerGroup:
                      else QgsVectorLayer(source, entry.name, "ogr"))
             if not layer.isValid():
                 continue  # not readable yet; the next sync tries again
-            layer.loadNamedStyle(str(style_path(entry.style)))
-            self.project.addMapLayer(layer, False)
+            message, styled = layer.loadNamedStyle(str(style_path(entry.style)))
+            if not styled:
+                QgsMessageLog.logMessage(f"The {entry.style} style could not be applied: {message}", LOG_TAG,
+                                         Qgis.Warning)
+            if self.project.addMapLayer(layer, False) is None:
+                continue
             group = self.group()
             # Crowns above the confidence raster, whatever order they appear in.
             if entry.kind == "vector":
@@ -83,7 +95,7 @@ class CacheLayerGroup:
             group.parent().removeChildNode(group)
 
 
-def _source(entry) -> str:
+def layer_source(entry) -> str:
     """The data source string of a cache layer.
 
     The confidence mosaic is opened through GDAL's ``vrt://`` connection string,
@@ -102,6 +114,10 @@ def _source(entry) -> str:
 
 def _reload(layer) -> None:
     layer.dataProvider().reloadData()
+    if isinstance(layer, QgsVectorLayer) and layer.fields().count() != layer.dataProvider().fields().count():
+        # A new Shapefile's .dbf gets its field list with the first crown: the provider
+        # reads it again on reload, but the layer keeps the list it was opened with.
+        layer.updateFields()
     if isinstance(layer, QgsVectorLayer):
         layer.updateExtents()
     layer.triggerRepaint()

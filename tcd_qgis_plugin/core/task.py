@@ -211,7 +211,7 @@ class PredictionTask(QgsTask):
 
     def __init__(self, job: Job, python: Path, env: dict, description: str | None = None):
         super().__init__(description or tr("Tree crown delineation: {}").format(job.image.name),
-                         QgsTask.CanCancel)
+                         QgsTask.Flag.CanCancel)
         self.job = job
         self.worker = WorkerRun(job, python, env)
         self.outcome: RunOutcome | None = None

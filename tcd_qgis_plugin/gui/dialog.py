@@ -70,7 +70,7 @@ class PredictDialog(QDialog):
         self.setMinimumWidth(520)
 
         self.raster_combo = QgsMapLayerComboBox()
-        self.raster_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.raster_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
         self.model_combo = QComboBox()
         self.browse_button = QPushButton(self.tr("Browse…"))
         model_row = QHBoxLayout()
@@ -85,7 +85,7 @@ class PredictDialog(QDialog):
         output_row.addWidget(self.crowns_check)
         output_row.addStretch(1)
         self.folder_widget = QgsFileWidget()
-        self.folder_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.folder_widget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.folder_widget.setDialogTitle(self.tr("Output folder"))
 
         form = QFormLayout()
@@ -124,7 +124,7 @@ class PredictDialog(QDialog):
         for area_id, button in enumerate((self.area_all, self.area_extent, self.area_selection)):
             self.area_group.addButton(button, area_id)
         self.aoi_layer_combo = QgsMapLayerComboBox()
-        self.aoi_layer_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.aoi_layer_combo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
         selection_row = QHBoxLayout()
         selection_row.addWidget(self.area_selection)
         selection_row.addWidget(self.aoi_layer_combo, 1)
@@ -150,8 +150,8 @@ class PredictDialog(QDialog):
 
         self.message_label = QLabel()
         self.message_label.setWordWrap(True)
-        self.buttons = QDialogButtonBox(QDialogButtonBox.Close)
-        self.run_button = self.buttons.addButton(self.tr("Run"), QDialogButtonBox.AcceptRole)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        self.run_button = self.buttons.addButton(self.tr("Run"), QDialogButtonBox.ButtonRole.AcceptRole)
 
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -202,7 +202,7 @@ class PredictDialog(QDialog):
         except TCDError:
             name = self.tr("{} (unreadable)").format(path.name)
         self.model_combo.addItem(label.format(name), str(path))
-        self.model_combo.setItemData(self.model_combo.count() - 1, str(path), Qt.ToolTipRole)
+        self.model_combo.setItemData(self.model_combo.count() - 1, str(path), Qt.ItemDataRole.ToolTipRole)
 
     def select_model(self, path) -> None:
         """Select a model file, adding it to the list when it is not there yet."""

@@ -53,7 +53,7 @@ class RunsPanel(QgsDockWidget):
         self.setObjectName("TCDRunsPanel")
         self.tree = QTreeWidget()
         self.tree.setRootIsDecorated(False)
-        self.tree.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.tree.setHeaderLabels([self.tr("Run"), self.tr("State"), self.tr("Tiles"), self.tr("Image"),
                                    self.tr("Model")])
         self.resume_button = QPushButton(self.tr("Resume"))
@@ -95,7 +95,7 @@ class RunsPanel(QgsDockWidget):
         for row in rows:
             tiles = f"{row.done} / {row.total}" if row.total else "–"
             item = QTreeWidgetItem([row.cache_dir.name, self._state_text(row.state), tiles, row.image, row.model])
-            item.setData(0, Qt.UserRole, str(row.cache_dir))
+            item.setData(0, Qt.ItemDataRole.UserRole, str(row.cache_dir))
             item.setToolTip(0, str(row.cache_dir))
             if row.note:
                 item.setToolTip(COLUMNS.index("state"), row.note)
@@ -110,7 +110,7 @@ class RunsPanel(QgsDockWidget):
         """Show a running cache's tile count without rereading every cache."""
         for i in range(self.tree.topLevelItemCount()):
             item = self.tree.topLevelItem(i)
-            if Path(item.data(0, Qt.UserRole)) == Path(cache_dir):
+            if Path(item.data(0, Qt.ItemDataRole.UserRole)) == Path(cache_dir):
                 item.setText(COLUMNS.index("tiles"), f"{done} / {total}")
                 item.setText(COLUMNS.index("state"), self._state_text("running"))
 
@@ -125,11 +125,11 @@ class RunsPanel(QgsDockWidget):
     def select(self, cache_dir: Path) -> None:
         for i in range(self.tree.topLevelItemCount()):
             item = self.tree.topLevelItem(i)
-            item.setSelected(Path(item.data(0, Qt.UserRole)) == Path(cache_dir))
+            item.setSelected(Path(item.data(0, Qt.ItemDataRole.UserRole)) == Path(cache_dir))
 
     def selected(self) -> Path | None:
         items = self.tree.selectedItems()
-        return Path(items[0].data(0, Qt.UserRole)) if items else None
+        return Path(items[0].data(0, Qt.ItemDataRole.UserRole)) if items else None
 
     def _state_text(self, state: str) -> str:
         return {
@@ -163,8 +163,8 @@ class RunsPanel(QgsDockWidget):
         answer = QMessageBox.question(
             self, self.tr("Delete run"),
             self.tr("Delete the folder {} with everything the run wrote into it?").format(path),
-            QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
-        if answer == QMessageBox.Yes:
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+        if answer == QMessageBox.StandardButton.Yes:
             self.deleteRequested.emit(path)
 
     def _open_cache(self) -> None:

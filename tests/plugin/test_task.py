@@ -214,3 +214,33 @@ def test_removing_the_raster_layer_during_a_run_does_not_disturb_it(plugin, rast
     assert task.outcome.state == "complete" and task.outcome.features == 40
     assert sorted(layer.name() for layer in group_layers(job.cache_dir)) == ["canopy confidence", "crowns"]
     assert not qgis_iface.messageBar().get_messages(Qgis.Critical)
+
+
+def test_a_fresh_shapefile_layer_gets_its_fields_with_the_first_crown(plugin, raster_layer, tmp_path, model_path,
+                                                                      wait_for_tasks):
+    # Crowns only in the lower half: the first tiles commit no crown, so the layer is added while
+    # crowns.dbf has no field list yet (the Shapefile driver writes it with the first record).
+    from tests.rasters import crowns_image, write_raster
+
+    squares = [(10 + 40 * i, 180 + 40 * j, 12) for i in range(8) for j in range(3)]
+    image = write_raster(tmp_path / "south.tif", crowns_image(320, 320, squares), crs="EPSG:32633")
+    job = Job(image=image, cache_dir=tmp_path / "south_tcd", model=model_path, threads=1)
+    seen = []
+    task = plugin.start_run(job)
+    task.tilesCommitted.connect(lambda p: seen.append([f.name() for f in crowns_layer(job).fields()]
+                                                      if crowns_layer(job) else None))
+    wait_for_tasks()
+    assert task.outcome.state == "complete" and task.outcome.features == 24, task.outcome
+    assert seen and seen[0] is not None and seen[0] == [], "the layer was not added before the first crown"
+    layer = crowns_layer(job)
+    assert [f.name() for f in layer.fields()] == ["id", "score", "class", "class_idx", "tile_id", "area_m2",
+                                                  "perim_m", "diam_m"]
+    assert layer.featureCount() == 24
+    assert {f["tile_id"] for f in layer.getFeatures()} and all(f["id"] is not None for f in layer.getFeatures())
+    assert layer.renderer().symbol().symbolLayer(0).brushStyle() == 0  # still the crowns style: outlines only
+
+
+def crowns_layer(job):
+    group = QgsProject.instance().layerTreeRoot().findGroup(job.cache_dir.name)
+    layers = [] if group is None else [n.layer() for n in group.findLayers() if n.layer().name() == "crowns"]
+    return layers[0] if layers else None
