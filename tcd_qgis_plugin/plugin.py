@@ -24,6 +24,7 @@ from tcd_qgis_plugin.engine.errors import TCDError
 from tcd_qgis_plugin.gui.dialog import MANIFEST, PredictDialog
 from tcd_qgis_plugin.gui.runs_panel import RunRow, RunsPanel
 from tcd_qgis_plugin.paths import icon_path
+from tcd_qgis_plugin.processing.provider import TCDProvider
 
 # Layers are reloaded at most this often while tiles come in.
 LAYER_REFRESH_MS = 1000
@@ -41,6 +42,7 @@ class TCDPlugin(QObject):
         self.about: AboutDialog | None = None
         self.panel: RunsPanel | None = None
         self.actions: list[QAction] = []
+        self.provider: TCDProvider | None = None
         self._stale: set[Path] = set()
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setSingleShot(True)
@@ -48,7 +50,14 @@ class TCDPlugin(QObject):
         self._refresh_timer.timeout.connect(self._refresh_stale_layers)
 
     # -- QGIS plugin interface ------------------------------------------------
+    def initProcessing(self) -> None:
+        """Register the Processing provider; qgis_process calls only this, initGui calls it too."""
+        if self.provider is None:
+            self.provider = TCDProvider()
+            QgsApplication.processingRegistry().addProvider(self.provider)
+
     def initGui(self) -> None:
+        self.initProcessing()
         self.run_action = QAction(QIcon(str(icon_path())), self.tr("Tree crown delineation…"),
                                   self.iface.mainWindow())
         self.run_action.setObjectName("TCDRunAction")
@@ -76,6 +85,11 @@ class TCDPlugin(QObject):
 
     def unload(self) -> None:
         """Cancel running tasks and wait for their workers to leave their caches consistent."""
+        if self.provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.provider)
+            self.provider = None
+        if not self.actions:
+            return  # only initProcessing ran (qgis_process)
         QgsProject.instance().cleared.disconnect(self._project_cleared)
         self._refresh_timer.stop()
         for task in list(self.tasks.values()):

@@ -1,0 +1,205 @@
+"""The Processing algorithm ``tcd:delineatecrowns``: parameters, runs, batch, cancel and resume, AOI.
+
+Every run goes through the real worker process with a real ONNX model on real
+GeoTIFFs, as from the toolbox or ``processing.run()``.
+"""
+
+import json
+
+import pytest
+from qgis.core import (
+    QgsApplication,
+    QgsFeature,
+    QgsGeometry,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+)
+
+from tcd_qgis_plugin.engine.cache.status import cache_status
+from tests.onnx_models import slow_model
+from tests.rasters import crowns_image, read_crowns, write_raster
+
+ALG = "tcd:delineatecrowns"
+
+
+@pytest.fixture
+def processing(qgis_processing, plugin):
+    """Processing initialised and the plugin's provider registered, as in desktop QGIS."""
+    import processing
+
+    return processing
+
+
+def manifest_tile_ids(cache_dir) -> list[int]:
+    lines = (cache_dir / "tiles.jsonl").read_text().splitlines()[1:]
+    return [json.loads(line)["tile_id"] for line in lines]
+
+
+def run(processing, parameters, feedback=None):
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    return processing.run(ALG, parameters, context=context, feedback=feedback or QgsProcessingFeedback())
+
+
+def test_provider_and_parameters(processing, plugin):
+    registry = QgsApplication.processingRegistry()
+    provider = registry.providerById("tcd")
+    assert provider is not None and provider.name() == "Tree crown delineation"
+    alg = registry.algorithmById(ALG)
+    assert alg is not None and alg.displayName() == "Delineate tree crowns"
+    names = [p.name() for p in alg.parameterDefinitions()]
+    assert names[:2] == ["INPUT", "MODEL"]
+    assert set(names) >= {"OUTPUTS", "OUTPUT_FOLDER", "VECTOR_FORMAT", "AOI", "TILE_SIZE", "OVERLAP", "GSD"}
+    advanced = {p.name() for p in alg.parameterDefinitions() if p.flags() & p.Flag.FlagAdvanced}
+    assert advanced == {"TILE_SIZE", "OVERLAP", "GSD"}
+    assert {o.name() for o in alg.outputDefinitions()} == {"CROWNS", "CONFIDENCE", "OUTPUT_FOLDER"}
+    assert alg.flags() & alg.Flag.FlagSupportsBatch and alg.flags() & alg.Flag.FlagCanCancel
+    plugin.unload()
+    assert registry.providerById("tcd") is None
+    plugin.initGui()  # the fixture unloads it again
+
+
+def test_run_writes_the_cache_and_returns_paths(processing, raster_path, model_path, tmp_path):
+    folder = tmp_path / "run_tcd"
+    results = run(processing, {"INPUT": str(raster_path), "MODEL": str(model_path), "OUTPUT_FOLDER": str(folder)})
+    assert results["OUTPUT_FOLDER"] == str(folder)
+    assert results["CROWNS"] == str(folder / "crowns.shp")
+    assert results["CONFIDENCE"] == str(folder / "confidence.vrt")
+    assert len(read_crowns(folder)) == 40
+    status = cache_status(folder)
+    assert status.state == "complete" and status.done == status.total == 49
+    # Running it again on the same folder finds the run complete: nothing is predicted twice.
+    again = run(processing, {"INPUT": str(raster_path), "MODEL": str(model_path), "OUTPUT_FOLDER": str(folder)})
+    assert again == results
+    assert manifest_tile_ids(folder) == sorted(set(manifest_tile_ids(folder)))
+
+
+def test_default_folder_is_beside_the_raster_and_geopackage(processing, raster_path, model_path):
+    results = run(processing, {"INPUT": str(raster_path), "MODEL": str(model_path), "VECTOR_FORMAT": 1,
+                               "OUTPUTS": [0]})
+    folder = raster_path.parent / "ortho_tcd"
+    assert results["OUTPUT_FOLDER"] == str(folder)
+    assert results["CROWNS"] == f"{folder / 'crowns.gpkg'}|layername=crowns"
+    assert results["CONFIDENCE"] is None
+    layer = QgsVectorLayer(results["CROWNS"], "crowns", "ogr")
+    assert layer.isValid() and layer.featureCount() == 40
+    assert not (folder / "confidence.vrt").exists()
+
+
+@pytest.mark.parametrize(("parameters", "message"), [
+    ({"MODEL": "/nowhere/model.onnx"}, "The model file /nowhere/model.onnx does not exist."),
+    ({"TILE_SIZE": 64, "OVERLAP": 64}, "The overlap (64 px) must be smaller than the tile size (64 px)."),
+    ({"OUTPUTS": []}, "Incorrect parameter value for OUTPUTS"),
+])
+def test_bad_parameters_give_one_sentence(processing, raster_path, model_path, parameters, message):
+    with pytest.raises(QgsProcessingException) as info:
+        run(processing, {"INPUT": str(raster_path), "MODEL": str(model_path), **parameters})
+    # Processing's own form: its heading line, then the algorithm's sentence.
+    assert str(info.value).splitlines() == ["Unable to execute algorithm", message]
+    assert not (raster_path.parent / "ortho_tcd").exists()
+
+
+def test_a_folder_with_other_files_is_refused(processing, raster_path, model_path, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"x")
+    with pytest.raises(QgsProcessingException, match="holds other files"):
+        run(processing, {"INPUT": str(raster_path), "MODEL": str(model_path), "OUTPUT_FOLDER": str(folder)})
+    assert sorted(p.name for p in folder.iterdir()) == ["holiday.jpg"]
+
+
+def test_cancel_stops_within_one_tile_then_resume(processing, tmp_path):
+    # About 0.3 s of inference per tile: slow enough that the tile after the cancel has begun, fast enough
+    # that the resume is quick. 160 px at 64 px tiles with a 16 px overlap: 4 x 4 = 16 tiles.
+    model = slow_model(tmp_path / "slower.onnx", size=512, matmuls=60)
+    image = write_raster(tmp_path / "small.tif", crowns_image(160, 160, [(10, 12, 12), (90, 100, 12)]))
+    folder = tmp_path / "small_tcd"
+    parameters = {"INPUT": str(image), "MODEL": str(model), "OUTPUT_FOLDER": str(folder)}
+    feedback = QgsProcessingFeedback()
+    at_cancel = []
+
+    def cancel_after_two(progress):
+        done = round(progress * 16 / 100)
+        if done >= 2 and not at_cancel:
+            at_cancel.append(done)
+            feedback.cancel()
+
+    feedback.progressChanged.connect(cancel_after_two)
+    with pytest.raises(QgsProcessingException) as info:
+        run(processing, parameters, feedback)
+    assert "run the algorithm again with the same cache folder to resume" in str(info.value)
+    status = cache_status(folder)
+    assert status.state == "partial" and status.locked_by is None and status.total == 16
+    # No tile starts after the cancel: only the one being predicted is still committed.
+    assert at_cancel[0] <= status.done <= at_cancel[0] + 1
+
+    logged = []
+    feedback = QgsProcessingFeedback()
+    feedback.pushInfo = logged.append
+    run(processing, parameters, feedback)
+    assert logged[0] == f"{status.done} of 16 tiles are already in {folder}; predicting the rest."
+    ids = manifest_tile_ids(folder)
+    assert len(ids) == len(set(ids)) == 16
+    assert cache_status(folder).state == "complete"
+
+
+def test_area_of_interest_in_another_crs(processing, raster_path, model_path, tmp_path):
+    # The left quarter of the image (x < 500008 m in EPSG:32633), given in WGS 84.
+    aoi = QgsVectorLayer("Polygon?crs=EPSG:32633", "aoi", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(500000, 5999968, 500008, 6000000)))
+    aoi.dataProvider().addFeatures([feature])
+    wgs84 = processing.run("native:reprojectlayer", {"INPUT": aoi, "TARGET_CRS": "EPSG:4326",
+                                                     "OUTPUT": str(tmp_path / "aoi.gpkg")})["OUTPUT"]
+    folder = tmp_path / "aoi_tcd"
+    run(processing, {"INPUT": str(raster_path), "MODEL": str(model_path), "OUTPUT_FOLDER": str(folder),
+                     "AOI": wgs84})
+    crowns = read_crowns(folder)
+    status = cache_status(folder)
+    assert status.state == "complete" and status.total < 49
+    assert crowns and all(c["centroid"][0] < 500000 + 12.0 for c in crowns)
+    assert len(crowns) < 40
+
+    outside = QgsVectorLayer("Polygon?crs=EPSG:32633", "far", "memory")
+    feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(600000, 5000000, 600010, 5000010)))
+    outside.dataProvider().addFeatures([feature])
+    with pytest.raises(QgsProcessingException, match="does not overlap the raster"):
+        run(processing, {"INPUT": str(raster_path), "MODEL": str(model_path), "AOI": outside,
+                         "OUTPUT_FOLDER": str(tmp_path / "far_tcd")})
+
+
+def test_batch_of_two_rasters_loads_styled_layers(processing, qgis_new_project, raster_path, model_path, tmp_path):
+    from processing.gui.BatchAlgorithmDialog import BatchAlgorithmDialog
+
+    second = tmp_path / "second" / "ortho2.tif"
+    second.parent.mkdir()
+    second.write_bytes(raster_path.read_bytes())
+    dialog = BatchAlgorithmDialog(QgsApplication.processingRegistry().createAlgorithmById(ALG))
+    panel = dialog.mainWidget()
+    panel.addRow()
+    context = QgsProcessingContext()
+    for row, image in enumerate((raster_path, second)):
+        panel.wrappers[row][panel.parameter_to_column["INPUT"]].setParameterValue(str(image), context)
+        panel.wrappers[row][panel.parameter_to_column["MODEL"]].setParameterValue(str(model_path), context)
+    assert panel.batchRowCount() == 2
+    dialog.runAlgorithm()
+    for image in (raster_path, second):
+        folder = image.with_name(f"{image.stem}_tcd")
+        assert cache_status(folder).state == "complete", folder
+        assert len(read_crowns(folder)) == 40
+    layers = {layer.name(): layer for layer in QgsProject.instance().mapLayers().values()}
+    assert set(layers) == {"crowns (ortho_tcd)", "canopy confidence (ortho_tcd)", "crowns (ortho2_tcd)",
+                           "canopy confidence (ortho2_tcd)"}
+    crowns = layers["crowns (ortho2_tcd)"]
+    assert crowns.featureCount() == 40
+    assert crowns.renderer().symbol().symbolLayer(0).brushStyle() == 0  # the plugin's style: outlines only
+    confidence = layers["canopy confidence (ortho_tcd)"]
+    assert isinstance(confidence, QgsRasterLayer)
+    assert confidence.source().startswith("vrt://")  # never written back by GDAL
+    assert confidence.renderer().type() == "singlebandpseudocolor"
+    dialog.deleteLater()
