@@ -159,6 +159,9 @@ class WorkerRun:
         returncode = proc.wait()
         for reader in readers:
             reader.join(timeout=1.0)
+        for stream, reader in zip((proc.stdout, proc.stderr), readers):
+            if not reader.is_alive():  # a reader still blocked in readline would fail on a closed pipe
+                stream.close()
         stderr_text = "".join(stderr_tail)
         if stderr_text.strip():
             QgsMessageLog.logMessage(tr("Worker output:\n{}").format(stderr_text), LOG_TAG, Qgis.Info)

@@ -23,6 +23,7 @@ from qgis.core import (
     QgsCoordinateTransform,
     QgsCsException,
     QgsGeometry,
+    QgsMessageLog,
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
@@ -48,7 +49,7 @@ from qgis.PyQt.QtGui import QIcon
 from tcd_qgis_plugin import dependencies
 from tcd_qgis_plugin.core.layers import layer_source
 from tcd_qgis_plugin.core.runs import RunRegistry
-from tcd_qgis_plugin.core.task import WorkerRun
+from tcd_qgis_plugin.core.task import LOG_TAG, WorkerRun
 from tcd_qgis_plugin.engine.cache.status import cache_layers
 from tcd_qgis_plugin.engine.errors import TCDError
 from tcd_qgis_plugin.engine.models.spec import default_model_path, describe_model
@@ -183,15 +184,15 @@ class DelineateCrownsAlgorithm(QgsProcessingAlgorithm):
         if image is None:
             raise QgsProcessingException(
                 tr("{} is not a raster file on disk; choose one that is.").format(raster.name()))
+        # Absolute paths: the worker runs in the plugin's folder, and the job is remembered for Resume.
+        image = image.absolute()
         model_text = self.parameterAsFile(parameters, MODEL, context).strip()
-        model = Path(model_text) if model_text else default_model_path()
+        model = Path(model_text).absolute() if model_text else default_model_path()
         outputs = frozenset(OUTPUT_CHOICES[i] for i in self.parameterAsEnums(parameters, OUTPUTS, context))
         if not outputs:
             raise QgsProcessingException(tr("Choose at least one output: crowns or canopy confidence."))
         folder_text = self.parameterAsString(parameters, OUTPUT_FOLDER, context).strip()
-        folder = Path(folder_text) if folder_text else default_cache_dir(image)
-        if not folder.is_absolute():
-            folder = folder.resolve()
+        folder = Path(folder_text).absolute() if folder_text else default_cache_dir(image)
         vector_format = FORMAT_CHOICES[self.parameterAsEnum(parameters, VECTOR_FORMAT, context)]
         try:
             spec = describe_model(model)
@@ -272,7 +273,9 @@ class DelineateCrownsAlgorithm(QgsProcessingAlgorithm):
         def on_progress(p) -> None:
             if not first:
                 first.append(p)
-                if p.done:
+                if p.total and p.done == p.total:
+                    feedback.pushInfo(tr("All {} tiles are already in {}.").format(p.total, job.cache_dir))
+                elif p.done:
                     feedback.pushInfo(tr("{} of {} tiles are already in {}; predicting the rest.").format(
                         p.done, p.total, job.cache_dir))
                 else:
@@ -281,8 +284,8 @@ class DelineateCrownsAlgorithm(QgsProcessingAlgorithm):
                 feedback.setProgress(100.0 * p.done / p.total)
 
         outcome = worker.run(feedback.isCanceled, on_progress)
-        if outcome.details:
-            feedback.pushDebugInfo(outcome.details)
+        if outcome.details:  # a traceback or the worker's output: for the log, not the user's face
+            QgsMessageLog.logMessage(outcome.details, LOG_TAG, Qgis.MessageLevel.Info)
         if outcome.state != "complete":
             raise QgsProcessingException(outcome.message)
         feedback.pushInfo(outcome.message)
