@@ -54,6 +54,7 @@ class TCDPlugin(QObject):
         """Register the Processing provider; qgis_process calls only this, initGui calls it too."""
         if self.provider is None:
             self.provider = TCDProvider()
+            self.provider.runsChanged.connect(self.refresh_panel, Qt.ConnectionType.QueuedConnection)
             QgsApplication.processingRegistry().addProvider(self.provider)
 
     def initGui(self) -> None:

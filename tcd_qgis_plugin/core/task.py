@@ -41,6 +41,11 @@ def tr(text: str) -> str:
     return QCoreApplication.translate("PredictionTask", text)
 
 
+def tiles_text(count: int) -> str:
+    """``1 tile``, ``12 tiles``."""
+    return tr("1 tile") if count == 1 else tr("{} tiles").format(count)
+
+
 @dataclass(frozen=True)
 class RunOutcome:
     """How a run ended. ``state``: complete, cancelled or failed; ``message`` is one sentence."""
@@ -182,7 +187,8 @@ class WorkerRun:
             state = final.get("state")
             done, total, features = (int(final.get(k, 0)) for k in ("done", "total", "features"))
             if state == "complete":
-                message = tr("Delineated {} crowns in {} tiles of {}.").format(features, total, self.job.image.name)
+                message = tr("Delineated {} crowns in {} of {}.").format(features, tiles_text(total),
+                                                                          self.job.image.name)
                 return RunOutcome(self.job.cache_dir, "complete", done, total, features, message)
             message = tr("The run on {} was cancelled after {} of {} tiles; {}.").format(
                 self.job.image.name, done, total, self.resume_hint)

@@ -49,7 +49,7 @@ from qgis.PyQt.QtGui import QIcon
 from tcd_qgis_plugin import dependencies
 from tcd_qgis_plugin.core.layers import layer_source
 from tcd_qgis_plugin.core.runs import RunRegistry
-from tcd_qgis_plugin.core.task import LOG_TAG, WorkerRun
+from tcd_qgis_plugin.core.task import LOG_TAG, WorkerRun, tiles_text
 from tcd_qgis_plugin.engine.cache.status import cache_layers
 from tcd_qgis_plugin.engine.errors import TCDError
 from tcd_qgis_plugin.engine.models.spec import default_model_path, describe_model
@@ -266,6 +266,7 @@ class DelineateCrownsAlgorithm(QgsProcessingAlgorithm):
         except dependencies.DependencyError as exc:
             raise QgsProcessingException(str(exc)) from exc
         RunRegistry().remember_job(job)  # the run shows in the TCD runs panel, and Resume repeats it
+        self._runs_changed()
         worker = WorkerRun(job, python, dependencies.worker_environment(),
                            resume_hint=tr("run the algorithm again with the same cache folder to resume"))
         first = []
@@ -279,11 +280,12 @@ class DelineateCrownsAlgorithm(QgsProcessingAlgorithm):
                     feedback.pushInfo(tr("{} of {} tiles are already in {}; predicting the rest.").format(
                         p.done, p.total, job.cache_dir))
                 else:
-                    feedback.pushInfo(tr("Predicting {} tiles into {}.").format(p.total, job.cache_dir))
+                    feedback.pushInfo(tr("Predicting {} into {}.").format(tiles_text(p.total), job.cache_dir))
             if p.total:
                 feedback.setProgress(100.0 * p.done / p.total)
 
         outcome = worker.run(feedback.isCanceled, on_progress)
+        self._runs_changed()
         if outcome.details:  # a traceback or the worker's output: for the log, not the user's face
             QgsMessageLog.logMessage(outcome.details, LOG_TAG, Qgis.MessageLevel.Info)
         if outcome.state != "complete":
@@ -297,6 +299,12 @@ class DelineateCrownsAlgorithm(QgsProcessingAlgorithm):
             else:
                 results[CONFIDENCE] = str(entry.path)
         return results
+
+    def _runs_changed(self) -> None:
+        """Tell the plugin (through the provider, queued to the main thread) to refresh the runs panel."""
+        provider = self.provider()
+        if provider is not None and hasattr(provider, "runsChanged"):
+            provider.runsChanged.emit()
 
     def postProcessAlgorithm(self, context, feedback):
         """Offer the cache's layers for loading, opened and styled as the runs panel does (context's thread)."""

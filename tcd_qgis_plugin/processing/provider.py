@@ -8,6 +8,7 @@ calls from ``initGui()`` in desktop QGIS.
 from __future__ import annotations
 
 from qgis.core import QgsProcessingProvider
+from qgis.PyQt.QtCore import pyqtSignal
 from qgis.PyQt.QtGui import QIcon
 
 from tcd_qgis_plugin.paths import icon_path
@@ -17,6 +18,9 @@ PROVIDER_ID = "tcd"
 
 
 class TCDProvider(QgsProcessingProvider):
+    # A run started or ended (emitted from Processing's thread); the plugin refreshes its runs panel.
+    runsChanged = pyqtSignal()
+
     def id(self) -> str:
         return PROVIDER_ID
 

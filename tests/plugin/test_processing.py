@@ -64,9 +64,11 @@ def test_provider_and_parameters(processing, plugin):
     plugin.initGui()  # the fixture unloads it again
 
 
-def test_run_writes_the_cache_and_returns_paths(processing, raster_path, model_path, tmp_path):
+def test_run_writes_the_cache_and_returns_paths(processing, plugin, raster_path, model_path, tmp_path):
     folder = tmp_path / "run_tcd"
     results = run(processing, {"INPUT": str(raster_path), "MODEL": str(model_path), "OUTPUT_FOLDER": str(folder)})
+    QgsApplication.processEvents()  # the provider's queued runsChanged
+    assert [row[:3] for row in plugin.panel.row_texts()] == [["run_tcd", "complete", "49 / 49"]]
     assert results["OUTPUT_FOLDER"] == str(folder)
     assert results["CROWNS"] == str(folder / "crowns.shp")
     assert results["CONFIDENCE"] == str(folder / "confidence.vrt")
