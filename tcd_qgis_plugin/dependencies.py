@@ -41,6 +41,7 @@ from pathlib import Path
 from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsTask
 from qgis.PyQt.QtWidgets import QApplication, QPushButton
 
+from tcd_qgis_plugin.core import messages
 from tcd_qgis_plugin.engine import doctor
 
 LOG_TAG = "TCD"
@@ -551,25 +552,26 @@ def install(
 
 
 def _show_result(iface, result: InstallResult, task: InstallTask) -> None:
+    """The install's outcome on top of the message bar, until closed (the log has it already)."""
     if iface is None:
         return
-    bar = iface.messageBar()
     if result.ok:
-        bar.pushMessage("TCD", result.message, Qgis.Success, 10)
+        messages.push_result(iface, result.message, Qgis.Success, task.description())
         return
-    item = bar.createMessage("TCD", result.message)
+    buttons = []
     if result.command:
         copy = QPushButton("Copy command")
         copy.clicked.connect(lambda: QApplication.clipboard().setText(result.command))
-        item.layout().addWidget(copy)
-    def retry():
-        bar.popWidget(item)
+        buttons.append(copy)
+    retry = QPushButton("Retry")
+
+    def again():
+        iface.messageBar().popWidget(retry.parentWidget())
         install(wheel_dir=task.wheel_dir, on_finished=task.on_finished, target=task.folder, iface=iface, reqs=task.reqs)
 
-    button = QPushButton("Retry")
-    button.clicked.connect(retry)
-    item.layout().addWidget(button)
-    bar.pushWidget(item, Qgis.Critical)
+    retry.clicked.connect(again)
+    buttons.append(retry)
+    messages.push_result(iface, result.message, Qgis.Critical, task.description(), buttons)
 
 
 def show_missing_message(iface, on_install: Callable[[], None], reqs=None):
@@ -586,7 +588,7 @@ def show_missing_message(iface, on_install: Callable[[], None], reqs=None):
     for req in absent:
         log(req.reason, Qgis.Warning)
     bar = iface.messageBar()
-    item = bar.createMessage("TCD", text)
+    item = bar.createMessage(messages.title(), text)
     button = QPushButton("Install dependencies…")
     button.clicked.connect(lambda: (bar.popWidget(item), on_install()))
     item.layout().addWidget(button)

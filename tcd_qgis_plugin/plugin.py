@@ -16,18 +16,22 @@ from qgis.PyQt.QtWidgets import QAction
 
 from tcd_qgis_plugin import dependencies
 from tcd_qgis_plugin.about_dialog import AboutDialog
-from tcd_qgis_plugin.core.layers import CacheLayerGroup
+from tcd_qgis_plugin.core import messages
+from tcd_qgis_plugin.core.layers import CacheLayerGroup, SteadyCanvas
 from tcd_qgis_plugin.core.runs import RunRegistry, job_from_cache
 from tcd_qgis_plugin.core.task import LOG_TAG, PredictionTask, RunOutcome, TileProgress
 from tcd_qgis_plugin.engine.cache.status import cache_status
 from tcd_qgis_plugin.engine.errors import TCDError
+from tcd_qgis_plugin.engine.models.spec import default_model_path, describe_model
 from tcd_qgis_plugin.gui.dialog import MANIFEST, PredictDialog
 from tcd_qgis_plugin.gui.runs_panel import RunRow, RunsPanel
 from tcd_qgis_plugin.paths import icon_path
 from tcd_qgis_plugin.processing.provider import TCDProvider
 
-# Layers are reloaded at most this often while tiles come in.
+# Layers are reloaded at most this often while tiles come in, and never while the
+# canvas is still drawing the last reload (then again this much later).
 LAYER_REFRESH_MS = 1000
+CANVAS_BUSY_RETRY_MS = 200
 UNLOAD_WAIT_MS = 15000
 
 
@@ -44,6 +48,8 @@ class TCDPlugin(QObject):
         self.actions: list[QAction] = []
         self.provider: TCDProvider | None = None
         self._stale: set[Path] = set()
+        self._model_names: dict[Path, str] = {}
+        self.steady = SteadyCanvas(None)
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.setInterval(LAYER_REFRESH_MS)
@@ -82,7 +88,14 @@ class TCDPlugin(QObject):
         self.actions = [self.run_action, self.panel_action, self.about_action]
 
         QgsProject.instance().cleared.connect(self._project_cleared)
+        self.steady = SteadyCanvas(self.iface.mapCanvas())
         self.refresh_panel()
+        # Once per session, after QGIS has shown its window: what is missing, with the Install button.
+        QTimer.singleShot(0, self._startup_notice)
+
+    def _startup_notice(self) -> None:
+        if self.actions:  # not unloaded meanwhile
+            dependencies.show_missing_message(self.iface, self.install_dependencies)
 
     def unload(self) -> None:
         """Cancel running tasks and wait for their workers to leave their caches consistent."""
@@ -93,6 +106,7 @@ class TCDPlugin(QObject):
             return  # only initProcessing ran (qgis_process)
         QgsProject.instance().cleared.disconnect(self._project_cleared)
         self._refresh_timer.stop()
+        self.steady.release()
         for task in list(self.tasks.values()):
             task.runEnded.disconnect(self._run_ended)
             task.tilesCommitted.disconnect(self._tiles_committed)
@@ -100,7 +114,7 @@ class TCDPlugin(QObject):
         for task in list(self.tasks.values()):
             task.waitForFinished(UNLOAD_WAIT_MS)
         self.tasks.clear()
-        for action in self.actions:
+        for action in list(self.actions):
             self.iface.removePluginRasterMenu(self.tr("Tree crown delineation"), action)
         self.iface.removeToolBarIcon(self.run_action)
         if self.panel is not None:
@@ -159,6 +173,7 @@ class TCDPlugin(QObject):
         task.runEnded.connect(self._run_ended)
         self.tasks[cache_dir] = task
         self.groups.setdefault(cache_dir, CacheLayerGroup(QgsProject.instance(), cache_dir))
+        self.steady.hold()
         QgsApplication.taskManager().addTask(task)
         self.refresh_panel()
         return task
@@ -185,9 +200,12 @@ class TCDPlugin(QObject):
         else:
             self._stale.add(cache_dir)
             if not self._refresh_timer.isActive():
-                self._refresh_timer.start()
+                self._refresh_timer.start(LAYER_REFRESH_MS)
 
     def _refresh_stale_layers(self) -> None:
+        if self.steady.busy():  # a reload now would restart the drawing of the last one
+            self._refresh_timer.start(CANVAS_BUSY_RETRY_MS)
+            return
         stale, self._stale = self._stale, set()
         for cache_dir in stale:
             self._sync_layers(cache_dir)
@@ -204,12 +222,16 @@ class TCDPlugin(QObject):
     def _run_ended(self, outcome: RunOutcome) -> None:
         cache_dir = Path(outcome.cache_dir).resolve()
         self._stale.discard(cache_dir)
-        attached = self.tasks.pop(cache_dir, None) is not None
-        self.registry.set_failure(cache_dir, outcome.message if outcome.state == "failed" else None)
-        if attached:
+        task = self.tasks.pop(cache_dir, None)
+        if not self.tasks:
+            self.steady.release()
+        if outcome.state == "failed" and not (cache_dir / MANIFEST).is_file():
+            self.registry.forget_cache(cache_dir)  # refused before it wrote anything: no run to list
+        else:
+            self.registry.set_failure(cache_dir, outcome.message if outcome.state == "failed" else None)
+        if task is not None:
             self._sync_layers(cache_dir)
-            level = {"complete": Qgis.Success, "cancelled": Qgis.Info}.get(outcome.state, Qgis.Critical)
-            self._bar(outcome.message, level)
+            messages.push_result(self.iface, outcome.message, messages.level_of(outcome.state), task.description())
         self.refresh_panel()
 
     def _project_cleared(self) -> None:
@@ -219,6 +241,7 @@ class TCDPlugin(QObject):
         self.tasks.clear()
         self.groups.clear()
         self._stale.clear()
+        self.steady.release()
 
     # -- caches -----------------------------------------------------------------
     def load_layers(self, cache_dir) -> list:
@@ -269,7 +292,7 @@ class TCDPlugin(QObject):
             task = self.tasks.get(cache_dir)
             if not cache_dir.is_dir():
                 if task is not None:  # the worker has not created the folder yet
-                    rows.append(RunRow(cache_dir, task.job.image.name, "", 0, 0, "running"))
+                    rows.append(RunRow(cache_dir, task.job.image.name, self._model_name(task.job), 0, 0, "running"))
                 else:
                     rows.append(RunRow(cache_dir, "", "", 0, 0, "missing", self.tr("The folder no longer exists.")))
                 continue
@@ -280,9 +303,20 @@ class TCDPlugin(QObject):
                 state = "running"
             elif failure and state not in ("complete", "running"):
                 state, note = "failed", failure
-            image = status.image_path.name if status.image_path else ""
-            rows.append(RunRow(cache_dir, image, status.model_name, status.done, status.total, state, note))
+            image = status.image_path.name if status.image_path else (task.job.image.name if task else "")
+            model = status.model_name or (self._model_name(task.job) if task else "")
+            rows.append(RunRow(cache_dir, image, model, status.done, status.total, state, note))
         return rows
+
+    def _model_name(self, job) -> str:
+        """A job's model as the panel names it (its metadata name), before the cache records it."""
+        path = Path(job.model) if job.model is not None else default_model_path()
+        if path not in self._model_names:
+            try:
+                self._model_names[path] = describe_model(path).name
+            except TCDError:
+                self._model_names[path] = path.name
+        return self._model_names[path]
 
     def refresh_panel(self) -> None:
         if self.panel is not None:
@@ -303,5 +337,4 @@ class TCDPlugin(QObject):
 
     def _bar(self, message: str, level) -> None:
         """One sentence in the message bar; the same in the TCD log."""
-        self.iface.messageBar().pushMessage(self.tr("Tree crown delineation"), message, level)
-        QgsMessageLog.logMessage(message, LOG_TAG, level)
+        messages.push(self.iface, message, level)

@@ -121,3 +121,38 @@ def _reload(layer) -> None:
     if isinstance(layer, QgsVectorLayer):
         layer.updateExtents()
     layer.triggerRepaint()
+
+
+# While runs are live the canvas hands over whole pictures only (milliseconds between
+# the partial pictures it would otherwise show while drawing).
+HELD_UPDATE_INTERVAL_MS = 3_600_000
+
+
+class SteadyCanvas:
+    """Keeps the map canvas from showing half-drawn pictures while a run's layers reload.
+
+    QGIS drops a layer's cached picture when the layer asks for a repaint, and while
+    it draws the canvas shows what is drawn so far every ``mapUpdateInterval`` (250 ms
+    by default): a crowns layer of ten thousand polygons is missing from the screen
+    for most of its redraw, at every reload. While runs are live the interval is
+    raised, so the canvas keeps its last finished picture until the next one is
+    done; the plugin also waits for a drawing to end before the next reload
+    (:meth:`busy`), so that drawings are not restarted before they finish.
+    """
+
+    def __init__(self, canvas):
+        self.canvas = canvas
+        self._saved_interval_ms: int | None = None
+
+    def hold(self) -> None:
+        if self.canvas is not None and self._saved_interval_ms is None:
+            self._saved_interval_ms = self.canvas.mapUpdateInterval()
+            self.canvas.setMapUpdateInterval(HELD_UPDATE_INTERVAL_MS)
+
+    def release(self) -> None:
+        if self.canvas is not None and self._saved_interval_ms is not None:
+            self.canvas.setMapUpdateInterval(self._saved_interval_ms)
+            self._saved_interval_ms = None
+
+    def busy(self) -> bool:
+        return self.canvas is not None and self.canvas.isDrawing()

@@ -152,6 +152,7 @@ def test_offline_install_from_a_wheel_folder_is_importable_at_once_without_numpy
     assert importlib.import_module("tcd_probe_dep").__file__.startswith(str(target))
     assert not [p for p in target.iterdir() if p.name.lower().startswith("numpy")]
     assert dependencies.missing(reqs) == []
+    QgsApplication.processEvents()  # the result goes on top of the bar on the next turn of the event loop
     assert any("are installed" in m for m in bar.messages[Qgis.Success])
 
 
@@ -206,6 +207,7 @@ def test_failed_install_gives_one_sentence_and_a_command_and_qgis_keeps_running(
     assert "No matching distribution found" in result.output
     assert result.command.startswith(str(dependencies.find_qgis_python()))
     assert "-m pip install" in result.command and "'tcd-no-such-package>=1'" in result.command
+    QgsApplication.processEvents()
     (item,) = bar.items()
     assert item.level() == Qgis.Critical and item.text() == result.message
     assert {b.text() for b in item.findChildren(QPushButton)} >= {"Copy command", "Retry"}
@@ -243,7 +245,8 @@ def test_missing_message_names_each_package_and_its_button_installs(bar):
     (button,) = [b for b in item.findChildren(QPushButton) if b.text() == "Install dependencies…"]
     button.click()
     assert calls == [1]
-    assert dependencies.show_missing_message(dependencies_iface(bar), calls.append, reqs=[Requirement("pytest")]) is None
+    assert dependencies.show_missing_message(dependencies_iface(bar), calls.append,
+                                             reqs=[Requirement("pytest")]) is None
 
 
 def dependencies_iface(bar):
@@ -262,7 +265,7 @@ def test_about_dialog_shows_the_doctor_report(qgis_parent):
     loop = QEventLoop()
     dialog.reportReady.connect(lambda text, code: (reports.append((text, code)), loop.quit()))
     QTimer.singleShot(60_000, loop.quit)
-    loop.exec_()
+    loop.exec()
     (text, code) = reports[0]
     assert code == 0, text
     for req in dependencies.requirements():

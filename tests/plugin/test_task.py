@@ -75,7 +75,7 @@ def test_run_then_finished_adds_styled_layers(plugin, raster_layer, raster_path,
     # QGIS must never write the engine's mosaic back (GDAL saves statistics into an open VRT on close).
     mosaic = (job.cache_dir / "confidence.vrt").read_text()
     QgsProject.instance().removeAllMapLayers()
-    QgsApplication.processEvents()
+    QgsApplication.processEvents()  # also shows the result, on the next turn of the event loop
     assert (job.cache_dir / "confidence.vrt").read_text() == mosaic
     assert qgis_iface.messageBar().get_messages(Qgis.Success)
     assert plugin.registry.failure(job.cache_dir) is None
@@ -86,6 +86,7 @@ def test_a_failing_job_reports_one_sentence(plugin, raster_layer, raster_path, t
 
     five_bands = passthrough_model(tmp_path / "five.onnx", n_bands=5)
     job = Job(image=raster_path, cache_dir=tmp_path / "fails", model=five_bands, threads=1)
+    plugin.registry.remember_job(job)  # as start_run does
     task = make_task(job)
     task.runEnded.connect(plugin._run_ended)
     plugin.tasks[job.cache_dir.resolve()] = task
@@ -94,9 +95,12 @@ def test_a_failing_job_reports_one_sentence(plugin, raster_layer, raster_path, t
     assert task.outcome.state == "failed"
     assert task.outcome.message == "The model needs bands 1, 2, 3, 4, 5 but ortho.tif has 3 bands."
     assert "RasterError" in task.outcome.details
+    QgsApplication.processEvents()
     critical = qgis_iface.messageBar().get_messages(Qgis.Critical)
     assert any("needs bands 1, 2, 3, 4, 5" in m for m in critical)
-    assert plugin.registry.failure(job.cache_dir) == task.outcome.message
+    # Refused before it wrote anything: the runs panel keeps no row for a run that never started.
+    assert not (job.cache_dir / "tiles.jsonl").exists()
+    assert plugin.registry.caches() == [] and plugin.run_rows() == []
 
 
 def test_cancel_mid_run_leaves_a_resumable_cache(plugin, qgis_new_project, big_raster_path, slow_model_path,
@@ -136,6 +140,7 @@ def test_a_killed_worker_fails_the_run_and_resume_finishes_it(plugin, qgis_new_p
     task.finished(False)
     assert task.outcome.state == "failed"
     assert "SIGKILL" in task.outcome.message and "Resume" in task.outcome.message
+    QgsApplication.processEvents()
     assert any("SIGKILL" in m for m in qgis_iface.messageBar().get_messages(Qgis.Critical))
     status = cache_status(job.cache_dir)
     assert status.state == "partial" and status.done >= 2
@@ -233,8 +238,9 @@ def test_a_fresh_shapefile_layer_gets_its_fields_with_the_first_crown(plugin, ra
     assert task.outcome.state == "complete" and task.outcome.features == 24, task.outcome
     assert seen and seen[0] is not None and seen[0] == [], "the layer was not added before the first crown"
     layer = crowns_layer(job)
-    assert [f.name() for f in layer.fields()] == ["id", "score", "class", "class_idx", "tile_id", "area_m2",
-                                                  "perim_m", "diam_m"]
+    on_disk = QgsVectorLayer(layer.source(), "file", "ogr").fields().names()
+    assert on_disk[:5] == ["id", "score", "class", "class_idx", "tile_id"]
+    assert [f.name() for f in layer.fields()] == on_disk
     assert layer.featureCount() == 24
     assert {f["tile_id"] for f in layer.getFeatures()} and all(f["id"] is not None for f in layer.getFeatures())
     assert layer.renderer().symbol().symbolLayer(0).brushStyle() == 0  # still the crowns style: outlines only

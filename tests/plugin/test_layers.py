@@ -1,0 +1,102 @@
+"""Live layers on a real map canvas: a growing crowns layer never disappears from the screen.
+
+A crowns Shapefile of ten thousand polygons grows by a few hundred every second
+while the plugin's reload runs, as during a run; the canvas is grabbed every
+30 ms, as a user's eye would see it, and the crowns' outline colour is counted in
+each frame.
+"""
+
+import time
+
+import pytest
+from osgeo import ogr, osr
+from qgis.core import QgsApplication, QgsProject, QgsRectangle, QgsVectorLayer
+from qgis.gui import QgsMapCanvas
+from qgis.PyQt.QtGui import QColor
+
+from tcd_qgis_plugin.core.layers import SteadyCanvas, _reload
+from tcd_qgis_plugin.paths import style_path
+
+SIDE = 120  # crowns per row; 14,400 in all
+ORIGIN = (500000.0, 6000000.0)
+
+
+def add_rows(layer, first: int, last: int) -> None:
+    for row in range(first, last):
+        for col in range(SIDE):
+            x, y = ORIGIN[0] + col * 10, ORIGIN[1] + row * 10
+            feature = ogr.Feature(layer.GetLayerDefn())
+            feature.SetField("id", row * SIDE + col)
+            feature.SetGeometry(ogr.CreateGeometryFromWkt(
+                f"POLYGON(({x} {y},{x + 6} {y},{x + 6} {y + 6},{x} {y + 6},{x} {y}))"))
+            layer.CreateFeature(feature)
+    layer.SyncToDisk()
+
+
+def crown_pixels(image) -> int:
+    """Pixels of the crowns style's yellow outline, on every 8th row."""
+    count = 0
+    for y in range(0, image.height(), 8):
+        for x in range(0, image.width(), 2):
+            colour = image.pixelColor(x, y)
+            count += colour.red() > 200 and colour.green() > 180 and colour.blue() < 80
+    return count
+
+
+@pytest.fixture
+def growing_crowns(tmp_path, qgis_new_project):
+    path = tmp_path / "crowns.shp"
+    source = ogr.GetDriverByName("ESRI Shapefile").CreateDataSource(str(path))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    writer = source.CreateLayer("crowns", srs, ogr.wkbPolygon)
+    writer.CreateField(ogr.FieldDefn("id", ogr.OFTInteger))
+    add_rows(writer, 0, 80)
+    layer = QgsVectorLayer(str(path), "crowns", "ogr")
+    layer.loadNamedStyle(str(style_path("crowns")))
+    QgsProject.instance().addMapLayer(layer)
+    yield layer, writer
+    QgsProject.instance().removeMapLayer(layer.id())
+    writer = source = None
+
+
+def test_reloads_never_show_a_frame_without_the_crowns(growing_crowns):
+    layer, writer = growing_crowns
+    canvas = QgsMapCanvas()
+    canvas.resize(800, 800)
+    canvas.setCanvasColor(QColor("white"))
+    canvas.setDestinationCrs(layer.crs())
+    canvas.setLayers([layer])
+    canvas.setExtent(QgsRectangle(ORIGIN[0], ORIGIN[1], ORIGIN[0] + SIDE * 10, ORIGIN[1] + SIDE * 10))
+    canvas.show()
+    canvas.refresh()
+    canvas.waitWhileRendering()
+    steady = SteadyCanvas(canvas)
+    steady.hold()  # what the plugin does while a run is live
+
+    frames, reloads, row = [], 0, 80
+    start = time.monotonic()
+    next_reload = start + 1.0
+    while time.monotonic() - start < 7.0:
+        now = time.monotonic()
+        if now >= next_reload:
+            if row < SIDE:
+                add_rows(writer, row, row + 5)
+                row += 5
+            if steady.busy():  # the plugin's refresh waits for the canvas to finish drawing
+                next_reload = now + 0.2
+            else:
+                _reload(layer)
+                reloads += 1
+                next_reload = now + 1.0
+        QgsApplication.processEvents()
+        frames.append(crown_pixels(canvas.grab().toImage()))
+        time.sleep(0.03)
+    canvas.waitWhileRendering()
+    steady.release()
+
+    assert reloads >= 5 and layer.featureCount() > 80 * SIDE
+    full = max(frames)
+    blank = [i for i, pixels in enumerate(frames) if pixels < 0.9 * frames[0]]
+    assert full > 1000 and not blank, f"{len(blank)} of {len(frames)} frames without the crowns"
+    assert canvas.mapUpdateInterval() == 250  # the user's setting is back
