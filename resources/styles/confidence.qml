@@ -25,7 +25,7 @@
           <item value="0" alpha="0" color="#1a9641" label="0 %"/>
           <item value="128" alpha="110" color="#66bd63" label="50 %"/>
           <item value="255" alpha="230" color="#006837" label="100 %"/>
-          <rampLegendSettings maximumLabel="" orientation="2" prefix="" useContinuousLegend="1" suffix="" minimumLabel="" direction="0">
+          <rampLegendSettings maximumLabel="100 %" orientation="2" prefix="" useContinuousLegend="1" suffix="" minimumLabel="0 %" direction="0">
             <numericFormat id="basic">
               <Option type="Map">
                 <Option type="QChar" value="" name="decimal_separator"/>

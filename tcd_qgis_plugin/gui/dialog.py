@@ -32,6 +32,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from tcd_qgis_plugin.core.aoi import AoiError, extent_wkt, selection_wkt
+from tcd_qgis_plugin.core.rasters import raster_note, raster_problem, read_facts
 from tcd_qgis_plugin.core.runs import RunRegistry
 from tcd_qgis_plugin.engine.cache.status import cache_status
 from tcd_qgis_plugin.engine.errors import TCDError
@@ -307,6 +308,17 @@ class PredictDialog(QDialog):
             return None, self.tr("The output folder must be a full path."), True
         try:
             spec = describe_model(model)
+        except TCDError as exc:
+            self._show_defaults(None)
+            return None, str(exc), True
+        self._show_defaults(spec)
+        facts = read_facts(image)
+        if facts is None:
+            return None, self.tr("{} is not a raster GDAL can read, or the file is damaged.").format(image.name), True
+        problem = raster_problem(facts, spec, layer_has_crs=False)
+        if problem:
+            return None, problem, True
+        try:
             aoi = self._aoi_wkt(raster)
             job = Job(
                 image=image,
@@ -319,11 +331,30 @@ class PredictDialog(QDialog):
                 vector_format=self.format_combo.currentData(),
                 aoi_wkt=aoi,
             )
-            resolve_settings(job, spec, work_crs="")
+            settings = resolve_settings(job, spec, work_crs="")
         except (TCDError, AoiError) as exc:
             return None, str(exc), True
         message, is_error = self._folder_state(folder, image)
+        if not is_error:
+            message = " ".join(m for m in (message, raster_note(facts, settings.tile_size_px, settings.gsd_m)) if m)
         return (None if is_error else job), message, is_error
+
+    def _show_defaults(self, spec) -> None:
+        """"Model default" says what the default is for the chosen model (and tile size, for the overlap)."""
+        if spec is None:
+            texts = (self.tr("Model default"),) * 3
+        else:
+            tile = self.tile_spin.value() or spec.tile_size_px
+            overlap = spec.overlap_px
+            if self.tile_spin.value() and overlap >= tile // 2:
+                overlap = tile // 4  # as the engine resolves it: the model's overlap was meant for its own tile
+            texts = (self.tr("Model default ({} px)").format(spec.tile_size_px),
+                     self.tr("Model default ({} px)").format(overlap),
+                     self.tr("Model default ({:g} m)").format(spec.gsd_m))
+        for spin, text in zip((self.tile_spin, self.overlap_spin, self.gsd_spin), texts):
+            if spin.specialValueText() != text:
+                spin.setSpecialValueText(text)
+                spin.update()
 
     def _folder_state(self, folder: Path, image: Path) -> tuple[str, bool]:
         if folder.exists() and not folder.is_dir():

@@ -16,6 +16,7 @@ from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
     QHBoxLayout,
+    QHeaderView,
     QMessageBox,
     QPushButton,
     QTreeWidget,
@@ -56,6 +57,9 @@ class RunsPanel(QgsDockWidget):
         self.tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.tree.setHeaderLabels([self.tr("Run"), self.tr("State"), self.tr("Tiles"), self.tr("Image"),
                                    self.tr("Model")])
+        # Every column as wide as its text, also while a running run's tile count grows.
+        self.tree.header().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.tree.header().setStretchLastSection(False)
         self.resume_button = QPushButton(self.tr("Resume"))
         self.load_button = QPushButton(self.tr("Load layers"))
         self.folder_button = QPushButton(self.tr("Open folder"))

@@ -13,11 +13,13 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtTest import QSignalSpy, QTest
+from rasterio.transform import Affine
 
 from tcd_qgis_plugin.core.runs import RunRegistry
 from tcd_qgis_plugin.engine.settings import Output, VectorFormat
 from tcd_qgis_plugin.gui.dialog import PredictDialog
 from tests.onnx_models import passthrough_model
+from tests.rasters import crowns_image, write_raster
 
 
 @pytest.fixture
@@ -210,3 +212,48 @@ def test_a_finished_run_in_the_folder_is_announced(dialog, raster_path, model_pa
     assert dialog.run_button.isEnabled()
     assert "finished run of this raster" in dialog.message_label.text()
     assert Path(dialog.folder_widget.filePath()) == job.cache_dir
+
+
+def add_raster(path):
+    from qgis.core import QgsRasterLayer
+
+    layer = QgsRasterLayer(str(path), path.stem, "gdal")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    return layer
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda d: write_raster(d / "nocrs.tif", crowns_image(64, 64, []), crs=None),
+         "nocrs.tif has no coordinate reference system; assign one to the file"),
+        (lambda d: write_raster(d / "plain.tif", crowns_image(64, 64, []), crs=None, transform=Affine.identity()),
+         "plain.tif is not georeferenced"),
+        (lambda d: write_raster(d / "gray.tif", crowns_image(64, 64, [])[:1]),
+         "The model needs bands 1, 2, 3 but gray.tif has 1 band."),
+        (lambda d: write_raster(d / "deep.tif", crowns_image(64, 64, []).astype("uint16") * 200),
+         "deep.tif holds uint16 pixels but this model expects uint8; convert it first"),
+    ],
+)
+def test_rasters_the_engine_would_refuse_are_explained_and_keep_run_disabled(dialog, tmp_path, make, expected):
+    dialog.raster_combo.setLayer(add_raster(make(tmp_path)))
+    assert not dialog.run_button.isEnabled()
+    assert expected in dialog.message_label.text()
+    assert click_run(dialog) == []
+
+
+def test_model_default_says_what_the_default_is(dialog):
+    assert dialog.tile_spin.specialValueText() == "Model default (64 px)"
+    assert dialog.overlap_spin.specialValueText() == "Model default (16 px)"
+    assert dialog.gsd_spin.specialValueText() == "Model default (0.1 m)"
+    assert dialog.tile_spin.text() == "Model default (64 px)"  # what the user sees at the minimum
+
+
+def test_a_raster_far_smaller_than_a_tile_is_pointed_out(dialog, tmp_path):
+    tiny = write_raster(tmp_path / "tiny.tif", crowns_image(16, 16, []))
+    dialog.raster_combo.setLayer(add_raster(tiny))
+    dialog.tile_spin.setValue(1024)
+    assert dialog.run_button.isEnabled()  # it runs, but the user knows what to expect
+    assert "tiny.tif covers only 1.6 × 1.6 m, far less than one tile of this model (1024 px at 0.1 m" in \
+        dialog.message_label.text()

@@ -100,3 +100,14 @@ def test_reloads_never_show_a_frame_without_the_crowns(growing_crowns):
     blank = [i for i, pixels in enumerate(frames) if pixels < 0.9 * frames[0]]
     assert full > 1000 and not blank, f"{len(blank)} of {len(frames)} frames without the crowns"
     assert canvas.mapUpdateInterval() == 250  # the user's setting is back
+
+
+def test_the_confidence_legend_reads_in_percent(raster_path):
+    from qgis.core import QgsLayerTreeLayer, QgsRasterLayer
+
+    layer = QgsRasterLayer(str(raster_path), "canopy confidence", "gdal")
+    assert layer.loadNamedStyle(str(style_path("confidence")))[1]
+    (ramp,) = [node for node in layer.legend().createLayerTreeModelLegendNodes(QgsLayerTreeLayer(layer))
+               if type(node).__name__ == "QgsColorRampLegendNode"]
+    # Without labels the legend prints the stored values, 0 and 255.
+    assert (ramp.settings().minimumLabel(), ramp.settings().maximumLabel()) == ("0 %", "100 %")

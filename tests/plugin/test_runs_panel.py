@@ -10,6 +10,7 @@ from qgis.PyQt.QtWidgets import QFileDialog, QMessageBox
 from tcd_qgis_plugin.engine.cache.status import cache_status
 from tcd_qgis_plugin.engine.run.predict import predict
 from tcd_qgis_plugin.engine.settings import Job
+from tcd_qgis_plugin.gui.runs_panel import COLUMNS
 from tcd_qgis_plugin.plugin import TCDPlugin
 
 
@@ -53,10 +54,17 @@ def test_each_state(plugin, qgis_new_project, raster_path, big_raster_path, mode
     task = plugin.start_run(running)
     deadline = time.monotonic() + 60
     assert states(panel)["running"] == "running"
-    tiles = lambda: {row[0]: row[2] for row in panel.row_texts()}["running"]
-    while tiles() in ("–", "0 / 196") and time.monotonic() < deadline:
+    assert {row[0]: row[4] for row in panel.row_texts()}["running"] == "slow passthrough test model"
+
+    def tiles():
+        return {row[0]: row[2] for row in panel.row_texts()}["running"]
+
+    while (tiles() in ("–", "0 / 196") or int(tiles().split(" / ")[0]) < 10) and time.monotonic() < deadline:
         QgsApplication.processEvents()
     assert tiles().endswith("/ 196") and states(panel)["running"] == "running"
+    # The tile count is never cut off, however it grows.
+    column = COLUMNS.index("tiles")
+    assert panel.tree.header().sectionSize(column) >= panel.tree.fontMetrics().horizontalAdvance(tiles()) + 4
     panel.select(running.cache_dir)
     assert not panel.delete_button.isEnabled()
     task.cancel()
