@@ -24,6 +24,7 @@ from tcd_qgis_plugin.engine.cache.status import cache_status
 from tcd_qgis_plugin.engine.errors import TCDError
 from tcd_qgis_plugin.engine.models.spec import default_model_path, describe_model
 from tcd_qgis_plugin.gui.dialog import MANIFEST, PredictDialog
+from tcd_qgis_plugin.gui.help import HelpWindow
 from tcd_qgis_plugin.gui.runs_panel import RunRow, RunsPanel
 from tcd_qgis_plugin.paths import icon_path
 from tcd_qgis_plugin.processing.provider import TCDProvider
@@ -44,6 +45,7 @@ class TCDPlugin(QObject):
         self.groups: dict[Path, CacheLayerGroup] = {}
         self.dialog: PredictDialog | None = None
         self.about: AboutDialog | None = None
+        self.help: HelpWindow | None = None
         self.panel: RunsPanel | None = None
         self.actions: list[QAction] = []
         self.provider: TCDProvider | None = None
@@ -78,6 +80,7 @@ class TCDPlugin(QObject):
         self.panel.deleteRequested.connect(self.delete_cache)
         self.panel.openCacheRequested.connect(self.open_cache)
         self.panel.refreshRequested.connect(self.refresh_panel)
+        self.panel.helpRequested.connect(self.show_help)
         self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.panel)
         self.panel_action = self.panel.toggleViewAction()
         self.panel_action.setText(self.tr("TCD runs panel"))
@@ -121,10 +124,10 @@ class TCDPlugin(QObject):
             self.iface.removeDockWidget(self.panel)
             self.panel.deleteLater()
             self.panel = None
-        for dialog in (self.dialog, self.about):
+        for dialog in (self.dialog, self.about, self.help):
             if dialog is not None:
                 dialog.deleteLater()
-        self.dialog = self.about = None
+        self.dialog = self.about = self.help = None
 
     # -- dialog ---------------------------------------------------------------
     def show_dialog(self) -> PredictDialog:
@@ -132,12 +135,22 @@ class TCDPlugin(QObject):
             self.dialog = PredictDialog(self.registry, self.iface.mapCanvas(), self.iface.mainWindow())
             self.dialog.runRequested.connect(self._run_requested)
             self.dialog.installRequested.connect(self.install_dependencies)
+            self.dialog.helpRequested.connect(self.show_help)
         self.dialog.fill_models()
         self.dialog.set_raster(self.iface.activeLayer())
         self.dialog.set_missing(dependencies.missing())
         self.dialog.show()
         self.dialog.raise_()
         return self.dialog
+
+    def show_help(self) -> HelpWindow:
+        """The README and docs, in a window of their own beside QGIS."""
+        if self.help is None:
+            self.help = HelpWindow(self.iface.mainWindow())
+        self.help.show_readme()
+        self.help.show()
+        self.help.raise_()
+        return self.help
 
     def show_about(self) -> AboutDialog:
         """The plugin's version and the engine's doctor report, as the worker sees it."""

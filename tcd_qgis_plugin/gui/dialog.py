@@ -59,6 +59,7 @@ def default_cache_dir(image: Path) -> Path:
 class PredictDialog(QDialog):
     runRequested = pyqtSignal(object)  # engine.settings.Job
     installRequested = pyqtSignal()
+    helpRequested = pyqtSignal()
 
     def __init__(self, registry: RunRegistry, canvas=None, parent=None):
         super().__init__(parent)
@@ -151,7 +152,8 @@ class PredictDialog(QDialog):
 
         self.message_label = QLabel()
         self.message_label.setWordWrap(True)
-        self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close | QDialogButtonBox.StandardButton.Help)
+        self.help_button = self.buttons.button(QDialogButtonBox.StandardButton.Help)
         self.run_button = self.buttons.addButton(self.tr("Run"), QDialogButtonBox.ButtonRole.AcceptRole)
 
         layout = QVBoxLayout(self)
@@ -177,6 +179,7 @@ class PredictDialog(QDialog):
         self.install_button.clicked.connect(self.installRequested)
         self.run_button.clicked.connect(self._run_clicked)
         self.buttons.rejected.connect(self.reject)
+        self.buttons.helpRequested.connect(self.helpRequested)
         self._raster_changed(self.raster_combo.currentLayer())
         self._aoi_layer_changed(self.aoi_layer_combo.currentLayer())
         self.set_missing([])

@@ -47,6 +47,7 @@ class RunsPanel(QgsDockWidget):
     deleteRequested = pyqtSignal(object)
     openCacheRequested = pyqtSignal(object)
     refreshRequested = pyqtSignal()
+    helpRequested = pyqtSignal()
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -65,6 +66,7 @@ class RunsPanel(QgsDockWidget):
         self.folder_button = QPushButton(self.tr("Open folder"))
         self.delete_button = QPushButton(self.tr("Delete"))
         self.open_cache_button = QPushButton(self.tr("Open cache…"))
+        self.help_button = QPushButton(self.tr("Help"))
         # Two rows keep the dock narrow beside the map.
         run_buttons = QHBoxLayout()
         for button in (self.resume_button, self.load_button, self.folder_button):
@@ -74,6 +76,7 @@ class RunsPanel(QgsDockWidget):
         folder_buttons.addWidget(self.delete_button)
         folder_buttons.addStretch(1)
         folder_buttons.addWidget(self.open_cache_button)
+        folder_buttons.addWidget(self.help_button)
         body = QWidget()
         layout = QVBoxLayout(body)
         layout.addWidget(self.tree, 1)
@@ -87,6 +90,7 @@ class RunsPanel(QgsDockWidget):
         self.folder_button.clicked.connect(self._open_folder)
         self.delete_button.clicked.connect(self._delete)
         self.open_cache_button.clicked.connect(self._open_cache)
+        self.help_button.clicked.connect(self.helpRequested)
         self.visibilityChanged.connect(lambda visible: visible and self.refreshRequested.emit())
         self._rows: dict[str, RunRow] = {}
         self._update_buttons()

@@ -30,7 +30,8 @@ def test_the_zip_carries_the_plugin_the_engine_and_resources_only(plugin_zip):
     for needed in ("__init__.py", "plugin.py", "dependencies.py", "core/task.py", "gui/dialog.py",
                    "gui/runs_panel.py", "engine/__init__.py", "engine/worker.py", "engine/run/predict.py",
                    "engine/cache/status.py", "resources/styles/confidence.qml", "resources/styles/crowns.qml",
-                   "resources/icons/tcd.svg", "metadata.txt", "requirements.txt"):
+                   "resources/icons/tcd.svg", "metadata.txt", "requirements.txt",
+                   "README.md", "docs/DEPENDENCIES.md"):  # the help
         assert needed in inside, needed
     engine_files = {p.relative_to(ROOT).as_posix() for p in (ROOT / "engine").rglob("*.py")
                     if "__pycache__" not in p.parts}
@@ -41,7 +42,7 @@ def test_the_zip_carries_the_plugin_the_engine_and_resources_only(plugin_zip):
     assert plugin_files <= inside, "a plugin module is missing from pb_tool.cfg"
     for name in inside:
         top = name.split("/")[0]
-        assert top not in ("tests", "benchmarks", "training", "docs", "scripts", ".venv"), name
+        assert top not in ("tests", "benchmarks", "training", "scripts", ".venv"), name
         assert "__pycache__" not in name and not name.endswith(".pyc"), name
         assert not name.startswith("resources/sample"), name
     models = [n for n in inside if n.startswith("resources/models/")]

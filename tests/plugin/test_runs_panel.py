@@ -135,3 +135,17 @@ def test_open_cache_load_layers_and_delete(plugin, qgis_new_project, raster_path
     assert states(panel) == {}
     assert QgsProject.instance().layerTreeRoot().findGroup("from_cli") is None
     assert not QgsProject.instance().mapLayers()
+
+
+def test_help_from_the_panel_and_the_dialog_shows_the_readme(plugin, qgis_new_project):
+    QTest.mouseClick(plugin.panel.help_button, Qt.MouseButton.LeftButton)
+    window = plugin.help
+    assert window is not None and window.isVisible()
+    assert window.source().name == "README.md"
+    text = window.browser.toPlainText()
+    assert "TCD for QGIS" in text and "Supported QGIS versions" in text
+    window.hide()
+    dialog = plugin.show_dialog()
+    QTest.mouseClick(dialog.help_button, Qt.MouseButton.LeftButton)
+    assert plugin.help is window and window.isVisible()
+    dialog.hide()

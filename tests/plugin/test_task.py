@@ -250,3 +250,18 @@ def crowns_layer(job):
     group = QgsProject.instance().layerTreeRoot().findGroup(job.cache_dir.name)
     layers = [] if group is None else [n.layer() for n in group.findLayers() if n.layer().name() == "crowns"]
     return layers[0] if layers else None
+
+
+def test_a_run_leaves_no_unclosed_file(qgis_new_project, raster_path, model_path, tmp_path):
+    import gc
+    import warnings
+
+    job = Job(image=raster_path, cache_dir=tmp_path / "closed_files_tcd", model=model_path, threads=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        task = make_task(job)
+        assert task.run() is True
+        task.finished(True)
+        del task
+        gc.collect()
+    assert not [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
