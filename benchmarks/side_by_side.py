@@ -281,6 +281,7 @@ def run_child(cmd: list[str], env: dict, log: Path) -> dict:
     result = json.loads(lines[-1][len("@@RESULT "):])
     result["wall_s"] = wall
     result["maxrss_mb"] = usage.ru_maxrss / 1024
+    result["cpu_s"] = usage.ru_utime + usage.ru_stime  # the whole child, start-up included
     return result
 
 
@@ -403,10 +404,10 @@ def main() -> int:
             rows.append((size, name, runs))
 
     print()
-    print(f"Side by side ({os.cpu_count()} cores; time from model load to result, inside each child process; "
-          f"median of {args.repeat})")
-    header = (f"{'raster':>8} {'model':10} | {'Deepness s':>10} {'MP/s':>6} {'MB':>6} {'tiles':>5} | "
-              f"{'engine s':>8} {'MP/s':>6} {'MB':>6} {'tiles':>5} | {'engine/Deepness':>15}")
+    print(f"Side by side ({os.cpu_count()} cores; s = time from model load to result inside each child, "
+          f"cpu = the child's CPU seconds, MB = its peak RSS; median of {args.repeat})")
+    header = (f"{'raster':>8} {'model':10} | {'Deepness s':>10} {'cpu':>6} {'MP/s':>6} {'MB':>6} {'tiles':>5} | "
+              f"{'engine s':>8} {'cpu':>6} {'MP/s':>6} {'MB':>6} {'tiles':>5} | {'speed ratio':>11} {'cpu ratio':>9}")
     print(header)
     print("-" * len(header))
     figures = []
@@ -414,14 +415,18 @@ def main() -> int:
         mp = size * size / 1e6
         d, e = runs["deepness"], runs["engine"]
         ds, es = _median([r["seconds"] for r in d]), _median([r["seconds"] for r in e])
+        dc, ec = _median([r["cpu_s"] for r in d]), _median([r["cpu_s"] for r in e])
         dm, em = _median([r["maxrss_mb"] for r in d]), _median([r["maxrss_mb"] for r in e])
         ratio = ds / es if d else float("nan")
-        print(f"{size:>7}² {name:10} | {ds:10.1f} {mp / ds:6.2f} {dm:6.0f} {d[0]['tiles'] if d else '-':>5} | "
-              f"{es:8.1f} {mp / es:6.2f} {em:6.0f} {e[0]['tiles']:>5} | {ratio:14.2f}x")
-        figures.append({"size": size, "model": name, "deepness": d, "engine": e, "speed_ratio": ratio})
+        cpu_ratio = dc / ec if d else float("nan")
+        d_tiles = d[0]["tiles"] if d else "-"
+        print(f"{size:>7}² {name:10} | {ds:10.1f} {dc:6.1f} {mp / ds:6.2f} {dm:6.0f} {d_tiles:>5} | "
+              f"{es:8.1f} {ec:6.1f} {mp / es:6.2f} {em:6.0f} {e[0]['tiles']:>5} | {ratio:10.2f}x {cpu_ratio:8.2f}x")
+        figures.append({"size": size, "model": name, "deepness": d, "engine": e, "speed_ratio": ratio,
+                        "cpu_ratio": cpu_ratio})
     print()
-    print("engine/Deepness > 1 means the engine is faster. Whole child wall time (incl. Python/QGIS start), "
-          "tree fraction (sanity: both sides should be close):")
+    print("Ratios are Deepness/engine: > 1 means the engine is faster (cheaper). "
+          "Whole child wall time (incl. Python/QGIS start), tree fraction (sanity: both sides should be close):")
     for size, name, runs in rows:
         parts = []
         for side in ("deepness", "engine"):
