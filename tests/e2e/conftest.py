@@ -12,6 +12,7 @@ runs a driver script with ``--code`` and returns what the driver wrote to
 ``results``           a dict saved as ``OUT/results.json`` by ``save()`` and ``finish()``
 ``shot(name, widget=None)``   save a PNG of the main window (or a widget) into OUT
 ``shot_screen(name)``  save a PNG of the whole screen, dialogs included
+``bar_items()``       (title, text, level, duration) of each message bar item, the top one first
 ``guarded(step)``     wrap a step: its name is recorded, an exception is stored as
                       ``results["error"]`` and ends the session
 ``finish()``          save the results and quit QGIS
@@ -37,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 
 DRIVER_PRELUDE = r'''
-import json, traceback
+import functools, json, traceback
 from pathlib import Path
 
 from qgis.core import QgsApplication, QgsProject
@@ -64,6 +65,10 @@ def shot_screen(name):
     QgsApplication.primaryScreen().grabWindow(0).save(str(OUT / name))
 
 
+def bar_items():
+    return [(i.title(), i.text(), int(i.level()), i.duration()) for i in iface.messageBar().items()]
+
+
 def finish():
     save()
     QgsProject.instance().setDirty(False)
@@ -71,6 +76,7 @@ def finish():
 
 
 def guarded(step):
+    @functools.wraps(step)
     def run():
         try:
             results["steps"].append(step.__name__)
@@ -79,7 +85,6 @@ def guarded(step):
         except Exception:
             results["error"] = traceback.format_exc()
             finish()
-    run.__name__ = step.__name__
     return run
 
 
@@ -153,7 +158,18 @@ def run_desktop_qgis(work: Path, driver: str, config: dict, *, name: str, env: d
     return DesktopRun(json.loads(results_file.read_text()), output, out.returncode, artifacts)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def desktop_qgis():
     """:func:`run_desktop_qgis` (a fixture, as test modules cannot import two conftests by name)."""
     return run_desktop_qgis
+
+
+@pytest.fixture
+def venv_env(tmp_path) -> dict:
+    """QGIS's environment with the dev venv's site-packages lent to it (onnxruntime, rasterio, scipy...)."""
+    import sysconfig
+
+    sys_packages = sysconfig.get_paths()["purelib"]
+    if ".venv" not in sys_packages:
+        pytest.skip("run with the dev venv's python: its packages are lent to QGIS")
+    return {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8", "PYTHONPATH": sys_packages}
