@@ -173,13 +173,16 @@ def _candidates() -> list[Path]:
     for prefix in dict.fromkeys([sys.exec_prefix, sys.prefix]):
         base = Path(prefix)
         if os.name == "nt":
-            # OSGeo4W and the standalone installer: <root>/apps/Python3x/python.exe,
-            # with <root>/bin/python3.exe beside qgis-bin.exe.
+            # OSGeo4W and the standalone installer, QGIS 3 and 4 alike: <root>/apps/Python3x/python.exe
+            # (Python312 and newer for QGIS 4), with <root>/bin/python3.exe beside qgis-bin.exe.
             found += [base / "python.exe", base / "python3.exe", base.parent.parent / "bin" / "python3.exe"]
         else:
             found += [base / "bin" / f"python{major}.{minor}", base / "bin" / "python3"]
     if sys.platform == "darwin":
-        found += [exe.parent / "bin" / "python3", exe.parent / "bin" / f"python{major}.{minor}"]
+        # QGIS 3's app: Contents/MacOS/bin/python3. QGIS 4's: Contents/MacOS/python (a wrapper that
+        # sets PYTHONHOME to Contents/Frameworks, this process's prefix) beside python3.12.
+        found += [exe.parent / "bin" / "python3", exe.parent / "bin" / f"python{major}.{minor}",
+                  exe.parent / "python", exe.parent / f"python{major}.{minor}"]
     for name in (f"python{major}.{minor}", "python3", "python"):
         which = shutil.which(name)
         if which:

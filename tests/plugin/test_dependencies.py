@@ -272,3 +272,20 @@ def test_about_dialog_shows_the_doctor_report(qgis_parent):
         assert req.name in text
     assert "CPUExecutionProvider" in text and "provided by QGIS/system" in text
     assert not dialog.install_button.isVisible()
+
+
+@pytest.mark.parametrize("layout", ["qgis3", "qgis4"])
+def test_qgis_python_is_found_in_the_macos_app_of_qgis_3_and_4(tmp_path, monkeypatch, layout):
+    contents = tmp_path / "QGIS.app" / "Contents"
+    qgis = contents / "MacOS" / "QGIS"
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    python = contents / "MacOS" / ("bin/python3" if layout == "qgis3" else "python")
+    for path in (qgis, python, contents / "MacOS" / version):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(sys, "executable", str(qgis))
+    monkeypatch.setattr(sys, "prefix", str(contents / "Frameworks"))
+    monkeypatch.setattr(sys, "exec_prefix", str(contents / "Frameworks"))
+    found = dependencies._candidates()
+    assert python in found
