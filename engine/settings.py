@@ -8,7 +8,7 @@ resumed with other settings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -22,9 +22,41 @@ class Output(str, Enum):
     INSTANCES = "instances"  # crown polygons
 
 
+CROWNS_STEM = "crowns"  # file stem and layer name of the crowns
+
+
 class VectorFormat(str, Enum):
+    """The crowns file's format; the value is the file suffix, as users type it."""
+
     SHAPEFILE = "shp"
     GEOPACKAGE = "gpkg"
+
+    @property
+    def label(self) -> str:
+        return {"shp": "Shapefile", "gpkg": "GeoPackage"}[self.value]
+
+    @property
+    def driver(self) -> str:
+        """The OGR driver name."""
+        return {"shp": "ESRI Shapefile", "gpkg": "GPKG"}[self.value]
+
+    @property
+    def filename(self) -> str:
+        """The crowns file in the cache folder (the one a GIS opens)."""
+        return f"{CROWNS_STEM}.{self.value}"
+
+    @property
+    def sidecars(self) -> tuple[str, ...]:
+        """Every file the format may keep beside or instead of :attr:`filename` (indexes, journals)."""
+        if self is VectorFormat.SHAPEFILE:
+            return tuple(f"{CROWNS_STEM}{s}" for s in (".shx", ".dbf", ".prj", ".cpg", ".qix"))
+        return tuple(f"{self.filename}{s}" for s in ("-wal", "-shm", "-journal"))
+
+
+def default_cache_dir(image: str | Path) -> Path:
+    """The cache folder used when none is given: ``IMAGE_tcd`` beside the image."""
+    image = Path(image)
+    return image.with_name(f"{image.stem}_tcd")
 
 
 ALL_OUTPUTS = frozenset({Output.SEMANTIC, Output.INSTANCES})
@@ -48,7 +80,12 @@ class Job:
     ``model`` None means the bundled default model. ``tile_size_px``,
     ``overlap_px`` (model pixels) and ``gsd_m`` (metres per pixel) override the
     model's own values when given. ``aoi_wkt`` is a polygon in the image's CRS:
-    only tiles whose core touches it are predicted.
+    only tiles whose core touches it are predicted. ``assign_crs`` (WKT or an
+    authority code such as ``EPSG:32633``) is used only when the raster file has
+    no CRS of its own, and is then part of the cache's image fingerprint.
+    ``provider`` picks the execution device (``"cpu"``, ``"cuda"``, or None for
+    the best working one); it changes speed, not results, so it is not part of
+    the cache fingerprint. ``threads`` sets inference threads (None: all cores).
     """
 
     image: Path
@@ -62,7 +99,8 @@ class Job:
     overwrite: bool = False
     aoi_wkt: str | None = None
     threads: int | None = None
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
+    assign_crs: str | None = None
+    provider: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "image", Path(self.image))

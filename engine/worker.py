@@ -17,7 +17,9 @@ stdout, worker to parent
     ``{"event": "progress", "done": 3, "total": 12, "skipped": 0, "tile_id": 7, "features": 40}``
     ``{"event": "finished", "state": "complete", "done": 12, "total": 12, "skipped": 0,
     "features": 130, "cache_dir": "..."}``  (``state`` is ``complete`` or ``cancelled``)
-    ``{"event": "error", "type": "ModelError", "message": "<one sentence>", "details": "<traceback>"}``
+    ``{"event": "error", "type": "CacheMismatchError", "message": "<one sentence>", "details": "<traceback>",
+    "data": {"what": "settings", "differences": ["tile size"], "start_afresh_fixes": true, "cache_dir": "..."}}``
+    (``data`` holds the facts the error carries, see :mod:`engine.errors`; ``{}`` for most errors)
 
 ``done`` counts committed tiles, resumed ones included. Exit status: 0 after
 ``finished``, 2 after an engine error (:class:`~engine.errors.TCDError`), 1 after
@@ -29,11 +31,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import sys
 import threading
 import traceback
+from enum import Enum
+from pathlib import Path
 
 from .errors import InputError, TCDError
 from .settings import Job
@@ -41,28 +46,26 @@ from .settings import Job
 CANCEL = "cancel"
 
 
+def _plain(value):
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (set, frozenset)):
+        return sorted(_plain(v) for v in value)
+    return value
+
+
 def job_to_json(job: Job) -> dict:
-    """A job as plain JSON values (paths as strings, enums as their values)."""
-    return {
-        "image": str(job.image),
-        "cache_dir": str(job.cache_dir),
-        "model": None if job.model is None else str(job.model),
-        "outputs": sorted(o.value for o in job.outputs),
-        "tile_size_px": job.tile_size_px,
-        "overlap_px": job.overlap_px,
-        "gsd_m": job.gsd_m,
-        "vector_format": job.vector_format.value,
-        "overwrite": job.overwrite,
-        "aoi_wkt": job.aoi_wkt,
-        "threads": job.threads,
-    }
+    """A job as plain JSON values (paths as strings, enums as their values, sets as sorted lists)."""
+    return {f.name: _plain(getattr(job, f.name)) for f in dataclasses.fields(Job)}
 
 
 def job_from_json(data: dict) -> Job:
     """Inverse of :func:`job_to_json`; raises InputError on unknown or missing fields."""
     if not isinstance(data, dict):
         raise InputError("The job sent to the worker is not a JSON object.")
-    known = {f.name for f in dataclasses.fields(Job)} - {"extra"}
+    known = {f.name for f in dataclasses.fields(Job)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise InputError(f"The job sent to the worker has unknown fields: {', '.join(unknown)}.")
@@ -70,6 +73,17 @@ def job_from_json(data: dict) -> Job:
         return Job(**data)
     except TypeError as exc:
         raise InputError(f"The job sent to the worker is incomplete: {exc}.") from exc
+
+
+def error_data(exc: TCDError) -> dict:
+    """The facts an engine error carries, as JSON values (empty for errors that carry none)."""
+    data = {}
+    for name in ("what", "differences", "start_afresh_fixes", "cache_dir"):
+        if hasattr(exc, name):
+            data[name] = _plain(getattr(exc, name))
+    if isinstance(data.get("differences"), tuple):
+        data["differences"] = list(data["differences"])
+    return data
 
 
 class _Events:
@@ -100,6 +114,8 @@ def main() -> int:
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
 
+    # Engine log records go to stderr, which the plugin keeps for its log tab.
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     cancel = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: cancel.set())
     events.send("started", pid=os.getpid())
@@ -125,7 +141,8 @@ def main() -> int:
 
         result = predict(job, progress=progress, cancelled=cancel.is_set)
     except TCDError as exc:
-        events.send("error", type=type(exc).__name__, message=str(exc), details=traceback.format_exc())
+        events.send("error", type=type(exc).__name__, message=str(exc), details=traceback.format_exc(),
+                    data=error_data(exc))
         return 2
     except ModuleNotFoundError as exc:
         events.send("error", type="MissingDependency",

@@ -55,12 +55,14 @@ def read_confidence(cache_dir) -> np.ndarray:
 
 
 def read_crowns(cache_dir, name="crowns.shp") -> list[dict]:
-    """All crowns with their attributes and WKT geometry, in file order."""
+    """All crowns with all their attributes and WKT geometry, in file order."""
     ds = ogr.Open(str(Path(cache_dir) / name))
     layer = ds.GetLayer(0)
+    defn = layer.GetLayerDefn()
+    columns = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
     rows = []
     for feat in layer:
-        row = {k: feat.GetField(k) for k in ("id", "score", "class", "class_idx", "tile_id")}
+        row = {k: feat.GetField(k) for k in columns}
         row["wkt"] = feat.GetGeometryRef().ExportToWkt()
         c = feat.GetGeometryRef().Centroid()
         row["centroid"] = (c.GetX(), c.GetY())

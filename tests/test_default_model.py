@@ -11,7 +11,7 @@ import rasterio
 
 from engine.models.onnx_meta import read_onnx_metadata
 from engine.models.runner import OnnxModel
-from engine.models.spec import OutputKind, default_model_path
+from engine.models.spec import default_model_path
 from engine.postprocess.crowns import delineate_crowns
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def test_model_loads_with_a_dynamic_tile_size():
     proto = onnx.load(str(MODEL), load_external_data=False)
     assert proto.ir_version <= 10
     model = OnnxModel(MODEL)
-    assert model.spec.output_kind is OutputKind.CANOPY_CENTRES
+    assert model.spec.output_kind == "canopy_centres"
     assert model.spec.fixed_input_px is None
     probs = model.run(np.full((3, 100, 72), 128, np.uint8))["probs"]
     assert probs.shape == (2, 100, 72)

@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from engine import doctor
+from engine.doctor import providers
 from engine.doctor import Requirement, check, parse_requirements, satisfies, version_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,8 +114,8 @@ def test_check_says_too_old_too_new_and_not_installed():
 
 
 def test_tiny_model_is_valid_onnx_and_runs():
-    onnx.checker.check_model(onnx.load_from_string(doctor.TINY_MODEL))
-    session = ort.InferenceSession(doctor.TINY_MODEL, providers=["CPUExecutionProvider"])
+    onnx.checker.check_model(onnx.load_from_string(providers.TINY_MODEL))
+    session = ort.InferenceSession(providers.TINY_MODEL, providers=["CPUExecutionProvider"])
     (y,) = session.run(None, {"x": np.array([1.5], dtype=np.float32)})
     assert y.tolist() == [3.0]
 

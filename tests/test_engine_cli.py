@@ -44,7 +44,7 @@ def test_user_errors_are_one_line(tmp_path, image, model):
     fake.write_text("this is not a raster")
     assert_one_line_error(cli("predict", fake, "--model", model), "not a raster")
     no_crs = write_raster(tmp_path / "nocrs.tif", np.zeros((3, 10, 10), np.uint8), crs=None)
-    assert_one_line_error(cli("predict", no_crs, "--model", model), "no coordinate reference system")
+    assert_one_line_error(cli("predict", no_crs, "--model", model), "no coordinate reference system. Give it one with --assign-crs")
     bad_model = tmp_path / "bad.onnx"
     bad_model.write_bytes(b"\x08\x07garbage" * 10)
     assert_one_line_error(cli("predict", image, "--model", bad_model), "not a valid ONNX model")
@@ -54,7 +54,8 @@ def test_user_errors_are_one_line(tmp_path, image, model):
     assert_one_line_error(cli("predict", image, "--model", model, "--outputs", "trees"), "Unknown output")
     cli("predict", image, "--model", model, "--out", tmp_path / "c", "--quiet")
     other = write_raster(tmp_path / "other.tif", np.zeros((3, 100, 100), np.uint8))
-    assert_one_line_error(cli("predict", other, "--model", model, "--out", tmp_path / "c"), "another image")
+    assert_one_line_error(cli("predict", other, "--model", model, "--out", tmp_path / "c"),
+                          "another image (file size, modification time differ). Run again with --overwrite")
 
 
 def test_debug_shows_the_traceback(tmp_path, model):
@@ -82,3 +83,12 @@ def test_reading_caches_needs_only_the_standard_library():
             "assert not heavy, heavy")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_assign_crs_predicts_a_raster_without_one(tmp_path, model):
+    no_crs = write_raster(tmp_path / "nocrs.tif", np.full((3, 100, 100), 200, np.uint8), crs=None)
+    proc = cli("predict", no_crs, "--model", model, "--out", tmp_path / "c", "--assign-crs", "EPSG:32633", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    other = cli("predict", no_crs, "--model", model, "--out", tmp_path / "c", "--assign-crs", "EPSG:32634")
+    assert_one_line_error(other, "another image (CRS differ)")
+    assert_one_line_error(cli("predict", no_crs, "--model", model, "--assign-crs", "EPSG:999999"), "not valid")

@@ -9,7 +9,7 @@ import pytest
 from engine.errors import InputError, ModelError
 from engine.models.onnx_meta import read_onnx_metadata
 from engine.models.runner import OnnxModel
-from engine.models.spec import OutputKind, describe_model, spec_from_metadata
+from engine.models.spec import describe_model, spec_from_metadata
 from engine.settings import Job, resolve_settings
 from tests.onnx_models import conv1x1_model, passthrough_model
 
@@ -23,7 +23,7 @@ def test_our_metadata_round_trips(tmp_path):
     spec = describe_model(path)
     assert (spec.gsd_m, spec.tile_size_px, spec.overlap_px) == (0.2, 128, 32)
     assert spec.class_names == ("tree",) and spec.channel_of_class == (1,)
-    assert spec.output_kind is OutputKind.SEMANTIC
+    assert spec.output_kind == "semantic"
     assert read_onnx_metadata(path) == {p.key: p.value for p in onnx.load(str(path)).metadata_props}
 
 
@@ -87,3 +87,25 @@ def test_normalisation_uses_scale_mean_std(tmp_path):
     x = model.normalise(raw)
     np.testing.assert_allclose(x[0, :, 0, 0], (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]),
                                rtol=1e-5)
+
+
+def test_output_kinds_come_from_one_registry():
+    from engine.models import kinds
+
+    assert {"semantic", "canopy_centres", "instance_masks"} <= set(kinds.names())
+    with pytest.raises(ModelError, match="expected one of .*canopy_centres.*semantic"):
+        spec_from_metadata({"output_kind": '"hologram"'})
+
+
+def test_a_new_output_kind_is_one_registered_class(monkeypatch):
+    from engine.models import kinds
+    from engine.models.kinds.semantic import Semantic
+
+    class Heights(Semantic):  # a made-up kind: any class registered under a name
+        name = "canopy_heights"
+        deepness_types = ("regressor",)
+
+    monkeypatch.setitem(kinds._REGISTRY, Heights.name, Heights)
+    spec = spec_from_metadata({"output_kind": '"canopy_heights"', "class_names": '["background", "height"]'})
+    assert isinstance(spec.kind, Heights) and spec.class_names == ("height",)
+    assert isinstance(spec_from_metadata({"model_type": '"Regressor"'}).kind, Heights)

@@ -86,7 +86,7 @@ def segformer(torch, tmp_path_factory):
 @pytest.fixture(scope="module")
 def unet(torch, tmp_path_factory):
     """A randomly initialised smp-layout UNet (resnet34) saved as Restor's model.pt, and its ONNX export."""
-    from engine.export.restor import build_unet
+    from engine.export.unet import build_unet
 
     torch.manual_seed(0)
     model = build_unet("resnet34", classes=2).eval()
@@ -148,7 +148,7 @@ def test_segformer_metadata_is_what_the_engine_and_plugin_read(segformer):
     path = segformer[2]
     spec = describe_model(path)
     assert spec.name == "restor/tcd-segformer-mit-b0"
-    assert spec.output_kind.value == "semantic"
+    assert spec.output_kind == "semantic"
     assert spec.class_names == ("tree",) and spec.channel_of_class == (1,)
     assert (spec.gsd_m, spec.tile_size_px, spec.overlap_px) == (0.1, 1024, 256)
     assert spec.bands == (1, 2, 3)
@@ -215,7 +215,7 @@ def test_smp_save_pretrained_folder_exports_the_same_model(torch, unet, tmp_path
     ("name", "bottleneck"), [("resnet18", False), ("resnet34", False), ("resnet50", True), ("resnet101", True)]
 )
 def test_unet_encoder_is_recognised_from_its_weights(torch, name, bottleneck):
-    from engine.export.restor import build_unet, encoder_of_state_dict
+    from engine.export.unet import build_unet, encoder_of_state_dict
 
     with torch.device("meta"):  # layout only: no memory, no initialisation time
         state = build_unet(name).state_dict()
@@ -224,7 +224,7 @@ def test_unet_encoder_is_recognised_from_its_weights(torch, name, bottleneck):
 
 
 def test_unet_with_other_than_two_classes_is_refused(torch, tmp_path):
-    from engine.export.restor import build_unet
+    from engine.export.unet import build_unet
 
     with torch.device("meta"):
         state = build_unet("resnet18", classes=3).state_dict()

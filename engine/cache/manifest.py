@@ -12,13 +12,13 @@ manifest is the commit log: on open, a torn last line is cut, and everything
 after the last good line belongs to no tile and is rolled back by the caller.
 Tiles commit in plan order, so committed tiles are always tiles 1..k.
 
-This module uses only the standard library, so the plugin can read caches in a
-QGIS without the engine's heavier dependencies.
+Lines are read and written with ``jsonlines``, imported when first needed: the
+plugin imports this module in a QGIS that may not have its packages installed yet.
 """
 
 from __future__ import annotations
 
-import json
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -92,57 +92,90 @@ def _parse_tile(obj: dict, expected_id: int) -> TileRecord:
                       int(obj.get("features_end", 0)))
 
 
+class _Lines:
+    """The raw lines of a file for jsonlines to parse, remembering the last one handed out."""
+
+    def __init__(self, f):
+        self._f = f
+        self.last = b""
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        self.last = next(self._f)
+        return self.last
+
+
 def read_manifest(cache_dir: Path) -> ManifestState:
     """Read ``tiles.jsonl`` line by line (never loading any other file of the cache).
 
-    Stops trusting the file at the first line that is torn, not JSON, or out of
-    sequence; those lines are counted in ``dropped_lines``. Raises
-    CacheCorruptError if a trusted line points outside the cache folder or the
-    header is of an unknown format.
+    Stops trusting the file at the first line that is torn (no newline), not
+    JSON, not an object or out of sequence; those lines and all after them are
+    counted in ``dropped_lines``. Raises CacheCorruptError if a trusted line points
+    outside the cache folder or the header is of an unknown format.
     """
-    path = Path(cache_dir) / MANIFEST_NAME
+    import jsonlines
+
+    cache_dir = Path(cache_dir)
+    path = cache_dir / MANIFEST_NAME
     try:
         f = open(path, "rb")
     except FileNotFoundError:
         return ManifestState(None, [], 0, 0)
     except OSError as exc:
-        raise CacheCorruptError(f"The cache manifest {path} cannot be read: {exc.strerror}.") from exc
-    header, tiles, good, dropped, trusting = None, [], 0, 0, True
+        raise CacheCorruptError(f"The cache manifest {path} cannot be read: {exc.strerror}.", cache_dir) from exc
+    header, tiles, good, dropped = None, [], 0, 0
     prev_end = 0
     with f:
-        for raw in f:
-            if not trusting:
-                dropped += 1
-                continue
+        lines = _Lines(f)
+        reader = jsonlines.Reader(lines)
+        while True:
             try:
-                if not raw.endswith(b"\n"):
+                obj = reader.read(type=dict)
+            except EOFError:
+                break
+            except (jsonlines.InvalidLineError, UnicodeDecodeError):
+                dropped = 1 + sum(1 for _ in f)
+                break
+            try:
+                if not lines.last.endswith(b"\n"):
                     raise ValueError("torn line")
-                obj = json.loads(raw.decode("utf-8"))
                 if header is None:
-                    if not isinstance(obj, dict) or obj.get("format") != FORMAT_NAME:
-                        raise CacheCorruptError(
-                            f"{path} is not a manifest of this tool's caches; choose another output folder."
-                        )
-                    if int(obj.get("version", 0)) > FORMAT_VERSION:
-                        raise CacheCorruptError(
-                            f"The cache in {cache_dir} was written by a newer version of this tool; update it."
-                        )
-                    header = obj
+                    header = _check_header(obj, path)
                 else:
                     record = _parse_tile(obj, len(tiles) + 1)
                     if record.features_end != prev_end + record.features:
                         raise ValueError("feature count out of step")
                     for rel in record.cache_files.values():
-                        safe_relpath(Path(cache_dir), rel)
+                        safe_relpath(cache_dir, rel)
                     prev_end = record.features_end
                     tiles.append(record)
-                good += len(raw)
-            except CacheCorruptError:
-                raise
-            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-                trusting = False
-                dropped += 1
+                good += len(lines.last)
+            except (ValueError, KeyError, TypeError):
+                dropped = 1 + sum(1 for _ in f)
+                break
     return ManifestState(header, tiles, good, dropped)
+
+
+def _check_header(obj: dict, path: Path) -> dict:
+    if obj.get("format") != FORMAT_NAME:
+        raise CacheCorruptError(f"{path} is not a manifest of this tool's caches; choose another output folder.",
+                                path.parent)
+    if int(obj.get("version", 0)) > FORMAT_VERSION:
+        raise CacheCorruptError(f"The cache in {path.parent} was written by a newer version of this tool; update it.",
+                                path.parent)
+    return obj
+
+
+def encode_lines(objects) -> bytes:
+    """JSON lines of ``objects``, as written to the manifest."""
+    import jsonlines
+
+    buffer = io.BytesIO()
+    with jsonlines.Writer(buffer) as writer:
+        writer.write_all(objects)
+    return buffer.getvalue()
 
 
 class ManifestWriter:
@@ -152,7 +185,7 @@ class ManifestWriter:
         self.path = Path(cache_dir) / MANIFEST_NAME
         try:
             if state.header is None:
-                write_atomic(self.path, (json.dumps(header) + "\n").encode())
+                write_atomic(self.path, encode_lines([header]))
             elif state.dropped_lines or self.path.stat().st_size != state.good_bytes:
                 with open(self.path, "r+b") as f:
                     f.truncate(state.good_bytes)
@@ -160,16 +193,17 @@ class ManifestWriter:
                     os.fsync(f.fileno())
             self._f = open(self.path, "ab")
         except OSError as exc:
-            raise CacheWriteError(f"Cannot write the cache manifest {self.path}: {exc.strerror}.") from exc
+            raise CacheWriteError(f"Cannot write the cache manifest {self.path}: {exc.strerror}.", cache_dir) from exc
 
-    def commit(self, record: TileRecord) -> None:
-        line = (json.dumps(record.to_json()) + "\n").encode()
+    def commit(self, records: list[TileRecord]) -> None:
+        """Append the lines of ``records`` and fsync once: the records are committed when this returns."""
         try:
-            self._f.write(line)
+            self._f.write(encode_lines(r.to_json() for r in records))
             self._f.flush()
             os.fsync(self._f.fileno())
         except OSError as exc:
-            raise CacheWriteError(f"Cannot append to the cache manifest: {exc.strerror}.") from exc
+            raise CacheWriteError(f"Cannot append to the cache manifest: {exc.strerror}.",
+                                  self.path.parent) from exc
 
     def close(self) -> None:
         self._f.close()

@@ -11,10 +11,6 @@ import time
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-import numpy as np
-import rasterio
-
-from ..tiling.grid import Tile
 from .durable import disk_error, write_atomic
 from .manifest import TileRecord
 
@@ -42,25 +38,9 @@ class GeotiffSemanticCache:
     def tile_name(tile_id: int) -> str:
         return f"{SEMANTIC_DIR}/tile_{tile_id:06d}.tif"
 
-    def write_tile(self, tile: Tile, data: np.ndarray) -> str:
-        """Write a core's confidence (n_classes, h, w) uint8 durably; returns its relative path."""
-        rel = self.tile_name(tile.tile_id)
-        col, row, w, h = tile.core_px
-        a, b, c, d, e, f = self.transform
-        profile = dict(driver="GTiff", width=w, height=h, count=data.shape[0], dtype="uint8",
-                       crs=rasterio.crs.CRS.from_wkt(self.crs_wkt),
-                       transform=rasterio.Affine(a, b, c + a * col + b * row, d, e, f + d * col + e * row),
-                       compress="deflate", zlevel=1, predictor=2)
-        if w >= 256 and h >= 256:
-            profile.update(tiled=True, blockxsize=256, blockysize=256)
-        # Encoded in memory and written by Python: GDAL can lose a failed write (disk full)
-        # without raising, Python's file IO cannot.
-        with rasterio.MemoryFile() as memfile:
-            with memfile.open(**profile) as dst:
-                dst.write(data)
-                for i, name in enumerate(self.class_names, start=1):
-                    dst.set_band_description(i, name)
-            encoded = memfile.read()
+    def write_tile(self, tile_id: int, encoded: bytes) -> str:
+        """Write a tile's encoded confidence GeoTIFF durably; returns its path relative to the cache."""
+        rel = self.tile_name(tile_id)
         try:
             write_atomic(self.cache_dir / rel, encoded)
         except OSError as exc:

@@ -1,7 +1,8 @@
 """What a cache holds, for the CLI's ``status`` and the plugin's runs panel and layers.
 
 Reads only the manifest (and the lock), never the rasters or the crowns, so it
-is fast on any cache and needs only the standard library.
+is fast on any cache. Its only package is jsonlines (for the manifest); without it
+the status says which package is missing.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def cache_status(cache_dir: str | Path) -> CacheStatus:
     except TCDError as exc:
         return CacheStatus(cache_dir, None, "", "", 0, 0, 0, 0, (), "running" if locked_by else "empty",
                            locked_by, str(exc))
+    except ModuleNotFoundError as exc:  # a QGIS whose packages are not installed yet
+        return CacheStatus(cache_dir, None, "", "", 0, 0, 0, 0, (), "running" if locked_by else "empty",
+                           locked_by, f"The Python package '{exc.name}' is missing; install the plugin's dependencies.")
     header = state.header or {}
     total = int(header.get("tiles_total", 0))
     done = len(state.tiles)

@@ -1,67 +1,96 @@
 """The instance cache: crown polygons in one Shapefile or GeoPackage layer.
 
 All crowns sit in one layer with ``id`` (unique across the cache), ``score``,
-``class``, ``class_idx`` and ``tile_id``. Crowns are appended tile by tile and
-synced before the tile commits. Rolling back to a committed crown count
-truncates the files in place, without reading the features.
+``class``, ``class_idx``, ``tile_id`` and the crowns' measurements and other
+attributes (:class:`CrownField`). Crowns are appended tile by tile and synced
+before the tile commits. Rolling back to a committed crown count truncates the
+files in place, without reading the features.
+
+A Shapefile's field names have at most 10 characters: longer names are stored
+under the short names of :data:`SHAPEFILE_NAMES`.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 from osgeo import gdal, ogr, osr
 
 from ..errors import CacheCorruptError, CacheWriteError
 from ..postprocess.vectorise import Crown
+from ..settings import CROWNS_STEM, VectorFormat
 from .durable import disk_error, fsync_path
 
 ogr.UseExceptions()
 osr.UseExceptions()
 gdal.UseExceptions()
 
-VECTOR_STEM = "crowns"
-LAYER_NAME = "crowns"
+LAYER_NAME = CROWNS_STEM
 
 
-FIELDS = (("id", ogr.OFTInteger64, 18, 0), ("score", ogr.OFTReal, 8, 5), ("class", ogr.OFTString, 32, 0),
-          ("class_idx", ogr.OFTInteger, 4, 0), ("tile_id", ogr.OFTInteger, 9, 0))
+@dataclass(frozen=True)
+class CrownField:
+    """A column of the crowns layer: OGR type, width and precision (as a DBF needs them)."""
+
+    name: str
+    kind: int
+    width: int = 0
+    precision: int = 0
+
+
+BASE_FIELDS = (CrownField("id", ogr.OFTInteger64, 18), CrownField("score", ogr.OFTReal, 8, 5),
+               CrownField("class", ogr.OFTString, 32), CrownField("class_idx", ogr.OFTInteger, 4),
+               CrownField("tile_id", ogr.OFTInteger, 9))
+MEASUREMENT_FIELDS = (CrownField("area_m2", ogr.OFTReal, 12, 3), CrownField("perimeter_m", ogr.OFTReal, 12, 3),
+                      CrownField("diam_m", ogr.OFTReal, 10, 3))
+SHAPEFILE_NAMES = {"perimeter_m": "perim_m"}
 
 
 class VectorInstanceCache:
-    """Crown polygons in one OGR layer (Shapefile or GeoPackage)."""
+    """Crown polygons in one OGR layer (Shapefile or GeoPackage).
 
-    driver_name = ""
-    suffix = ""
+    ``fields`` are the attribute columns after :data:`BASE_FIELDS`, used when the
+    file is created; a file made by an older version keeps its own columns, and
+    attributes it has no column for are not written.
+    """
 
-    def __init__(self, cache_dir: Path, crs_wkt: str):
+    format: VectorFormat
+
+    def __init__(self, cache_dir: Path, crs_wkt: str, fields: tuple[CrownField, ...] = MEASUREMENT_FIELDS):
         self.cache_dir = Path(cache_dir)
-        self.path = self.cache_dir / f"{VECTOR_STEM}{self.suffix}"
+        self.path = self.cache_dir / self.format.filename
         self.rel = self.path.name
         try:
             if self.path.exists():
                 self.ds = ogr.Open(str(self.path), 1)
                 self.layer = self.ds.GetLayerByName(LAYER_NAME) or self.ds.GetLayer(0)
             else:
-                driver = ogr.GetDriverByName(self.driver_name)
+                driver = ogr.GetDriverByName(self.format.driver)
                 self.ds = driver.CreateDataSource(str(self.path))
                 srs = osr.SpatialReference()
                 srs.ImportFromWkt(crs_wkt)
                 srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
                 self.layer = self.ds.CreateLayer(LAYER_NAME, srs, ogr.wkbPolygon, self.layer_options())
-                for name, kind, width, precision in FIELDS:
-                    fd = ogr.FieldDefn(name, kind)
-                    fd.SetWidth(width)
-                    fd.SetPrecision(precision)
+                for f in BASE_FIELDS + tuple(fields):
+                    fd = ogr.FieldDefn(self.column(f.name), f.kind)
+                    fd.SetWidth(f.width)
+                    fd.SetPrecision(f.precision)
                     self.layer.CreateField(fd)
                 self.sync()
         except RuntimeError as exc:
-            raise CacheCorruptError(f"The crowns file {self.path} cannot be opened or created: {exc}.") from exc
+            raise CacheCorruptError(f"The crowns file {self.path} cannot be opened or created: {exc}.",
+                                    cache_dir, start_afresh_fixes=True) from exc
         if self.layer is None:
-            raise CacheCorruptError(f"The crowns file {self.path} holds no layer.")
+            raise CacheCorruptError(f"The crowns file {self.path} holds no layer.", cache_dir, start_afresh_fixes=True)
         self.defn = self.layer.GetLayerDefn()
+        self._columns = {self.defn.GetFieldDefn(i).GetName() for i in range(self.defn.GetFieldCount())}
+
+    def column(self, name: str) -> str:
+        """The layer's column for attribute ``name``."""
+        return name
 
     def layer_options(self) -> list[str]:
         return []
@@ -79,6 +108,14 @@ class VectorInstanceCache:
                 feat.SetField("class", crown.class_name)
                 feat.SetField("class_idx", crown.class_idx)
                 feat.SetField("tile_id", tile_id)
+                for name, value in crown.attributes.items():
+                    column = self.column(name)
+                    if column not in self._columns:
+                        continue
+                    if value is None:
+                        feat.SetFieldNull(column)
+                    else:
+                        feat.SetField(column, value)
                 feat.SetGeometry(ogr.CreateGeometryFromWkb(crown.wkb))
                 self.layer.CreateFeature(feat)
             self._commit()
@@ -106,8 +143,10 @@ class VectorInstanceCache:
 
 
 class ShapefileInstanceCache(VectorInstanceCache):
-    driver_name = "ESRI Shapefile"
-    suffix = ".shp"
+    format = VectorFormat.SHAPEFILE
+
+    def column(self, name: str) -> str:
+        return SHAPEFILE_NAMES.get(name, name)
 
     def layer_options(self):
         return ["ENCODING=UTF-8"]
@@ -135,7 +174,8 @@ class ShapefileInstanceCache(VectorInstanceCache):
         except (OSError, struct.error):
             ok = False
         if not ok:
-            raise CacheWriteError(f"Writing crowns to {self.rel} failed (is the disk full?); free space and resume.")
+            raise CacheWriteError(f"Writing crowns to {self.rel} failed (is the disk full?); free space and resume.",
+                                  self.cache_dir)
 
     @staticmethod
     def truncate(path: Path, n_records: int) -> bool:
@@ -149,18 +189,18 @@ class ShapefileInstanceCache(VectorInstanceCache):
         shp, shx, dbf = (path.with_suffix(s) for s in (".shp", ".shx", ".dbf"))
         if n_records == 0:
             # Nothing committed: whatever exists may be half-created, so start the file afresh.
-            parts = [path.with_suffix(s) for s in (".shp", ".shx", ".dbf", ".prj", ".cpg", ".qix")]
+            parts = [path] + [path.with_name(name) for name in VectorFormat.SHAPEFILE.sidecars]
             existed = any(p.exists() for p in parts)
             for p in parts:
                 p.unlink(missing_ok=True)
             return existed
         if not (shp.exists() and shx.exists() and dbf.exists()):
-            raise CacheCorruptError(f"Part of the crowns shapefile {path.name} is missing; resume with --overwrite.")
+            raise CacheCorruptError(f"Part of the crowns shapefile {path.name} is missing.", path.parent, start_afresh_fixes=True)
         changed = False
         with open(shx, "r+b") as fx, open(shp, "r+b") as fs, open(dbf, "r+b") as fd:
             shx_size = os.fstat(fx.fileno()).st_size
             if (shx_size - 100) // 8 < n_records:
-                raise CacheCorruptError(f"The crowns shapefile {path.name} lost committed crowns; resume with --overwrite.")
+                raise CacheCorruptError(f"The crowns shapefile {path.name} lost committed crowns.", path.parent, start_afresh_fixes=True)
             if n_records:
                 fx.seek(100 + 8 * (n_records - 1))
                 offset_words, length_words = struct.unpack(">ii", fx.read(8))
@@ -168,16 +208,16 @@ class ShapefileInstanceCache(VectorInstanceCache):
             else:
                 shp_end = 100
             if os.fstat(fs.fileno()).st_size < shp_end:
-                raise CacheCorruptError(f"The crowns shapefile {path.name} lost committed crowns; resume with --overwrite.")
+                raise CacheCorruptError(f"The crowns shapefile {path.name} lost committed crowns.", path.parent, start_afresh_fixes=True)
             fd.seek(4)
             dbf_header = fd.read(8)
             if len(dbf_header) < 8:
-                raise CacheCorruptError(f"The crowns shapefile {path.name} is damaged; resume with --overwrite.")
+                raise CacheCorruptError(f"The crowns shapefile {path.name} is damaged.", path.parent, start_afresh_fixes=True)
             n_dbf, header_len, record_len = struct.unpack("<IHH", dbf_header)
             dbf_end = header_len + record_len * n_records
             dbf_size = os.fstat(fd.fileno()).st_size
             if dbf_size < dbf_end:
-                raise CacheCorruptError(f"The crowns shapefile {path.name} lost committed crowns; resume with --overwrite.")
+                raise CacheCorruptError(f"The crowns shapefile {path.name} lost committed crowns.", path.parent, start_afresh_fixes=True)
             if shx_size != 100 + 8 * n_records or os.fstat(fs.fileno()).st_size != shp_end:
                 changed = True
                 fx.truncate(100 + 8 * n_records)
@@ -204,8 +244,7 @@ class ShapefileInstanceCache(VectorInstanceCache):
 
 
 class GeoPackageInstanceCache(VectorInstanceCache):
-    driver_name = "GPKG"
-    suffix = ".gpkg"
+    format = VectorFormat.GEOPACKAGE
 
     def layer_options(self):
         return ["FID=fid", "SPATIAL_INDEX=YES"]
@@ -224,18 +263,18 @@ class GeoPackageInstanceCache(VectorInstanceCache):
     def truncate(path: Path, n_records: int) -> bool:
         if n_records == 0:
             # Nothing committed: a file killed while being created may not even open.
-            parts = [path] + [path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal")]
+            parts = [path] + [path.with_name(name) for name in VectorFormat.GEOPACKAGE.sidecars]
             existed = any(p.exists() for p in parts)
             for p in parts:
                 p.unlink(missing_ok=True)
             return existed
         if not path.exists():
-            raise CacheCorruptError(f"The crowns file {path.name} is missing; resume with --overwrite.")
+            raise CacheCorruptError(f"The crowns file {path.name} is missing.", path.parent, start_afresh_fixes=True)
         ds = ogr.Open(str(path), 1)
         layer = ds.GetLayerByName(LAYER_NAME)
         count = layer.GetFeatureCount() if layer is not None else 0
         if count < n_records:
-            raise CacheCorruptError(f"The crowns file {path.name} lost committed crowns; resume with --overwrite.")
+            raise CacheCorruptError(f"The crowns file {path.name} lost committed crowns.", path.parent, start_afresh_fixes=True)
         if count == n_records:
             return False
         ds.ExecuteSQL(f"DELETE FROM {LAYER_NAME} WHERE id > {int(n_records)}")
@@ -243,5 +282,6 @@ class GeoPackageInstanceCache(VectorInstanceCache):
         return True
 
 
-def instance_cache_class(vector_format: str):
-    return ShapefileInstanceCache if vector_format == "shp" else GeoPackageInstanceCache
+def instance_cache_class(vector_format: VectorFormat | str) -> type[VectorInstanceCache]:
+    return {VectorFormat.SHAPEFILE: ShapefileInstanceCache,
+            VectorFormat.GEOPACKAGE: GeoPackageInstanceCache}[VectorFormat(vector_format)]

@@ -2,17 +2,20 @@
 
 Each command lives in its own module with ``register(subparsers)``, which adds
 its parser and sets ``func(args) -> int``. User errors (:class:`TCDError`) print
-one line and exit 2; ``--debug`` shows the traceback instead.
+one line and exit 2, the engine's sentence followed by the remedy in this
+interface's words (its flags); ``--debug`` shows the traceback too and turns on
+the engine's debug log.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 import traceback
 
-from ..errors import TCDError
+from ..errors import CacheError, MissingCRSError, TCDError
 
 COMMANDS = ("predict", "status", "evaluate", "export_restor", "doctor")
 
@@ -33,15 +36,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def remedy(exc: TCDError) -> str:
+    """What to do about ``exc``, in this command line's words ("" when the sentence says it all)."""
+    if isinstance(exc, CacheError) and exc.start_afresh_fixes:
+        return " Run again with --overwrite to start afresh, or choose another folder with --out."
+    if isinstance(exc, MissingCRSError):
+        return " Give it one with --assign-crs (for example --assign-crs EPSG:32633)."
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
     except TCDError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}{remedy(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; the cache is consistent and can be resumed", file=sys.stderr)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..models.runner import PROVIDERS
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("predict", help="predict a raster into a cache folder (resumes if it exists)")
@@ -18,17 +20,17 @@ def register(subparsers) -> None:
     p.add_argument("--vector-format", choices=("shp", "gpkg"), default="shp", help="format of the crowns file")
     p.add_argument("--overwrite", action="store_true", help="discard an existing cache in the folder and start afresh")
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
+    p.add_argument("--assign-crs", default=None, metavar="CRS",
+                   help="CRS to use when the raster file has none (EPSG:32633, WKT, ...)")
+    p.add_argument("--processor", dest="provider", default=None, choices=sorted(PROVIDERS),
+                   help="where the model runs (default: a working GPU if any, else the CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def default_cache_dir(image: Path) -> Path:
-    return image.with_name(f"{image.stem}_tcd")
-
-
 def run(args) -> int:
     from ..run.predict import predict
-    from ..settings import Job, parse_outputs
+    from ..settings import Job, default_cache_dir, parse_outputs
 
     job = Job(
         image=args.image,
@@ -41,6 +43,8 @@ def run(args) -> int:
         vector_format=args.vector_format,
         overwrite=args.overwrite,
         threads=args.threads,
+        assign_crs=args.assign_crs,
+        provider=args.provider,
     )
     bar = None
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import ModelError
 
 
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         if pos >= len(buf):
@@ -37,23 +37,23 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
     pos = 0
     try:
         while pos < len(data):
-            key, pos = _read_varint(data, pos)
+            key, pos = read_varint(data, pos)
             field_no, wire = key >> 3, key & 7
             if wire == 0:
-                _, pos = _read_varint(data, pos)
+                _, pos = read_varint(data, pos)
             elif wire == 1:
                 pos += 8
             elif wire == 5:
                 pos += 4
             elif wire == 2:
-                length, pos = _read_varint(data, pos)
+                length, pos = read_varint(data, pos)
                 if pos + length > len(data):
                     raise ValueError("truncated field")
                 if field_no == 14:
                     entry, k, v, epos = data[pos : pos + length], "", "", 0
                     while epos < len(entry):
-                        ekey, epos = _read_varint(entry, epos)
-                        elen, epos = _read_varint(entry, epos)
+                        ekey, epos = read_varint(entry, epos)
+                        elen, epos = read_varint(entry, epos)
                         text = entry[epos : epos + elen].decode("utf-8")
                         epos += elen
                         if ekey >> 3 == 1:
@@ -78,3 +78,26 @@ def file_sha256(path: str | os.PathLike) -> str:
             digest.update(chunk)
     return digest.hexdigest()
 
+
+def encode_varint(value: int) -> bytes:
+    """A protobuf varint (the inverse of :func:`read_varint`)."""
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def int_field(number: int, value: int) -> bytes:
+    """A protobuf varint field."""
+    return encode_varint(number << 3) + encode_varint(value)
+
+
+def bytes_field(number: int, payload: bytes | str) -> bytes:
+    """A protobuf length-delimited field (bytes, a string or an embedded message)."""
+    payload = payload.encode() if isinstance(payload, str) else payload
+    return encode_varint(number << 3 | 2) + encode_varint(len(payload)) + payload

@@ -1,14 +1,12 @@
-"""ONNX models: what a model says about itself, and running it on tiles.
+"""A model's description of itself: the metadata keys the engine reads, as a :class:`ModelSpec`.
 
 A model describes itself in ONNX metadata (``metadata_props``); every value is a
 JSON string. Our keys:
 
-``output_kind``      ``"semantic"``: one output (1, C, H, W) of per-class
-                     probabilities; ``"canopy_centres"``: one output (1, 2, H, W),
-                     channel 0 canopy probability and channel 1 a crown-centre
-                     heatmap, crowns are split by marker-controlled watershed;
-                     ``"instance_masks"``: outputs ``masks`` (N, H, W) or
-                     (N, 1, H, W), ``scores`` (N,) and optionally ``labels`` (N,).
+``output_kind``      what the outputs hold, one of the kinds in
+                     :mod:`engine.models.kinds` (``semantic``: per-class
+                     probabilities; ``canopy_centres``: canopy probability and a
+                     crown-centre heatmap; ``instance_masks``: masks with scores).
 ``class_names``      list of names, one per output channel (``semantic``) or per
                      label value; a first class named ``background`` is not written.
 ``gsd_m``            ground sampling distance of the input, metres per pixel.
@@ -25,7 +23,7 @@ JSON string. Our keys:
 ``name``, ``description``, ``license``, ``provenance``  free text.
 
 Models made for the Deepness QGIS plugin work unchanged: ``model_type``
-(``Segmentor``), ``class_names`` (a dict ``{"0": "background", ...}``),
+(the kinds say which they run), ``class_names`` (a dict ``{"0": "background", ...}``),
 ``resolution`` (cm/px), ``tile_size`` or ``tiles_size`` (px), ``tiles_overlap``
 (percent of the tile), ``seg_thresh``, ``standardization_mean`` and
 ``standardization_std`` (applied after dividing by 255).
@@ -37,29 +35,22 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Mapping
 
 from ..errors import ModelError
+from . import kinds
 from .onnx_meta import read_onnx_metadata
 
 DEFAULT_GSD_M = 0.1
 DEFAULT_TILE_SIZE_PX = 1024
 
 
-class OutputKind(str, Enum):
-    """What a model's output tensors hold."""
-
-    SEMANTIC = "semantic"
-    CANOPY_CENTRES = "canopy_centres"
-    INSTANCE_MASKS = "instance_masks"
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything the engine needs to know about a model, read from its metadata.
 
+    ``output_kind`` names a kind of :mod:`engine.models.kinds` (:attr:`kind`).
     ``class_names`` lists the classes written to the caches, background excluded;
     ``channel_of_class`` maps each of them to its output channel (``semantic``) or
     label value (``instance_masks``).
@@ -68,7 +59,7 @@ class ModelSpec:
     path: str
     sha256: str
     name: str
-    output_kind: OutputKind
+    output_kind: str
     class_names: tuple[str, ...]
     channel_of_class: tuple[int, ...]
     gsd_m: float
@@ -85,6 +76,10 @@ class ModelSpec:
     min_crown_area_m2: float = 1.0
     fixed_input_px: int | None = None
     metadata: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def kind(self) -> kinds.OutputKind:
+        return kinds.kind_named(self.output_kind)
 
 
 
@@ -139,17 +134,12 @@ def spec_from_metadata(
     """
     deepness_type = _json(meta, "model_type")
     kind_raw = _json(meta, "output_kind")
-    if kind_raw is None:
-        if deepness_type is not None and str(deepness_type).lower() not in ("segmentor", "segmentation"):
-            raise ModelError(
-                f"Deepness '{deepness_type}' models are not supported; only segmentation models are."
-            )
-        kind_raw = OutputKind.SEMANTIC.value
-    try:
-        kind = OutputKind(kind_raw)
-    except ValueError as exc:
-        choices = ", ".join(k.value for k in OutputKind)
-        raise ModelError(f"The model's output_kind '{kind_raw}' is unknown (expected one of {choices}).") from exc
+    if kind_raw is not None:
+        kind = kinds.kind_named(str(kind_raw))
+    elif deepness_type is not None:
+        kind = kinds.kind_for_deepness(deepness_type)
+    else:
+        kind = kinds.kind_named("semantic")
 
     fixed_px = None
     n_in_channels = None
@@ -213,19 +203,10 @@ def spec_from_metadata(
     elif isinstance(names_raw, list):
         names = [str(v) for v in names_raw]
     elif names_raw is None:
-        if kind is OutputKind.CANOPY_CENTRES:
-            names = ["tree"]
-        else:
-            count = n_output_channels or 2
-            names = ["background"] + [f"class_{i}" for i in range(1, count)] if count > 1 else ["tree"]
+        names = None
     else:
         raise ModelError("The model's metadata 'class_names' must be a list or a dict.")
-    if kind is OutputKind.CANOPY_CENTRES:
-        names = [n for n in names if n.lower() != "background"][:1] or ["tree"]
-        channels = [0]
-    else:
-        channels = [i for i, n in enumerate(names) if not (i == 0 and n.lower() == "background")]
-        names = [names[i] for i in channels]
+    names, channels = kind.classes(names, n_output_channels)
     if not names:
         raise ModelError("The model has no class other than background.")
 
@@ -237,7 +218,7 @@ def spec_from_metadata(
         path=str(path),
         sha256=sha256,
         name=str(_json(meta, "name", None) or Path(path).stem or "model"),
-        output_kind=kind,
+        output_kind=kind.name,
         class_names=tuple(names),
         channel_of_class=tuple(channels),
         gsd_m=float(gsd_m),

@@ -1,4 +1,7 @@
-"""Canopy confidence: class probabilities of a tile, cut to its core on the source grid."""
+"""Canopy confidence of one tile: cut to its core on the source grid, and encoded as a GeoTIFF.
+
+Confidence is stored as uint8, 0–255 for probability 0–1, one band per class.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +11,7 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
-from ..models.spec import ModelSpec, OutputKind
-from ..tiling.grid import Tile
-
-
-def class_probabilities(spec: ModelSpec, output: dict, valid: np.ndarray) -> np.ndarray:
-    """(n_classes, T, T) float32 probabilities of the written classes, zero where the source is invalid."""
-    if spec.output_kind is OutputKind.INSTANCE_MASKS:
-        masks, scores, labels = output["masks"], output["scores"], output["labels"]
-        probs = np.zeros((len(spec.class_names),) + valid.shape, np.float32)
-        for i, label in enumerate(spec.channel_of_class):
-            chosen = labels == label
-            if chosen.any():
-                probs[i] = np.max(masks[chosen] * scores[chosen, None, None], axis=0)
-    else:
-        probs = output["probs"][list(spec.channel_of_class)]
-    probs = np.clip(probs, 0.0, 1.0)
-    probs[:, ~valid] = 0.0
-    return probs
+from ..tiling.grid import Tile, window_transform
 
 
 def to_uint8(probs: np.ndarray) -> np.ndarray:
@@ -34,15 +20,38 @@ def to_uint8(probs: np.ndarray) -> np.ndarray:
 
 
 def semantic_core(probs: np.ndarray, tile: Tile, src_transform, src_crs: CRS, work_crs: CRS) -> np.ndarray:
-    """Confidence (n_classes, h, w) uint8 for the tile's core window on the source grid."""
+    """Confidence (n_classes, h, w) uint8 for the tile's core window on the source grid.
+
+    ``probs`` is (n_classes, T, T) in model pixels of the tile. On aligned grids
+    the core is a plain window of the tile; otherwise it is resampled (bilinear).
+    """
     col, row, w, h = tile.core_px
     if tile.offset_px is not None:
         oc, or_ = tile.offset_px
         return to_uint8(probs[:, row - or_ : row - or_ + h, col - oc : col - oc + w])
-    a, b, c, d, e, f = src_transform
-    core_t = rasterio.Affine(a, b, c + a * col + b * row, d, e, f + d * col + e * row)
     out = np.zeros((probs.shape[0], h, w), np.float32)
-    reproject(probs, out, src_transform=rasterio.Affine(*tile.transform), src_crs=work_crs, dst_transform=core_t,
-              dst_crs=src_crs, resampling=Resampling.bilinear, init_dest_nodata=False)
+    reproject(probs, out, src_transform=rasterio.Affine(*tile.transform), src_crs=work_crs,
+              dst_transform=rasterio.Affine(*window_transform(src_transform, col, row)), dst_crs=src_crs,
+              resampling=Resampling.bilinear, init_dest_nodata=False)
     return to_uint8(out)
 
+
+def encode_geotiff(confidence: np.ndarray, tile: Tile, src_transform, crs_wkt: str,
+                   class_names: tuple[str, ...]) -> bytes:
+    """A core's confidence (n_classes, h, w) uint8 as the bytes of a compressed GeoTIFF on the source grid.
+
+    Encoded in memory, so the cache writes it with Python's file IO: GDAL can lose
+    a failed write (disk full) without raising, Python cannot.
+    """
+    col, row, w, h = tile.core_px
+    profile = dict(driver="GTiff", width=w, height=h, count=confidence.shape[0], dtype="uint8",
+                   crs=CRS.from_wkt(crs_wkt), transform=rasterio.Affine(*window_transform(src_transform, col, row)),
+                   compress="deflate", zlevel=1, predictor=2)
+    if w >= 256 and h >= 256:
+        profile.update(tiled=True, blockxsize=256, blockysize=256)
+    with rasterio.MemoryFile() as memfile:
+        with memfile.open(**profile) as dst:
+            dst.write(confidence)
+            for i, name in enumerate(class_names, start=1):
+                dst.set_band_description(i, name)
+        return memfile.read()

@@ -1,219 +1,179 @@
-"""From one tile's model output to cache records: confidence rasters and crown polygons.
+"""Crown polygons of one tile: its instance labels vectorised, kept once across tiles, and measured.
 
-Input is in model pixels of the tile; output is in the source raster's grid
-(semantic) and CRS (crowns). A crown belongs to the tile whose core holds its
-centroid, so a crown seen by two overlapping tiles is stored exactly once.
+Input is a label image in model pixels of the tile (a north-up grid at the gsd
+in the working CRS); output is :class:`Crown` records in the source CRS. Two
+rules keep every instance exactly once across overlapping tiles:
+
+* a crown (an instance of a kind that owns instances whole) belongs to the tile
+  whose core holds its centroid: neighbouring tiles see a crown within their
+  shared margin identically, so exactly one of them owns it. A crown reaching
+  further than the margin past a core is kept, cut at the tile's edge, rather
+  than lost; overlaps should exceed the largest crown radius;
+* a region of a kind that clips to the core (semantic canopy patches, which can
+  span any number of tiles) is cut to the core: each piece of ground is stored
+  once, patches split along core borders.
+
+Geometry is shapely 2, vectorised over the tile's polygons: pin-holes filled,
+simplified to half a model pixel, clipped, and measured in metres
+(``area_m2``, ``perimeter_m``, ``diam_m``: the diameter of the circle of equal
+area) in a metric CRS even when the source CRS is geographic.
 """
 
 from __future__ import annotations
 
-import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 import rasterio
-from osgeo import ogr, osr
+import shapely
 from rasterio.features import shapes
-from scipy import ndimage
 
-from ..models.spec import ModelSpec, OutputKind
-from ..tiling.grid import Tile, apply, invert
-from .crowns import delineate_crowns
+from ..models.kinds import Instances, OutputKind
+from ..models.spec import ModelSpec
+from ..tiling.grid import Tile, apply, invert, window_transform
 
-ogr.UseExceptions()
-osr.UseExceptions()
+# Interior rings smaller than this are artefacts of the pixel grid (a few pixels
+# below the threshold inside a crown), not gaps in the canopy: they are filled.
+MIN_HOLE_AREA_M2 = 2.0
+MEASUREMENTS = ("area_m2", "perimeter_m", "diam_m")
 
 
 @dataclass(frozen=True)
 class Crown:
-    """One crown polygon in the source CRS, as WKB, with its attributes (id given at write time)."""
+    """One crown polygon in the source CRS, as WKB, with its attributes (its id is given at commit time).
+
+    ``attributes`` holds the measurements (:data:`MEASUREMENTS`) and any extra
+    per-instance values a kind provides.
+    """
 
     wkb: bytes
     score: float
     class_name: str
     class_idx: int
+    attributes: Mapping[str, object] = field(default_factory=dict)
 
 
-def instance_labels(spec: ModelSpec, output: dict, probs: np.ndarray, valid: np.ndarray, gsd_m: float):
-    """Label image (T, T) int32 of instances with per-label score and class index arrays (index 0 unused)."""
-    if spec.output_kind is OutputKind.CANOPY_CENTRES:
-        centres = output["probs"][1] * valid
-        labels = delineate_crowns(
-            probs[0], centres, gsd_m=gsd_m, seg_thresh=spec.seg_thresh, centre_thresh=spec.centre_thresh,
-            peak_min_distance_m=spec.peak_min_distance_m, min_crown_area_m2=spec.min_crown_area_m2,
-        )
-        n = int(labels.max())
-        scores = ndimage.mean(probs[0], labels, np.arange(n + 1)) if n else np.zeros(1)
-        return labels, np.asarray(scores, np.float64), np.zeros(n + 1, np.int64)
-    if spec.output_kind is OutputKind.INSTANCE_MASKS:
-        masks, m_scores, m_labels = output["masks"], output["scores"], output["labels"]
-        labels = np.zeros(valid.shape, np.int32)
-        scores, classes = [0.0], [0]
-        class_of_label = {label: i for i, label in enumerate(spec.channel_of_class)}
-        # Paint low scores first so a better-scored overlapping mask wins the pixel.
-        for i in np.argsort(m_scores, kind="stable"):
-            if m_scores[i] < spec.seg_thresh or int(m_labels[i]) not in class_of_label:
-                continue
-            pixels = (masks[i] > 0.5) & valid
-            if pixels.any():
-                labels[pixels] = len(scores)
-                scores.append(float(m_scores[i]))
-                classes.append(class_of_label[int(m_labels[i])])
-        return labels, np.asarray(scores), np.asarray(classes, np.int64)
-    # Semantic: connected regions of each class's mask (argmax among classes, above threshold).
-    labels = np.zeros(valid.shape, np.int32)
-    best = np.argmax(probs, axis=0) if probs.shape[0] > 1 else np.zeros(valid.shape, np.int64)
-    scores, classes = [0.0], [0]
-    for i in range(probs.shape[0]):
-        mask = (best == i) & (probs[i] > spec.seg_thresh)
-        comp, n = ndimage.label(mask)
-        if not n:
-            continue
-        means = ndimage.mean(probs[i], comp, np.arange(1, n + 1))
-        labels[comp > 0] = comp[comp > 0] + len(scores) - 1
-        scores.extend(float(m) for m in means)
-        classes.extend([i] * n)
-    return labels, np.asarray(scores), np.asarray(classes, np.int64)
+@dataclass(frozen=True)
+class CrownGrid:
+    """The geometry facts vectorising needs besides the tile: source grid and CRS mappers.
 
-
-def tile_crowns(
-    spec: ModelSpec,
-    labels: np.ndarray,
-    scores: np.ndarray,
-    classes: np.ndarray,
-    tile: Tile,
-    src_transform,
-    to_src,
-    min_area_px: float,
-) -> list[Crown]:
-    """Crowns owned by this tile, as polygons in the source CRS.
-
-    Crowns (``canopy_centres`` and ``instance_masks`` models) belong to the tile
-    whose core holds their centroid: neighbouring tiles see a crown within their
-    shared margin identically, so exactly one of them owns it. A crown reaching
-    further than the margin (``overlap_px // 2``) past a core is still kept, cut
-    at the tile's edge, rather than lost; overlaps should exceed the largest
-    crown radius.
-
-    Regions of a ``semantic`` model are canopy patches that can span any number
-    of tiles (closed canopy), so they are clipped to the core instead: each
-    piece of ground is stored once, patches split along core borders as in
-    tcd_pipeline's semantic cache.
+    ``to_src`` / ``to_work`` map coordinate arrays between the working CRS and the
+    source CRS (both None when they are the same CRS). ``work_units_per_m`` is
+    the working CRS's linear units per metre.
     """
-    n = int(labels.max())
-    if n == 0:
-        return []
-    idx = np.arange(1, n + 1)
+
+    src_transform: tuple
+    to_src: object = None
+    to_work: object = None
+    work_units_per_m: float = 1.0
+
+
+def _owned_labels(inst: Instances, tile: Tile, kind: OutputKind, grid: CrownGrid, min_area_px: float) -> np.ndarray:
+    """Label values this tile stores: present, large enough, and (for crowns) centred in the core."""
+    labels = inst.labels
+    n = inst.count
     flat = labels.ravel()
     counts = np.bincount(flat, minlength=n + 1)[1:]
-    present = counts > 0
-    rows, cols = np.divmod(np.arange(flat.size), labels.shape[1])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        # Pixel centres: model pixel (col, row) covers [col, col + 1).
-        cx = np.bincount(flat, weights=cols, minlength=n + 1)[1:] / counts + 0.5
-        cy = np.bincount(flat, weights=rows, minlength=n + 1)[1:] / counts + 0.5
-    if tile.offset_px is not None:
-        sx, sy = cx + tile.offset_px[0], cy + tile.offset_px[1]
-    else:
-        wx, wy = apply(tile.transform, cx, cy)
-        if to_src is not None:
-            wx, wy = to_src(wx, wy)
-        sx, sy = apply(invert(src_transform), np.asarray(wx), np.asarray(wy))
-    col, row, w, h = tile.core_px
-    clip = spec.output_kind is OutputKind.SEMANTIC
-    owned = present & (counts >= min_area_px)
-    if not clip:
+    owned = counts > 0
+    if not kind.filters_small:
+        owned &= counts >= min_area_px
+    if not kind.clips_to_core:
+        rows, cols = np.divmod(np.arange(flat.size), labels.shape[1])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # Pixel centres: model pixel (col, row) covers [col, col + 1).
+            cx = np.bincount(flat, weights=cols, minlength=n + 1)[1:] / counts + 0.5
+            cy = np.bincount(flat, weights=rows, minlength=n + 1)[1:] / counts + 0.5
+        if tile.offset_px is not None:
+            sx, sy = cx + tile.offset_px[0], cy + tile.offset_px[1]
+        else:
+            wx, wy = apply(tile.transform, cx, cy)
+            if grid.to_src is not None:
+                wx, wy = grid.to_src(wx, wy)
+            sx, sy = apply(invert(grid.src_transform), np.asarray(wx), np.asarray(wy))
+        col, row, w, h = tile.core_px
         owned &= (sx >= col) & (sx < col + w) & (sy >= row) & (sy < row + h)
-    keep = idx[owned]
+    return np.arange(1, n + 1)[owned]
+
+
+def _fill_small_holes(polygons: np.ndarray, min_area: float) -> np.ndarray:
+    """Polygons without their interior rings smaller than ``min_area`` (CRS units squared)."""
+    holed = np.flatnonzero(shapely.get_num_interior_rings(polygons) > 0)
+    for i in holed:
+        poly = polygons[i]
+        keep = [ring for ring in poly.interiors if shapely.area(shapely.Polygon(ring)) >= min_area]
+        polygons[i] = shapely.Polygon(poly.exterior, keep)
+    return polygons
+
+
+def _map_coordinates(geoms: np.ndarray, mapper) -> np.ndarray:
+    return shapely.transform(geoms, lambda xy: np.column_stack(mapper(xy[:, 0], xy[:, 1])))
+
+
+def tile_crowns(spec: ModelSpec, inst: Instances, tile: Tile, grid: CrownGrid, min_area_px: float) -> list[Crown]:
+    """The crowns this tile stores, in label order, as :class:`Crown` records in the source CRS."""
+    kind = spec.kind
+    keep = _owned_labels(inst, tile, kind, grid, min_area_px)
     if keep.size == 0:
         return []
-
-    lut = np.zeros(n + 1, np.int32)
+    lut = np.zeros(inst.count + 1, np.int32)
     lut[keep] = keep
-    kept = lut[labels]
+    kept = lut[inst.labels]
     window_t = tile.transform
     core = None
-    if clip and tile.offset_px is not None:
+    col, row, w, h = tile.core_px
+    if kind.clips_to_core and tile.offset_px is not None:
         # Aligned grids: the core is a window of the tile, so cut the labels there
         # instead of intersecting polygons (exact, and far cheaper).
         c0, r0 = col - tile.offset_px[0], row - tile.offset_px[1]
         kept = np.ascontiguousarray(kept[r0 : r0 + h, c0 : c0 + w])
-        a, b, c, d, e, f = tile.transform
-        window_t = (a, b, c + a * c0 + b * r0, d, e, f + d * c0 + e * r0)
-    elif clip:
-        core = _core_polygon(tile, src_transform)
-    polygons: dict[int, list] = {}
+        window_t = window_transform(tile.transform, c0, r0)
+    elif kind.clips_to_core:
+        xs, ys = apply(grid.src_transform, np.array([col, col + w, col + w, col], float),
+                       np.array([row, row, row + h, row + h], float))
+        core = shapely.Polygon(np.column_stack([xs, ys]))
+
+    values, polygons = [], []
     for geom, value in shapes(kept, mask=kept > 0, connectivity=4, transform=rasterio.Affine(*window_t)):
-        polygons.setdefault(int(value), []).append(ogr.CreateGeometryFromWkb(_polygon_wkb(geom["coordinates"])))
+        rings = geom["coordinates"]
+        polygons.append(shapely.Polygon(rings[0], rings[1:]))
+        values.append(int(value))
+    values = np.asarray(values)
+    polygons = np.asarray(polygons, dtype=object)
+    if not kind.clips_to_core:
+        # One polygon per crown: its largest part (a crown is one connected piece).
+        order = np.lexsort((-shapely.area(polygons), values))
+        first = np.ones(order.size, bool)
+        first[1:] = values[order][1:] != values[order][:-1]
+        chosen = np.sort(order[first])
+        values, polygons = values[chosen], polygons[chosen]
 
-    gsd = abs(tile.transform[0])
+    units2_per_m2 = grid.work_units_per_m**2
+    polygons = _fill_small_holes(polygons, MIN_HOLE_AREA_M2 * units2_per_m2)
+    polygons = shapely.simplify(polygons, abs(tile.transform[0]) * 0.5, preserve_topology=True)
+    if grid.to_src is not None:
+        polygons = _map_coordinates(polygons, grid.to_src)
+    if core is not None:
+        polygons = shapely.intersection(polygons, core)
+        parts, index = shapely.get_parts(polygons, return_index=True)
+        is_polygon = (shapely.get_type_id(parts) == shapely.GeometryType.POLYGON) & (shapely.area(parts) > 0)
+        polygons, values = parts[is_polygon], values[index[is_polygon]]
+    nonempty = ~shapely.is_empty(polygons)
+    polygons, values = polygons[nonempty], values[nonempty]
+
+    # Measured in metres: in the source CRS when it is the (metric) working CRS, else mapped back to it.
+    metric = _map_coordinates(polygons, grid.to_work) if grid.to_work is not None else polygons
+    scale = 1.0 if grid.to_work is not None else 1.0 / grid.work_units_per_m
+    areas = shapely.area(metric) * scale**2
+    perimeters = shapely.length(metric) * scale
+    diameters = 2.0 * np.sqrt(areas / np.pi)
+    wkbs = shapely.to_wkb(polygons, byte_order=1)
+    extra = {name: np.asarray(column) for name, column in inst.attributes.items()}
     crowns = []
-    for label in keep:
-        parts = polygons.get(int(label))
-        if not parts:
-            continue
-        if not clip:
-            parts = [max(parts, key=lambda g: g.GetArea())]
-        class_i = int(classes[label])
-        for geom in parts:
-            geom = geom.SimplifyPreserveTopology(gsd * 0.5)
-            if geom is None or geom.IsEmpty():
-                continue
-            if to_src is not None:
-                geom = _map_geometry(geom, to_src)
-            pieces = _polygons(geom.Intersection(core)) if core is not None else _polygons(geom)
-            if not clip:
-                pieces = sorted(pieces, key=lambda g: -g.GetArea())[:1]
-            for piece in pieces:
-                crowns.append(Crown(bytes(piece.ExportToWkb(ogr.wkbNDR)), float(scores[label]),
-                                    spec.class_names[class_i], class_i))
+    for i, label in enumerate(values):
+        class_i = int(inst.classes[label])
+        attributes = {"area_m2": round(float(areas[i]), 3), "perimeter_m": round(float(perimeters[i]), 3),
+                      "diam_m": round(float(diameters[i]), 3)}
+        attributes.update({name: column[label].item() for name, column in extra.items()})
+        crowns.append(Crown(wkbs[i], float(inst.scores[label]), spec.class_names[class_i], class_i, attributes))
     return crowns
-
-
-def _polygon_wkb(rings) -> bytes:
-    """Little-endian WKB of a polygon from GeoJSON-style rings (built without a JSON round trip)."""
-    out = [struct.pack("<BII", 1, ogr.wkbPolygon, len(rings))]
-    for ring in rings:
-        points = np.asarray(ring, "<f8")
-        out.append(struct.pack("<I", len(points)))
-        out.append(points.tobytes())
-    return b"".join(out)
-
-
-def _polygons(geom: ogr.Geometry | None) -> list[ogr.Geometry]:
-    """The non-empty polygons of a geometry (a polygon, a multipolygon or a collection)."""
-    if geom is None or geom.IsEmpty():
-        return []
-    kind = ogr.GT_Flatten(geom.GetGeometryType())
-    if kind == ogr.wkbPolygon:
-        return [geom.Clone()] if geom.GetArea() > 0 else []
-    if kind in (ogr.wkbMultiPolygon, ogr.wkbGeometryCollection):
-        return [p for i in range(geom.GetGeometryCount()) for p in _polygons(geom.GetGeometryRef(i))]
-    return []
-
-
-def _core_polygon(tile: Tile, src_transform) -> ogr.Geometry:
-    """The tile's core as a polygon in the source CRS."""
-    col, row, w, h = tile.core_px
-    xs, ys = apply(src_transform, np.array([col, col + w, col + w, col, col], float),
-                   np.array([row, row, row + h, row + h, row], float))
-    ring = ogr.Geometry(ogr.wkbLinearRing)
-    for x, y in zip(xs, ys):
-        ring.AddPoint_2D(float(x), float(y))
-    poly = ogr.Geometry(ogr.wkbPolygon)
-    poly.AddGeometry(ring)
-    return poly
-
-
-def _map_geometry(geom: ogr.Geometry, mapper) -> ogr.Geometry:
-    """Apply a point mapper (working CRS → source CRS) to every vertex of a polygon."""
-    out = ogr.Geometry(ogr.wkbPolygon)
-    for i in range(geom.GetGeometryCount()):
-        ring = geom.GetGeometryRef(i)
-        pts = np.asarray(ring.GetPoints(), float)
-        xs, ys = mapper(pts[:, 0], pts[:, 1])
-        new_ring = ogr.Geometry(ogr.wkbLinearRing)
-        for x, y in zip(np.asarray(xs), np.asarray(ys)):
-            new_ring.AddPoint_2D(float(x), float(y))
-        out.AddGeometry(new_ring)
-    return out

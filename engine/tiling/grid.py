@@ -75,6 +75,12 @@ def apply(t: Affine6, x, y):
     return a * x + b * y + c, d * x + e * y + f
 
 
+def window_transform(t: Affine6, col: float, row: float) -> Affine6:
+    """The transform of a window whose top-left pixel is (``col``, ``row``) of the grid ``t``."""
+    a, b, c, d, e, f = t
+    return (a, b, c + a * col + b * row, d, e, f + d * col + e * row)
+
+
 def invert(t: Affine6) -> Affine6:
     a, b, c, d, e, f = t
     det = a * e - b * d

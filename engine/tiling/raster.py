@@ -12,7 +12,7 @@ from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.warp import transform as warp_points
 
-from ..errors import RasterError
+from ..errors import MissingCRSError, RasterError
 from .grid import RasterInfo, apply, utm_epsg
 
 
@@ -33,18 +33,27 @@ def open_raster(path: str | os.PathLike):
         raise RasterError(f"{path.name} is not a raster GDAL can read, or the file is damaged.") from exc
 
 
-def describe_raster(path: str | os.PathLike) -> RasterInfo:
-    """Read the header facts of a raster and check it can be predicted."""
+def describe_raster(path: str | os.PathLike, assign_crs: str | None = None) -> RasterInfo:
+    """Read the header facts of a raster and check it can be predicted.
+
+    ``assign_crs`` (WKT or an authority code) stands in for the CRS of a file
+    that has none; a file's own CRS always wins.
+    """
     path = Path(path)
     with open_raster(path) as src:
-        if src.crs is None:
-            raise RasterError(f"{path.name} has no coordinate reference system; assign one (e.g. in QGIS) first.")
+        crs = src.crs
+        if crs is None and assign_crs:
+            try:
+                crs = CRS.from_user_input(assign_crs)
+            except Exception as exc:  # rasterio raises CRSError with PROJ's wording
+                raise RasterError(f"The CRS to assign to {path.name} is not valid: {assign_crs[:80]}.") from exc
+        if crs is None:
+            raise MissingCRSError(f"{path.name} has no coordinate reference system.")
         t = src.transform
         if t.a == 1 and t.e == 1 and t.b == 0 and t.d == 0 and t.c == 0 and t.f == 0:
             raise RasterError(f"{path.name} has no georeferencing (no geotransform).")
         if t.a * t.e - t.b * t.d == 0:
             raise RasterError(f"{path.name} has a degenerate geotransform.")
-        crs = src.crs
         if crs.is_geographic:
             units_per_m = 1.0
         else:
@@ -90,6 +99,16 @@ def point_mapper(src_wkt: str, dst_wkt: str):
         return np.asarray(out_x), np.asarray(out_y)
 
     return mapper
+
+
+def check_dtype(info: RasterInfo, expected: str) -> None:
+    """Raise RasterError if the raster's pixels are not of the type the model was trained on."""
+    if info.dtype != expected:
+        raise RasterError(
+            f"{Path(info.path).name} holds {info.dtype} pixels but this model expects {expected}; "
+            f"convert it first (GDAL translate, e.g. in QGIS: Raster > Conversion > Translate, output type Byte, "
+            f"with scaling)."
+        )
 
 
 def check_bands(info: RasterInfo, bands: tuple[int, ...]) -> None:

@@ -21,7 +21,7 @@ from rasterio.warp import reproject
 from rasterio.windows import Window
 
 from ..errors import RasterError
-from .grid import RasterInfo, Tile, apply, invert
+from .grid import RasterInfo, Tile, apply, invert, window_transform
 from .raster import check_bands, open_raster, point_mapper
 
 
@@ -94,8 +94,7 @@ class TileReader:
             if c1 > c0 and r1 > r0:
                 data, mask = self._read_window(Window(c0, r0, c1 - c0, r1 - r0))
                 data[:, ~mask] = 0
-                a, b, c, d, e, f = self.info.transform
-                win_t = rasterio.Affine(a, b, c + a * c0 + b * r0, d, e, f + d * c0 + e * r0)
+                win_t = rasterio.Affine(*window_transform(self.info.transform, c0, r0))
                 dst_t = rasterio.Affine(*tile.transform)
                 reproject(data, raw, src_transform=win_t, src_crs=self.src_crs, dst_transform=dst_t,
                           dst_crs=self.work_crs, resampling=self.resampling, init_dest_nodata=False)

@@ -68,7 +68,7 @@ def test_metadata_is_complete(plugin_zip):
 
 LOAD_SCRIPT = r"""
 import importlib.abc, sys
-HEAVY = ("onnxruntime", "rasterio", "scipy")
+HEAVY = ("onnxruntime", "rasterio", "scipy", "shapely", "jsonlines")
 
 class Refuse(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):

@@ -1,0 +1,193 @@
+"""A cache folder opened for writing: lock, compatibility, rollback, ordered commits, close.
+
+:meth:`Cache.open` takes the folder's lock, reads the manifest, refuses a cache
+made from another image, model or settings (:class:`CacheMismatchError`), and
+rolls back whatever a crash left after the last committed tile.
+:meth:`Cache.commit` then adds one tile's :class:`TileOutputs`, in plan order:
+the tile's confidence GeoTIFF is written and fsynced, its crowns appended and
+synced, and only then its manifest line is appended and fsynced. That line is
+the commit: a crash at any moment leaves a cache that opens to exactly the
+tiles committed before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CacheWriteError
+from ..postprocess.vectorise import Crown
+from ..settings import Output, VectorFormat
+from ..tiling.grid import RasterInfo
+from .header import check_compatible
+from .lock import CacheLock
+from .manifest import MANIFEST_NAME, ManifestState, ManifestWriter, TileRecord, read_manifest
+from .semantic import SEMANTIC_DIR, VRT_NAME, GeotiffSemanticCache
+from .vectors import MEASUREMENT_FIELDS, CrownField, VectorInstanceCache, instance_cache_class
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TileOutputs:
+    """What one tile adds to the cache, ready to commit: bytes and records, no open handles (picklable).
+
+    ``confidence_tiff`` is the encoded GeoTIFF of the tile core's confidence
+    (None when the run writes no semantic output or the tile was skipped);
+    ``crowns`` the crowns the tile owns (None when the run writes no instances).
+    """
+
+    tile_id: int
+    bbox_px: tuple[int, int, int, int]
+    skipped: bool
+    confidence_tiff: bytes | None = None
+    crowns: tuple[Crown, ...] | None = None
+
+
+def clear_cache(cache_dir: Path) -> None:
+    """Delete what a run of this tool wrote in ``cache_dir`` (and nothing else)."""
+    for name in (MANIFEST_NAME, VRT_NAME):
+        (cache_dir / name).unlink(missing_ok=True)
+    for fmt in VectorFormat:
+        for name in (fmt.filename, *fmt.sidecars):
+            (cache_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(cache_dir / SEMANTIC_DIR, ignore_errors=True)
+
+
+def _prefix_bytes(cache_dir: Path, n_tiles: int) -> int:
+    """Byte length of the header plus the first ``n_tiles`` lines of the manifest."""
+    size = 0
+    with open(cache_dir / MANIFEST_NAME, "rb") as f:
+        for i, line in enumerate(f):
+            if i > n_tiles:
+                break
+            size += len(line)
+    return size
+
+
+class Cache:
+    """A cache folder held for writing. Use :meth:`open`, then :meth:`commit` tiles in plan order, then close."""
+
+    def __init__(self, cache_dir: Path, header: dict, lock: CacheLock, state: ManifestState,
+                 semantic: GeotiffSemanticCache | None, vectors: VectorInstanceCache | None):
+        self.cache_dir = cache_dir
+        self.header = header
+        self._lock = lock
+        self.records: list[TileRecord] = list(state.tiles)
+        self.features_end = state.features_end
+        self.skipped = sum(1 for r in self.records if r.status == "skipped")
+        self._semantic = semantic
+        self._vectors = vectors
+        self._manifest = ManifestWriter(cache_dir, state, header)
+        if semantic is not None:
+            semantic.write_vrt(self.records)
+
+    @classmethod
+    def open(cls, cache_dir: Path, header: dict, info: RasterInfo, *, overwrite: bool = False,
+             crown_fields: tuple[CrownField, ...] = MEASUREMENT_FIELDS) -> Cache:
+        """Hold ``cache_dir`` for a run whose new-cache header is ``header``.
+
+        An existing cache is continued with its own header once it is found
+        compatible; ``overwrite`` discards it first. Raises CacheLockedError while
+        another process writes the folder.
+        """
+        cache_dir = Path(cache_dir)
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CacheWriteError(f"Cannot create the output folder {cache_dir}: {exc.strerror}.", cache_dir) from exc
+        if not os.access(cache_dir, os.W_OK):
+            raise CacheWriteError(f"The output folder {cache_dir} is not writable.", cache_dir)
+        lock = CacheLock(cache_dir).__enter__()
+        try:
+            if overwrite:
+                clear_cache(cache_dir)
+            state = read_manifest(cache_dir)
+            if state.header is None:
+                if any((cache_dir / name).exists() for name in cls._written_names()):
+                    logger.info("clearing the files of a run that stopped before its first commit")
+                    clear_cache(cache_dir)
+            else:
+                check_compatible(cache_dir, state.header, header)
+                header = state.header
+            outputs = header.get("outputs", ())
+            semantic = (GeotiffSemanticCache(cache_dir, info.width, info.height, info.crs_wkt, info.transform,
+                                             header["classes"]) if Output.SEMANTIC.value in outputs else None)
+            vector_cls = (instance_cache_class(Path(header["vector_file"]).suffix[1:])
+                          if Output.INSTANCES.value in outputs else None)
+            state = cls._rollback(cache_dir, state, semantic, vector_cls)
+            vectors = vector_cls(cache_dir, info.crs_wkt, crown_fields) if vector_cls is not None else None
+            return cls(cache_dir, header, lock, state, semantic, vectors)
+        except BaseException:
+            lock.__exit__(None, None, None)
+            raise
+
+    @staticmethod
+    def _written_names() -> tuple[str, ...]:
+        return (VRT_NAME, SEMANTIC_DIR) + tuple(fmt.filename for fmt in VectorFormat)
+
+    @staticmethod
+    def _rollback(cache_dir: Path, state: ManifestState, semantic, vector_cls) -> ManifestState:
+        """Undo what was written after the last committed tile; also drop committed tiles whose files vanished."""
+        tiles = state.tiles
+        for i, record in enumerate(tiles):
+            rel = record.cache_files.get("semantic")
+            if rel and not (cache_dir / rel).is_file():
+                logger.warning("tile %d lost its confidence file; it and the tiles after it are redone", i + 1)
+                tiles = tiles[:i]
+                break
+        if len(tiles) != len(state.tiles):
+            state = ManifestState(state.header, tiles, _prefix_bytes(cache_dir, len(tiles)), 1)
+        if semantic is not None:
+            semantic.rollback(tiles)
+        if vector_cls is not None:
+            vector_cls.truncate(cache_dir / vector_cls.format.filename, state.features_end)
+        return state
+
+    @property
+    def done(self) -> int:
+        """Committed tiles (tiles 1..done of the plan)."""
+        return len(self.records)
+
+    def commit(self, outputs: TileOutputs) -> TileRecord:
+        """Make one tile's outputs durable, then append its manifest line: the tile is committed on return."""
+        files: dict[str, str] = {}
+        if outputs.confidence_tiff is not None:
+            files["semantic"] = self._semantic.write_tile(outputs.tile_id, outputs.confidence_tiff)
+        crowns = outputs.crowns
+        if crowns is not None and self._vectors is not None:
+            self._vectors.append(crowns, self.features_end + 1, outputs.tile_id)
+            files["instances"] = self._vectors.rel
+        n_new = len(crowns) if crowns else 0
+        record = TileRecord(outputs.tile_id, tuple(outputs.bbox_px), "skipped" if outputs.skipped else "done", files,
+                            n_new, self.features_end + n_new)
+        self._manifest.commit([record])
+        self.records.append(record)
+        self.features_end = record.features_end
+        if outputs.skipped:
+            self.skipped += 1
+        elif self._semantic is not None:
+            self._semantic.write_vrt(self.records, force=False)
+        return record
+
+    def close(self, *, complete_mosaic: bool = True) -> None:
+        """Release the cache; ``complete_mosaic`` rewrites the mosaic to list every committed tile."""
+        try:
+            if self._vectors is not None:
+                self._vectors.close()
+            if self._semantic is not None and complete_mosaic:
+                self._semantic.write_vrt(self.records)
+        finally:
+            try:
+                self._manifest.close()
+            finally:
+                self._lock.__exit__(None, None, None)
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(complete_mosaic=exc_type is None)

@@ -1,0 +1,48 @@
+"""``semantic``: one output (1, C, H, W) of per-class probabilities (Deepness "Segmentor").
+
+Instances are the connected regions of each class's mask (the argmax among the
+classes, above ``seg_thresh``). They are canopy patches that can span any number
+of tiles, so each is clipped to the tile core: every piece of ground is stored
+once, patches split along core borders as in tcd_pipeline's semantic cache.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from ...errors import ModelError
+from . import Instances, OutputKind, probability_map, register
+
+
+@register
+class Semantic(OutputKind):
+    name = "semantic"
+    deepness_types = ("segmentor", "segmentation")
+    clips_to_core = True
+
+    def decode(self, spec, outputs, tile_hw):
+        out = np.asarray(next(iter(outputs.values())))
+        if out.ndim == 3 and out.shape[0] == 1 and out.shape[1:] == tuple(tile_hw):
+            outputs = {"probs": out[:, None]}  # (1, H, W): a single-class map
+        probs = probability_map(spec, outputs, tile_hw)
+        if max(spec.channel_of_class) >= probs.shape[0]:
+            raise ModelError(
+                f"The model outputs {probs.shape[0]} channels but names {len(spec.class_names)} classes."
+            )
+        return {"probs": probs}
+
+    def instances(self, spec, decoded, probs, valid, gsd_m):
+        labels = np.zeros(valid.shape, np.int32)
+        best = np.argmax(probs, axis=0) if probs.shape[0] > 1 else np.zeros(valid.shape, np.int64)
+        scores, classes = [0.0], [0]
+        for i in range(probs.shape[0]):
+            mask = (best == i) & (probs[i] > spec.seg_thresh)
+            comp, n = ndimage.label(mask)
+            if not n:
+                continue
+            means = ndimage.mean(probs[i], comp, np.arange(1, n + 1))
+            labels[comp > 0] = comp[comp > 0] + len(scores) - 1
+            scores.extend(float(m) for m in means)
+            classes.extend([i] * n)
+        return Instances(labels, np.asarray(scores), np.asarray(classes, np.int64))

@@ -1,0 +1,121 @@
+"""The local executor: one machine's threads turn tiles into outputs, handed back in plan order.
+
+Three stages overlap so reading and post-processing hide behind inference: a
+reader thread fills a small queue with tiles, an inference thread runs the
+model (onnxruntime releases the GIL), and a small pool post-processes (crown
+split, vectorising, GeoTIFF encoding). Queues are bounded, so memory does not
+grow with the raster. The caller iterates :meth:`LocalExecutor.map` and commits
+each result; closing the iterator stops every stage within a tile.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from ..cache.store import TileOutputs
+from ..tiling.grid import Tile
+from .tile import TileProcessor
+
+_DONE = object()
+_POLL_S = 0.1
+
+
+class _Stop:
+    """Shared by the stages: the first error wins and stops every stage."""
+
+    def __init__(self):
+        self.error: BaseException | None = None
+        self.event = threading.Event()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def set(self) -> None:
+        self.event.set()
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.event.set()
+
+
+class LocalExecutor:
+    """Runs a :class:`TileProcessor`'s stages on threads of this process."""
+
+    def __init__(self, processor: TileProcessor, *, post_workers: int = 2, read_ahead: int = 2,
+                 in_flight: int = 3):
+        self.processor = processor
+        self.post_workers = post_workers
+        self.read_ahead = read_ahead
+        self.in_flight = in_flight
+
+    def map(self, tiles: Sequence[Tile]) -> Iterator[TileOutputs]:
+        """Yield each tile's outputs in the order of ``tiles``; an error in any stage is raised here."""
+        stop = _Stop()
+        read_q: queue.Queue = queue.Queue(maxsize=self.read_ahead)
+        # Tiles being post-processed or waiting for the caller; bounds memory to a few tiles.
+        out_q: queue.Queue = queue.Queue(maxsize=self.in_flight)
+        pool = ThreadPoolExecutor(max_workers=self.post_workers, thread_name_prefix="tcd-post")
+        processor = self.processor
+
+        def put(q: queue.Queue, item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=_POLL_S)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def get(q: queue.Queue):
+            while True:
+                try:
+                    return q.get(timeout=_POLL_S)
+                except queue.Empty:
+                    if stop.is_set():
+                        return _DONE
+
+        def read_stage() -> None:
+            try:
+                for tile in tiles:
+                    raw, valid = processor.read(tile)
+                    if not put(read_q, (tile, raw, valid)):
+                        return
+            except BaseException as exc:  # handed to the caller
+                stop.fail(exc)
+            finally:
+                processor.close()  # the reader belongs to this thread (GDAL's settings are per thread)
+                put(read_q, _DONE)
+
+        def infer_stage() -> None:
+            try:
+                while (item := get(read_q)) is not _DONE:
+                    tile, raw, valid = item
+                    decoded = processor.infer(raw, valid)
+                    if not put(out_q, pool.submit(processor.postprocess, tile, valid, decoded)):
+                        return
+            except BaseException as exc:
+                stop.fail(exc)
+            finally:
+                put(out_q, _DONE)
+
+        threads = [threading.Thread(target=read_stage, name="tcd-reader", daemon=True),
+                   threading.Thread(target=infer_stage, name="tcd-infer", daemon=True)]
+        for thread in threads:
+            thread.start()
+        try:
+            while (future := get(out_q)) is not _DONE:
+                yield future.result()
+            if stop.error is not None:
+                raise stop.error
+        except BaseException as exc:
+            stop.fail(exc)
+            raise
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,117 @@
+"""One tile's work as a plain function of the tile: read → infer → post-process → outputs to commit.
+
+:class:`RunPlan` holds everything that work needs (small, frozen, picklable, so
+any executor — threads here, worker processes on a cluster — can carry it).
+:class:`TileProcessor` keeps the per-process state (an open reader, a model
+session) and splits the work into its three stages, so an executor can overlap
+them; :meth:`TileProcessor.process` runs all three. The result,
+:class:`~engine.cache.store.TileOutputs`, holds bytes and records only; the
+cache commits it in plan order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from rasterio.crs import CRS
+
+from ..cache.store import TileOutputs
+from ..models.runner import OnnxModel
+from ..models.spec import ModelSpec
+from ..postprocess.confidence import encode_geotiff, semantic_core
+from ..postprocess.vectorise import CrownGrid, tile_crowns
+from ..settings import Output, TileSettings
+from ..tiling.grid import RasterInfo, Tile
+from ..tiling.raster import point_mapper
+from ..tiling.reader import TileReader
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What turning any tile of one run into :class:`TileOutputs` needs.
+
+    ``model_path`` is read by each process that runs the model; ``spec`` is the
+    model's description (its ``sha256`` identifies the file). ``threads`` and
+    ``provider`` configure the model session.
+    """
+
+    info: RasterInfo
+    model_path: str
+    spec: ModelSpec
+    settings: TileSettings
+    threads: int | None = None
+    provider: str | None = None
+
+    @property
+    def writes_semantic(self) -> bool:
+        return Output.SEMANTIC.value in self.settings.outputs
+
+    @property
+    def writes_instances(self) -> bool:
+        return Output.INSTANCES.value in self.settings.outputs
+
+
+class TileProcessor:
+    """Per-process state for one run: a raster reader and a model session, opened on first use.
+
+    Not thread-safe: each thread reads with its own processor, or calls only the
+    stage it owns (see :mod:`engine.run.local`).
+    """
+
+    def __init__(self, plan: RunPlan, model: OnnxModel | None = None):
+        self.plan = plan
+        self._model = model
+        self._reader: TileReader | None = None
+        info, settings = plan.info, plan.settings
+        self._src_crs = CRS.from_wkt(info.crs_wkt)
+        self._work_crs = CRS.from_wkt(settings.work_crs)
+        work_units_per_m = info.units_per_m if info.crs_wkt == settings.work_crs else 1.0
+        self._grid = CrownGrid(info.transform, point_mapper(settings.work_crs, info.crs_wkt),
+                               point_mapper(info.crs_wkt, settings.work_crs), work_units_per_m)
+        self._min_area_px = plan.spec.min_crown_area_m2 / (settings.gsd_m**2)
+
+    @property
+    def model(self) -> OnnxModel:
+        if self._model is None:
+            self._model = OnnxModel(self.plan.model_path, threads=self.plan.threads, provider=self.plan.provider)
+        return self._model
+
+    def read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+        """``(raw, valid)`` of the tile on its model grid (see :class:`~engine.tiling.reader.TileReader`)."""
+        if self._reader is None:
+            plan = self.plan
+            self._reader = TileReader(plan.info, plan.spec.bands, plan.settings.work_crs,
+                                      plan.settings.tile_size_px, plan.settings.gsd_m)
+        return self._reader.read(tile)
+
+    def infer(self, raw: np.ndarray, valid: np.ndarray) -> dict | None:
+        """The model's decoded outputs, or None for a tile with no valid pixel (skipped, never run)."""
+        return self.model.run(raw) if valid.any() else None
+
+    def postprocess(self, tile: Tile, valid: np.ndarray, decoded: dict | None) -> TileOutputs:
+        """Confidence GeoTIFF bytes and crowns of the tile, ready to commit."""
+        plan = self.plan
+        if decoded is None:
+            return TileOutputs(tile.tile_id, tuple(tile.bbox_px), True)
+        kind = plan.spec.kind
+        probs = kind.probabilities(plan.spec, decoded, valid)
+        tiff = None
+        if plan.writes_semantic:
+            confidence = semantic_core(probs, tile, plan.info.transform, self._src_crs, self._work_crs)
+            tiff = encode_geotiff(confidence, tile, plan.info.transform, plan.info.crs_wkt, plan.spec.class_names)
+        crowns = None
+        if plan.writes_instances:
+            instances = kind.instances(plan.spec, decoded, probs, valid, plan.settings.gsd_m)
+            crowns = tuple(tile_crowns(plan.spec, instances, tile, self._grid, self._min_area_px))
+        return TileOutputs(tile.tile_id, tuple(tile.bbox_px), False, tiff, crowns)
+
+    def process(self, tile: Tile) -> TileOutputs:
+        raw, valid = self.read(tile)
+        return self.postprocess(tile, valid, self.infer(raw, valid))
+
+    def close(self) -> None:
+        """Close the reader; call it from the thread that read (GDAL's settings are per thread)."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
