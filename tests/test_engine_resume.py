@@ -15,13 +15,13 @@ from engine.settings import Job
 from tests.onnx_models import passthrough_model
 from tests.rasters import assert_same_cache, snapshot, write_raster
 
-N_TILES = 16  # 160 x 150 px at 48 px cores
+N_TILES = 16  # 208 x 198 px: 4 x 4 windows of 64 px overlapping by at least 16
 
 
 @pytest.fixture
 def image(tmp_path):
     rng = np.random.default_rng(1)
-    img = np.full((3, 150, 160), 20, np.uint8)
+    img = np.full((3, 198, 208), 20, np.uint8)
     for _ in range(25):
         c, r, s = rng.integers(0, 145), rng.integers(0, 135), rng.integers(10, 16)
         img[:, r : r + s, c : c + s] = 230
@@ -145,3 +145,41 @@ def test_missing_semantic_tile_is_redone(tmp_path, image, model, clean):
     (cache / "semantic" / "tile_000010.tif").unlink()
     predict(Job(image=image, cache_dir=cache, model=model))
     assert_same_cache(snapshot(cache), clean)
+
+
+def _drop_plan_from_header(cache):
+    lines = (cache / "tiles.jsonl").read_text().splitlines(keepends=True)
+    header = json.loads(lines[0])
+    del header["plan"]  # as written before tile plans were recorded
+    (cache / "tiles.jsonl").write_text(json.dumps(header) + "\n" + "".join(lines[1:]))
+
+
+def test_cache_of_the_margin_plan_is_continued_with_its_own_plan(tmp_path, image, model, monkeypatch):
+    import engine.run.predict as run_predict
+    from engine.tiling.grid import PLAN_MARGIN
+
+    with monkeypatch.context() as m:  # an engine from before the edge-aware plan
+        m.setattr(run_predict, "LATEST_PLAN", PLAN_MARGIN)
+        predict(Job(image=image, cache_dir=tmp_path / "clean", model=model))
+        seen = []
+        first = predict(Job(image=image, cache_dir=tmp_path / "c", model=model),
+                        progress=lambda p: p.tile_id and seen.append(p.tile_id), cancelled=lambda: len(seen) >= 5)
+    assert first.state == "cancelled" and first.total == 25  # 48 px cores, edge windows hanging over
+    _drop_plan_from_header(tmp_path / "c")
+    second = predict(Job(image=image, cache_dir=tmp_path / "c", model=model))
+    assert second.state == "complete" and second.total == 25
+    assert_same_cache(snapshot(tmp_path / "c"), snapshot(tmp_path / "clean"))
+    # Started afresh, the same folder gets the current plan.
+    assert predict(Job(image=image, cache_dir=tmp_path / "c", model=model, overwrite=True)).total == N_TILES
+
+
+def test_cache_of_an_unknown_plan_is_refused(tmp_path, image, model):
+    cache = tmp_path / "c"
+    predict(Job(image=image, cache_dir=cache, model=model))
+    lines = (cache / "tiles.jsonl").read_text().splitlines(keepends=True)
+    header = json.loads(lines[0])
+    header["plan"] = 99
+    (cache / "tiles.jsonl").write_text(json.dumps(header) + "\n" + "".join(lines[1:]))
+    with pytest.raises(CacheMismatchError, match="another version of the tiling") as err:
+        predict(Job(image=image, cache_dir=cache, model=model))
+    assert err.value.what == "plan"

@@ -19,12 +19,12 @@ from pathlib import Path
 from .. import __version__
 from ..errors import CacheMismatchError
 from ..settings import TileSettings
-from ..tiling.grid import RasterInfo
+from ..tiling.grid import LATEST_PLAN, PLAN_MARGIN, RasterInfo
 from .manifest import FORMAT_NAME, FORMAT_VERSION
 
-# Tiling plans: 1 put windows of core + margin everywhere (edge windows hang over
-# the image); a cache records the plan it was made with and is continued with it.
-PLAN_VERSION = 1
+# Tiling plans (engine.tiling.grid): a cache records the plan it was made with and is
+# continued with it; a header without one was made with plan 1.
+PLAN_VERSION = LATEST_PLAN
 
 _LABELS = {"width": "width", "height": "height", "count": "band count", "dtype": "data type",
            "transform": "georeferencing", "crs": "CRS", "file_size": "file size",
@@ -59,7 +59,8 @@ def settings_fingerprint(settings: TileSettings) -> dict:
 
 
 def make_header(info: RasterInfo, spec, model_path: Path, settings: TileSettings, tiles_total: int,
-                cache_dir: Path, vector_file: str | None, mosaic: str | None) -> dict:
+                cache_dir: Path, vector_file: str | None, mosaic: str | None,
+                plan: int = PLAN_VERSION) -> dict:
     """The header line of a new cache of ``info`` predicted with ``spec`` and ``settings``."""
     return {
         "format": FORMAT_NAME,
@@ -71,7 +72,7 @@ def make_header(info: RasterInfo, spec, model_path: Path, settings: TileSettings
         "outputs": list(settings.outputs),
         "model": {"name": spec.name, "path": str(Path(model_path).resolve()), "output_kind": spec.output_kind},
         "tiles_total": tiles_total,
-        "plan": PLAN_VERSION,
+        "plan": plan,
         "vector_file": vector_file,
         "semantic_mosaic": mosaic,
         "fingerprints": {
@@ -99,3 +100,5 @@ def check_compatible(cache_dir: Path, header: dict, new_header: dict) -> None:
     diff = _differences(old_fp.get("settings", {}), new_fp["settings"])
     if diff:
         raise CacheMismatchError(cache_dir, "settings", diff)
+    if header.get("plan", PLAN_MARGIN) != new_header.get("plan", PLAN_MARGIN):
+        raise CacheMismatchError(cache_dir, "plan")

@@ -9,13 +9,14 @@ writing anything, whether a job can continue the cache in its folder.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..cache.header import check_compatible, make_header
-from ..cache.manifest import read_manifest
+from ..cache.manifest import MANIFEST_NAME, read_manifest
 from ..cache.semantic import VRT_NAME
 from ..cache.store import Cache
 from ..errors import CacheMismatchError, InputError
@@ -23,7 +24,7 @@ from ..models.runner import OnnxModel
 from ..models.spec import default_model_path
 from ..settings import Job, Output, VectorFormat, resolve_settings
 from ..tiling.aoi import aoi_filter
-from ..tiling.grid import Tile, plan_tiles
+from ..tiling.grid import LATEST_PLAN, PLAN_MARGIN, PLANS, Tile, plan_tiles
 from ..tiling.raster import check_bands, check_dtype, describe_raster, point_mapper, working_crs
 from .local import LocalExecutor
 from .tile import RunPlan, TileProcessor
@@ -62,8 +63,30 @@ class Prepared:
     model: OnnxModel
 
 
-def prepare(job: Job) -> Prepared:
-    """Describe the raster, load the model, resolve the settings and plan the tiles; check they fit together."""
+def recorded_plan(cache_dir: Path) -> int:
+    """The tile plan a cache in ``cache_dir`` was made with (:data:`LATEST_PLAN` if there is none).
+
+    Reads only the manifest's first line; caches from before plans were recorded used plan 1.
+    An unreadable header gives the latest plan (opening the cache then says what is wrong).
+    """
+    try:
+        with open(Path(cache_dir) / MANIFEST_NAME, "rb") as f:
+            header = json.loads(f.readline())
+    except (OSError, ValueError):
+        return LATEST_PLAN
+    return header.get("plan", PLAN_MARGIN) if isinstance(header, dict) else LATEST_PLAN
+
+
+def prepare(job: Job, plan_version: int | None = None) -> Prepared:
+    """Describe the raster, load the model, resolve the settings and plan the tiles; check they fit together.
+
+    ``plan_version`` is the tile plan (:data:`~engine.tiling.grid.PLANS`); None: the one
+    the job's cache was made with, or the latest for a new cache.
+    """
+    if plan_version is None:
+        plan_version = LATEST_PLAN if job.overwrite else recorded_plan(job.cache_dir)
+    if plan_version not in PLANS:
+        raise CacheMismatchError(job.cache_dir, "plan")
     info = describe_raster(job.image, job.assign_crs)
     model_path = Path(job.model or default_model_path())
     model = OnnxModel(model_path, threads=job.threads, provider=job.provider)
@@ -73,13 +96,15 @@ def prepare(job: Job) -> Prepared:
     work_wkt = working_crs(info)
     settings = resolve_settings(job, spec, work_wkt)
     tiles = plan_tiles(info, settings.tile_size_px, settings.overlap_px, settings.gsd_m,
-                       point_mapper(info.crs_wkt, work_wkt), aoi_filter(settings.aoi_wkt, info.transform))
+                       point_mapper(info.crs_wkt, work_wkt), aoi_filter(settings.aoi_wkt, info.transform),
+                       plan_version)
     if not tiles:
         raise InputError("The area of interest does not overlap the raster.")
     plan = RunPlan(info, str(model_path), spec, settings, job.threads, job.provider)
     vector_file = VectorFormat(settings.vector_format).filename if Output.INSTANCES in job.outputs else None
     mosaic = VRT_NAME if Output.SEMANTIC in job.outputs else None
-    header = make_header(info, spec, model_path, settings, len(tiles), Path(job.cache_dir), vector_file, mosaic)
+    header = make_header(info, spec, model_path, settings, len(tiles), Path(job.cache_dir), vector_file, mosaic,
+                         plan_version)
     logger.info("%s: %d tiles of %d px at %g m with %s on %s", Path(info.path).name, len(tiles),
                 settings.tile_size_px, settings.gsd_m, spec.name, model.provider)
     return Prepared(plan, tiles, header, model)

@@ -7,8 +7,8 @@ Two pixel spaces meet here:
   so each source pixel belongs to exactly one tile.
 * **model pixels** — a north-up grid at ``gsd_m`` metres per pixel in the
   *working CRS* (the source CRS when it is projected, else the local UTM zone).
-  A tile is ``tile_size_px`` model pixels square: its core's footprint plus a
-  context margin of ``overlap_px // 2`` model pixels on each side.
+  A tile is ``tile_size_px`` model pixels square around its core; neighbouring
+  tiles overlap by at least ``overlap_px`` (see :func:`plan_tiles` for the plans).
 
 When the source grid already is a model grid (same CRS, north-up, pixel size equal
 to the gsd) a tile is a plain integer window of the source and nothing is
@@ -104,8 +104,43 @@ def _rect_outline(c0: float, r0: float, w: float, h: float, n: int = 8):
     return xs, ys
 
 
+# Tile plans. A cache records the plan it was made with and is continued with it.
+# 1: every window is its core plus ``overlap_px // 2`` on each side, so the outer
+#    windows hang over the image's edges (padding) and small images take several tiles.
+# 2: edge-aware: along each axis ``ceil((size - tile) / (tile - overlap)) + 1`` windows,
+#    evenly spaced from the image's first pixel to its last, none reaching outside the
+#    image (Deepness's count); cores split each overlap in the middle, so the outer cores
+#    grow to the border. An image no larger than a tile is one tile.
+PLAN_MARGIN = 1
+PLAN_EDGE = 2
+LATEST_PLAN = PLAN_EDGE
+PLANS = (PLAN_MARGIN, PLAN_EDGE)
+
+
+def axis_windows(length: float, tile: float, stride: float) -> tuple[list[float], list[int]]:
+    """Evenly spaced window starts along one axis, and the core bounds between them.
+
+    Windows are ``tile`` long and lie inside ``[0, length]`` (one window at 0 when
+    the axis is no longer than a tile); neighbours overlap by at least
+    ``tile - stride``. Core ``i`` is ``[bounds[i], bounds[i + 1])``: integer bounds
+    from 0 to ``ceil(length)``, each in the middle of an overlap, so every core lies
+    inside its window. Integer inputs give integer starts.
+    """
+    end = int(math.ceil(length))
+    if length <= tile:
+        return [0], [0, end]
+    n = int(math.ceil((length - tile) / stride - 1e-9)) + 1
+    span = length - tile
+    if isinstance(length, int) and isinstance(tile, int):
+        starts = [(2 * i * span + (n - 1)) // (2 * (n - 1)) for i in range(n)]
+    else:
+        starts = [i * span / (n - 1) for i in range(n)]
+    bounds = [0] + [int((starts[i] + tile + starts[i + 1]) // 2) for i in range(n - 1)] + [end]
+    return starts, bounds
+
+
 def plan_tiles(info: RasterInfo, tile_size_px: int, overlap_px: int, gsd_m: float, to_work=None,
-               aoi_contains=None) -> list[Tile]:
+               aoi_contains=None, plan: int = LATEST_PLAN) -> list[Tile]:
     """Cut the source image into tiles whose cores partition it.
 
     ``to_work(xs, ys) -> (xs, ys)`` maps source-CRS coordinates to the working
@@ -113,21 +148,20 @@ def plan_tiles(info: RasterInfo, tile_size_px: int, overlap_px: int, gsd_m: floa
     units with ``info.units_per_m`` when the source CRS is the working CRS.
     ``aoi_contains(core_px) -> bool`` drops tiles whose core is outside the area
     of interest. Tile ids count 1, 2, ... in row-major order over kept tiles.
+    ``plan`` is one of :data:`PLANS` (see above).
     """
-    margin = overlap_px // 2
-    core_model_px = tile_size_px - 2 * margin
+    if plan not in PLANS:
+        raise ValueError(f"unknown tile plan {plan}")
     gsd_work = gsd_m * (info.units_per_m if to_work is None else 1.0)
     a, b, c, d, e, f = info.transform
-
     aligned = (
         to_work is None
         and info.is_north_up
         and math.isclose(a, gsd_work, rel_tol=1e-6)
         and math.isclose(-e, gsd_work, rel_tol=1e-6)
     )
-    if aligned:
-        core_w = core_h = core_model_px
-    else:
+    px_w = px_h = 1.0
+    if not aligned:
         # Extent of one source pixel along x and y in working units, largest over the image
         # (a reprojection stretches pixels unevenly), with 1 % to spare for curvature.
         sx = np.array([0.0, info.width / 2, info.width, 0.0, info.width, 0.0, info.width / 2])
@@ -141,6 +175,56 @@ def plan_tiles(info: RasterInfo, tile_size_px: int, overlap_px: int, gsd_m: floa
                 x1, y1 = to_work(x1, y1)
             px_w += float(np.max(np.abs(np.asarray(x1) - np.asarray(x0))))
             px_h += float(np.max(np.abs(np.asarray(y1) - np.asarray(y0))))
+    if plan == PLAN_MARGIN:
+        return _plan_margin(info, tile_size_px, overlap_px, gsd_work, to_work, aoi_contains, aligned, px_w, px_h)
+    return _plan_edge(info, tile_size_px, overlap_px, gsd_work, to_work, aoi_contains, aligned, px_w, px_h)
+
+
+def _plan_edge(info, tile_px, overlap_px, gsd_work, to_work, aoi_contains, aligned, px_w, px_h) -> list[Tile]:
+    if aligned:
+        cols, col_bounds = axis_windows(info.width, tile_px, tile_px - overlap_px)
+        rows, row_bounds = axis_windows(info.height, tile_px, tile_px - overlap_px)
+    else:
+        # Windows and cores in source pixels: a window of ``tile_w`` source pixels fits
+        # inside the tile's model grid whatever the warp (see the 1 % above).
+        if to_work is None and info.is_north_up:
+            tile_w, tile_h = 0.99 * tile_px * gsd_work / px_w, 0.99 * tile_px * gsd_work / px_h
+        else:  # rotated or reprojected: a square window bounds the footprint in both directions
+            tile_w = tile_h = 0.99 * tile_px * gsd_work / max(px_w, px_h)
+        stride = (tile_px - overlap_px) / tile_px
+        cols, col_bounds = axis_windows(float(info.width), tile_w, max(tile_w * stride, 1.0))
+        rows, row_bounds = axis_windows(float(info.height), tile_h, max(tile_h * stride, 1.0))
+        # The window's far edge stays inside the image on the last row and column.
+        last_col, last_row = len(cols) - 1 if info.width > tile_w else -1, len(rows) - 1 if info.height > tile_h else -1
+    tiles: list[Tile] = []
+    for j in range(len(rows)):
+        for i in range(len(cols)):
+            c0, c1, r0, r1 = col_bounds[i], col_bounds[i + 1], row_bounds[j], row_bounds[j + 1]
+            core = (c0, r0, c1 - c0, r1 - r0)
+            if aoi_contains is not None and not aoi_contains(core):
+                continue
+            if aligned:
+                x0, y0 = apply(info.transform, cols[i], rows[j])
+                transform = (gsd_work, 0.0, x0, 0.0, -gsd_work, y0)
+                offset = (int(cols[i]), int(rows[j]))
+            else:
+                xs, ys = apply(info.transform, *_rect_outline(cols[i], rows[j], tile_w, tile_h))
+                if to_work is not None:
+                    xs, ys = to_work(xs, ys)
+                minx = float(np.min(xs)) if i != last_col else float(np.max(xs)) - tile_px * gsd_work
+                maxy = float(np.max(ys)) if j != last_row else float(np.min(ys)) + tile_px * gsd_work
+                transform = (gsd_work, 0.0, minx, 0.0, -gsd_work, maxy)
+                offset = None
+            tiles.append(Tile(len(tiles) + 1, core, transform, offset))
+    return tiles
+
+
+def _plan_margin(info, tile_size_px, overlap_px, gsd_work, to_work, aoi_contains, aligned, px_w, px_h) -> list[Tile]:
+    margin = overlap_px // 2
+    core_model_px = tile_size_px - 2 * margin
+    if aligned:
+        core_w = core_h = core_model_px
+    else:
         span = core_model_px * gsd_work * 0.99
         core_w = max(1, int(math.floor(span / px_w + 1e-9)))
         core_h = max(1, int(math.floor(span / px_h + 1e-9)))
