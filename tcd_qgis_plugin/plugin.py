@@ -7,22 +7,24 @@ project, the cache folders or the task manager happens here, on the main thread.
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsProject
-from qgis.PyQt.QtCore import QObject, Qt, QTimer
+from qgis.PyQt.QtCore import QObject, QProcess, QProcessEnvironment, Qt, QTimer
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction
+from qgis.PyQt.QtWidgets import QAction, QApplication, QPushButton
 
 from tcd_qgis_plugin import dependencies
 from tcd_qgis_plugin.about_dialog import AboutDialog
-from tcd_qgis_plugin.core import messages
+from tcd_qgis_plugin.core import messages, probe
 from tcd_qgis_plugin.core.layers import CacheLayerGroup, SteadyCanvas
 from tcd_qgis_plugin.core.runs import RunRegistry, job_from_cache
 from tcd_qgis_plugin.core.task import LOG_TAG, PredictionTask, RunOutcome, TileProgress
 from tcd_qgis_plugin.engine.cache.status import cache_status
 from tcd_qgis_plugin.engine.errors import TCDError
 from tcd_qgis_plugin.engine.models.spec import default_model_path, describe_model
+from tcd_qgis_plugin.gui import mismatch
 from tcd_qgis_plugin.gui.dialog import MANIFEST, PredictDialog
 from tcd_qgis_plugin.gui.help import HelpWindow
 from tcd_qgis_plugin.gui.runs_panel import RunRow, RunsPanel
@@ -46,6 +48,8 @@ class TCDPlugin(QObject):
         self.dialog: PredictDialog | None = None
         self.about: AboutDialog | None = None
         self.help: HelpWindow | None = None
+        self.processors: list[str] | None = None  # Job.provider names that start here, once probed
+        self._processor_probe: QProcess | None = None
         self.panel: RunsPanel | None = None
         self.actions: list[QAction] = []
         self.provider: TCDProvider | None = None
@@ -110,6 +114,11 @@ class TCDPlugin(QObject):
         QgsProject.instance().cleared.disconnect(self._project_cleared)
         self._refresh_timer.stop()
         self.steady.release()
+        if self._processor_probe is not None:
+            self._processor_probe.finished.disconnect(self._processors_probed)
+            self._processor_probe.kill()
+            self._processor_probe.waitForFinished(3000)
+            self._processor_probe = None
         for task in list(self.tasks.values()):
             task.runEnded.disconnect(self._run_ended)
             task.tilesCommitted.disconnect(self._tiles_committed)
@@ -139,9 +148,41 @@ class TCDPlugin(QObject):
         self.dialog.fill_models()
         self.dialog.set_raster(self.iface.activeLayer())
         self.dialog.set_missing(dependencies.missing())
+        if self.processors is not None:
+            self.dialog.set_processors(self.processors)
+        else:
+            self._probe_processors()
         self.dialog.show()
         self.dialog.raise_()
         return self.dialog
+
+    def _probe_processors(self) -> None:
+        """Ask a worker-like child which processors start here; the dialog lists them when it answers."""
+        if self._processor_probe is not None or dependencies.missing():
+            return
+        try:
+            python = dependencies.find_qgis_python()
+        except dependencies.DependencyError:
+            return
+        env = QProcessEnvironment()
+        for key, value in dependencies.worker_environment().items():
+            env.insert(key, value)
+        process = self._processor_probe = QProcess(self)
+        process.setProcessEnvironment(env)
+        process.finished.connect(self._processors_probed)
+        command = probe.probe_command(python, "processors")
+        process.start(command[0], command[1:])
+
+    def _processors_probed(self, *args) -> None:
+        process, self._processor_probe = self._processor_probe, None
+        if process is None:
+            return
+        self.processors = probe.parse_processors(bytes(process.readAllStandardOutput()).decode("utf-8", "replace"))
+        process.deleteLater()
+        QgsMessageLog.logMessage(self.tr("Processors that start here: {}.").format(", ".join(self.processors)),
+                                 LOG_TAG, Qgis.Info)
+        if self.dialog is not None:
+            self.dialog.set_processors(self.processors)
 
     def show_help(self) -> HelpWindow:
         """The README and docs, in a window of their own beside QGIS."""
@@ -163,8 +204,59 @@ class TCDPlugin(QObject):
         return self.about
 
     def _run_requested(self, job) -> None:
-        if self.start_run(job) is not None and self.dialog is not None:
+        job = self._settle_folder(job)
+        if job is not None and self.start_run(job) is not None and self.dialog is not None:
             self.dialog.hide()
+
+    def _settle_folder(self, job, choices=(mismatch.RESUME, mismatch.AFRESH, mismatch.OTHER_FOLDER)):
+        """The job to run when its folder already holds a run this one cannot continue, as the user chooses.
+
+        None when nothing is to run now (Cancel, or another folder to choose in the dialog).
+        """
+        cache_dir = Path(job.cache_dir).resolve()
+        if job.overwrite or cache_dir in self.tasks or not (cache_dir / MANIFEST).is_file():
+            return job
+        try:
+            python = dependencies.find_qgis_python()
+            QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
+            try:
+                found = probe.find_mismatch(job, python, dependencies.worker_environment())
+            finally:
+                QApplication.restoreOverrideCursor()
+        except (dependencies.DependencyError, probe.ProbeError) as exc:
+            QgsMessageLog.logMessage(str(exc), LOG_TAG, Qgis.Warning)
+            return job  # the run itself will say what is wrong
+        if found is None:
+            return job
+        choice = mismatch.ask(self.dialog if self.dialog is not None and self.dialog.isVisible()
+                              else self.iface.mainWindow(), cache_dir, found.message, choices)
+        if choice == mismatch.RESUME:
+            try:
+                return self.registry.job(cache_dir) or job_from_cache(cache_dir)
+            except TCDError as exc:
+                self._bar(str(exc), Qgis.Warning)
+                return None
+        if choice == mismatch.AFRESH:
+            return self._afresh(job)
+        if choice == mismatch.OTHER_FOLDER and self.dialog is not None:
+            self.dialog.choose_other_folder()
+        return None
+
+    def _afresh(self, job):
+        """``job`` starting over in its folder, once the user confirmed deleting the old cache; else None."""
+        cache_dir = Path(job.cache_dir).resolve()
+        status = cache_status(cache_dir)
+        parent = self.dialog if self.dialog is not None and self.dialog.isVisible() else self.iface.mainWindow()
+        if not mismatch.confirm_afresh(parent, cache_dir, status.done, status.total):
+            return None
+        group = self.groups.pop(cache_dir, None) or CacheLayerGroup(QgsProject.instance(), cache_dir)
+        group.remove()  # the engine deletes the files under them
+        return replace(job, overwrite=True)
+
+    def start_afresh(self, job) -> PredictionTask | None:
+        """Delete a cache that cannot be continued (after asking) and run ``job`` into it again."""
+        job = self._afresh(job)
+        return None if job is None else self.start_run(job)
 
     # -- runs -----------------------------------------------------------------
     def start_run(self, job) -> PredictionTask | None:
@@ -181,6 +273,9 @@ class TCDPlugin(QObject):
             self._bar(str(exc), Qgis.Critical)
             return None
         self.registry.remember_job(job)
+        QgsMessageLog.logMessage(self.tr("Processor for {}: {}.").format(
+            cache_dir.name, job.provider or self.tr("automatic (a GPU when one starts, else the CPU)")), LOG_TAG,
+            Qgis.Info)
         task = PredictionTask(job, python, dependencies.worker_environment())
         task.tilesCommitted.connect(self._tiles_committed, Qt.ConnectionType.QueuedConnection)
         task.runEnded.connect(self._run_ended)
@@ -199,7 +294,8 @@ class TCDPlugin(QObject):
         except TCDError as exc:
             self._bar(str(exc), Qgis.Warning)
             return None
-        return self.start_run(job)
+        job = self._settle_folder(job, choices=(mismatch.AFRESH,))
+        return None if job is None else self.start_run(job)
 
     def _tiles_committed(self, progress: TileProgress) -> None:
         cache_dir = Path(progress.cache_dir).resolve()
@@ -244,7 +340,15 @@ class TCDPlugin(QObject):
             self.registry.set_failure(cache_dir, outcome.message if outcome.state == "failed" else None)
         if task is not None:
             self._sync_layers(cache_dir)
-            messages.push_result(self.iface, outcome.message, messages.level_of(outcome.state), task.description())
+            buttons = []
+            if outcome.state == "failed" and outcome.data.get("start_afresh_fixes"):
+                afresh = QPushButton(self.tr("Start afresh…"))
+                job = task.job
+                afresh.clicked.connect(lambda: (self.iface.messageBar().popWidget(afresh.parentWidget()),
+                                                self.start_afresh(job)))
+                buttons.append(afresh)
+            messages.push_result(self.iface, outcome.message, messages.level_of(outcome.state), task.description(),
+                                 buttons)
         self.refresh_panel()
 
     def _project_cleared(self) -> None:

@@ -33,5 +33,10 @@ def engine_command(python: Path | str, module: str, *args: str) -> list[str]:
     ``module`` ``"worker"`` is the prediction worker; ``""`` is the engine's command
     line (``engine_command(python, "", "doctor")`` runs ``python -m engine doctor``).
     """
-    name = "tcd_qgis_plugin.engine" + (f".{module}" if module else "")
+    return plugin_command(python, "engine" + (f".{module}" if module else ""), *args)
+
+
+def plugin_command(python: Path | str, module: str, *args: str) -> list[str]:
+    """``python`` running ``tcd_qgis_plugin.<module>`` as a script, with ``args``."""
+    name = f"tcd_qgis_plugin.{module}"
     return [str(python), "-c", _BOOTSTRAP, str(PLUGIN_DIR / "__init__.py"), str(PLUGIN_DIR), name, *args]

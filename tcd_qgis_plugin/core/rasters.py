@@ -79,8 +79,8 @@ def raster_problem(facts: RasterFacts, spec, layer_has_crs: bool) -> str:
         return tr("{} is not georeferenced (it has no geotransform); georeference it first "
                   "(Raster ▸ Georeferencer).").format(name)
     if not facts.has_crs and not layer_has_crs:
-        return tr("{} has no coordinate reference system; assign one to the file "
-                  "(Raster ▸ Projections ▸ Assign Projection…).").format(name)
+        return tr("{} has no coordinate reference system; set the layer's CRS in QGIS "
+                  "(Layer ▸ Layer CRS ▸ Set Layer CRS…).").format(name)
     if facts.bands < max(spec.bands):
         needed = ", ".join(map(str, spec.bands))
         has = tr("1 band") if facts.bands == 1 else tr("{} bands").format(facts.bands)

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from qgis.core import Qgis, QgsMessageLog, QgsTask
@@ -57,6 +57,9 @@ class RunOutcome:
     features: int
     message: str
     details: str = ""
+    # The facts the engine's error carries (worker protocol ``data``): ``start_afresh_fixes``,
+    # ``what`` and ``differences`` of a cache that cannot be continued.
+    data: dict = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -95,9 +98,9 @@ class WorkerRun:
         except Exception as exc:  # the caller gets an outcome, never an exception
             return self.failed(tr("The prediction could not be started: {}").format(exc), repr(exc))
 
-    def failed(self, message: str, details: str = "") -> RunOutcome:
+    def failed(self, message: str, details: str = "", data: dict | None = None) -> RunOutcome:
         p = self.last
-        return RunOutcome(self.job.cache_dir, "failed", p.done, p.total, p.features, message, details)
+        return RunOutcome(self.job.cache_dir, "failed", p.done, p.total, p.features, message, details, data or {})
 
     def _run(self, cancelled, on_progress) -> RunOutcome:
         kwargs = {}
@@ -196,7 +199,7 @@ class WorkerRun:
         if final is not None:
             message = str(final.get("message") or tr("The prediction failed."))
             details = "{}: {}\n{}".format(final.get("type", "Error"), message, final.get("details", ""))
-            return self.failed(message, details)
+            return self.failed(message, details, final.get("data") or {})
         if cancelled():
             message = tr("The run on {} was stopped after {} of {} tiles; {}.").format(
                 self.job.image.name, p.done, p.total, self.resume_hint)

@@ -40,6 +40,9 @@ from tcd_qgis_plugin.engine.models.spec import default_model_path, describe_mode
 from tcd_qgis_plugin.engine.settings import Job, Output, VectorFormat, resolve_settings
 
 AREA_ALL, AREA_EXTENT, AREA_SELECTION = range(3)
+# ``Job.provider`` choices as the Processor list names them; None lets the engine pick.
+PROCESSOR_NAMES = {None: "Automatic", "cpu": "CPU", "cuda": "NVIDIA GPU (CUDA)", "tensorrt": "NVIDIA GPU (TensorRT)",
+                   "directml": "GPU (DirectML)", "coreml": "Apple GPU (Core ML)"}
 MANIFEST = "tiles.jsonl"
 
 
@@ -118,6 +121,10 @@ class PredictDialog(QDialog):
         self.format_combo = QComboBox()
         self.format_combo.addItem(self.tr("Shapefile"), VectorFormat.SHAPEFILE)
         self.format_combo.addItem(self.tr("GeoPackage"), VectorFormat.GEOPACKAGE)
+        self.processor_combo = QComboBox()
+        self.processor_combo.setToolTip(self.tr("Where the model runs. Only devices that start on this computer are "
+                                                "listed; the choice changes speed, not results."))
+        self._fill_processors(["cpu"])
         self.area_all = QRadioButton(self.tr("The whole raster"))
         self.area_extent = QRadioButton(self.tr("Only the current map extent"))
         self.area_selection = QRadioButton(self.tr("Only inside the selected features of"))
@@ -139,6 +146,7 @@ class PredictDialog(QDialog):
         advanced_form.addRow(self.tr("Overlap"), self.overlap_spin)
         advanced_form.addRow(self.tr("Ground sampling distance"), self.gsd_spin)
         advanced_form.addRow(self.tr("Crown file format"), self.format_combo)
+        advanced_form.addRow(self.tr("Processor"), self.processor_combo)
         advanced_form.addRow(self.tr("Area"), area_box)
 
         self.dependency_label = QLabel()
@@ -171,7 +179,8 @@ class PredictDialog(QDialog):
         for signal in (self.model_combo.currentIndexChanged, self.confidence_check.toggled,
                        self.crowns_check.toggled, self.folder_widget.fileChanged, self.tile_spin.valueChanged,
                        self.overlap_spin.valueChanged, self.gsd_spin.valueChanged,
-                       self.format_combo.currentIndexChanged, self.area_group.buttonClicked):
+                       self.format_combo.currentIndexChanged, self.processor_combo.currentIndexChanged,
+                       self.area_group.buttonClicked):
             signal.connect(self.validate)
         if canvas is not None:
             canvas.extentsChanged.connect(self._extent_changed)
@@ -318,9 +327,13 @@ class PredictDialog(QDialog):
         facts = read_facts(image)
         if facts is None:
             return None, self.tr("{} is not a raster GDAL can read, or the file is damaged.").format(image.name), True
-        problem = raster_problem(facts, spec, layer_has_crs=False)
+        problem = raster_problem(facts, spec, layer_has_crs=raster.crs().isValid())
         if problem:
             return None, problem, True
+        # A file with no CRS of its own takes the layer's (set in QGIS); the cache records it.
+        assign_crs = None if facts.has_crs else (raster.crs().authid() or raster.crs().toWkt())
+        crs_note = "" if facts.has_crs else self.tr("{} has no CRS in the file: the layer's CRS, {}, is used.").format(
+            image.name, raster.crs().authid() or raster.crs().description())
         try:
             aoi = self._aoi_wkt(raster)
             job = Job(
@@ -333,14 +346,32 @@ class PredictDialog(QDialog):
                 gsd_m=self.gsd_spin.value() or None,
                 vector_format=self.format_combo.currentData(),
                 aoi_wkt=aoi,
+                assign_crs=assign_crs,
+                provider=self.processor_combo.currentData(),
             )
             settings = resolve_settings(job, spec, work_crs="")
         except (TCDError, AoiError) as exc:
             return None, str(exc), True
         message, is_error = self._folder_state(folder, image)
         if not is_error:
-            message = " ".join(m for m in (message, raster_note(facts, settings.tile_size_px, settings.gsd_m)) if m)
+            notes = (message, crs_note, raster_note(facts, settings.tile_size_px, settings.gsd_m))
+            message = " ".join(m for m in notes if m)
         return (None if is_error else job), message, is_error
+
+    def set_processors(self, names) -> None:
+        """List Automatic and the processors that start here (``Job.provider`` names), keeping the choice."""
+        self._fill_processors(names)
+        self.validate()
+
+    def _fill_processors(self, names) -> None:
+        current = self.processor_combo.currentData()
+        self.processor_combo.blockSignals(True)
+        self.processor_combo.clear()
+        for name in [None, *names]:
+            self.processor_combo.addItem(self.tr(PROCESSOR_NAMES.get(name, name or "")), name)
+        index = self.processor_combo.findData(current)
+        self.processor_combo.setCurrentIndex(max(index, 0))
+        self.processor_combo.blockSignals(False)
 
     def _show_defaults(self, spec) -> None:
         """"Model default" says what the default is for the chosen model (and tile size, for the overlap)."""
@@ -390,6 +421,14 @@ class PredictDialog(QDialog):
         if self.validate():
             self.registry.add_recent_model(self._job.model)
             self.runRequested.emit(self._job)
+
+    def choose_other_folder(self) -> None:
+        """Let the user pick another output folder (the one chosen holds a run this one cannot continue)."""
+        start = str(Path(self.folder_widget.filePath()).parent) if self.folder_widget.filePath() else ""
+        folder = QFileDialog.getExistingDirectory(self, self.tr("Output folder"), start)
+        if folder:
+            self.folder_widget.setFilePath(folder)
+        self.validate()
 
     def showEvent(self, event) -> None:
         self.validate()  # the canvas extent or the layers may have changed while hidden

@@ -227,7 +227,7 @@ def add_raster(path):
     "make, expected",
     [
         (lambda d: write_raster(d / "nocrs.tif", crowns_image(64, 64, []), crs=None),
-         "nocrs.tif has no coordinate reference system; assign one to the file"),
+         "nocrs.tif has no coordinate reference system; set the layer's CRS in QGIS"),
         (lambda d: write_raster(d / "plain.tif", crowns_image(64, 64, []), crs=None, transform=Affine.identity()),
          "plain.tif is not georeferenced"),
         (lambda d: write_raster(d / "gray.tif", crowns_image(64, 64, [])[:1]),
@@ -257,3 +257,35 @@ def test_a_raster_far_smaller_than_a_tile_is_pointed_out(dialog, tmp_path):
     assert dialog.run_button.isEnabled()  # it runs, but the user knows what to expect
     assert "tiny.tif covers only 1.6 × 1.6 m, far less than one tile of this model (1024 px at 0.1 m" in \
         dialog.message_label.text()
+
+
+def test_a_file_without_a_crs_takes_the_layers(dialog, tmp_path, model_path):
+    from tcd_qgis_plugin.engine.run.predict import predict
+
+    path = write_raster(tmp_path / "nocrs.tif", crowns_image(128, 128, [(20, 20, 12), (80, 60, 12)]), crs=None)
+    layer = add_raster(path)
+    dialog.raster_combo.setLayer(layer)
+    assert not dialog.run_button.isEnabled()
+    layer.setCrs(QgsCoordinateReferenceSystem("EPSG:32633"))  # Layer ▸ Layer CRS ▸ Set Layer CRS…
+    dialog.validate()
+    assert dialog.run_button.isEnabled(), dialog.message_label.text()
+    assert "nocrs.tif has no CRS in the file: the layer's CRS, EPSG:32633, is used." in dialog.message_label.text()
+    (job,) = click_run(dialog)
+    assert job.assign_crs == "EPSG:32633"
+    result = predict(job)  # the engine takes it, and the crowns are in that CRS
+    assert result.state == "complete" and result.features == 2
+    crowns = QgsVectorLayer(str(job.cache_dir / "crowns.shp"), "crowns", "ogr")
+    assert crowns.crs().authid() == "EPSG:32633"
+
+
+def test_the_processor_list_holds_what_starts_here(dialog):
+    names = lambda: [dialog.processor_combo.itemText(i) for i in range(dialog.processor_combo.count())]  # noqa: E731
+    assert names() == ["Automatic", "CPU"]
+    dialog.set_processors(["cpu", "cuda"])
+    assert names() == ["Automatic", "CPU", "NVIDIA GPU (CUDA)"]
+    dialog.processor_combo.setCurrentIndex(dialog.processor_combo.findData("cuda"))
+    (job,) = click_run(dialog)
+    assert job.provider == "cuda"
+    dialog.set_processors(["cpu"])  # the choice is kept only while it is offered
+    (job,) = click_run(dialog)
+    assert job.provider is None

@@ -1,5 +1,6 @@
 """The "TCD runs" panel: each state as a user reads it, and each button."""
 
+import json
 import time
 
 from qgis.core import QgsApplication, QgsProject
@@ -59,9 +60,9 @@ def test_each_state(plugin, qgis_new_project, raster_path, big_raster_path, mode
     def tiles():
         return {row[0]: row[2] for row in panel.row_texts()}["running"]
 
-    while (tiles() in ("–", "0 / 196") or int(tiles().split(" / ")[0]) < 10) and time.monotonic() < deadline:
+    while (tiles() in ("–", "0 / 169") or int(tiles().split(" / ")[0]) < 10) and time.monotonic() < deadline:
         QgsApplication.processEvents()
-    assert tiles().endswith("/ 196") and states(panel)["running"] == "running"
+    assert tiles().endswith("/ 169") and states(panel)["running"] == "running"
     # The tile count is never cut off, however it grows.
     column = COLUMNS.index("tiles")
     assert panel.tree.header().sectionSize(column) >= panel.tree.fontMetrics().horizontalAdvance(tiles()) + 4
@@ -149,3 +150,22 @@ def test_help_from_the_panel_and_the_dialog_shows_the_readme(plugin, qgis_new_pr
     QTest.mouseClick(dialog.help_button, Qt.MouseButton.LeftButton)
     assert plugin.help is window and window.isVisible()
     dialog.hide()
+
+
+def test_the_dialog_lists_the_processors_the_worker_can_start(plugin, qgis_new_project, raster_path, model_path,
+                                                              tmp_path, wait_for_tasks):
+    logs = []
+    QgsApplication.messageLog().messageReceived.connect(lambda message, tag, level: logs.append(message))
+    dialog = plugin.show_dialog()
+    deadline = time.monotonic() + 60
+    while plugin.processors is None and time.monotonic() < deadline:
+        QgsApplication.processEvents()
+    assert plugin.processors == ["cpu"]  # no GPU on this machine; the doctor's check decides
+    assert [dialog.processor_combo.itemText(i) for i in range(dialog.processor_combo.count())] == ["Automatic", "CPU"]
+    dialog.hide()
+    job = Job(image=raster_path, cache_dir=tmp_path / "on_cpu", model=model_path, provider="cpu", threads=1)
+    plugin.start_run(job)
+    wait_for_tasks()
+    assert "Processor for on_cpu: cpu." in logs  # in the run's log; not in the cache's fingerprint
+    fingerprints = json.loads((tmp_path / "on_cpu" / "tiles.jsonl").read_text().splitlines()[0])["fingerprints"]
+    assert "provider" not in json.dumps(fingerprints)

@@ -18,7 +18,7 @@ from tcd_qgis_plugin.core.task import PredictionTask
 from tcd_qgis_plugin.engine.cache.status import cache_status
 from tcd_qgis_plugin.engine.settings import Job
 
-TOTAL = 196  # tiles of big_raster_path
+TOTAL = 169  # tiles of big_raster_path: 64 px tiles, 16 px overlap, 640 x 640 px
 
 
 def manifest_tile_ids(cache_dir) -> list[int]:
