@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.postprocess.crowns import delineate_crowns
+from engine.postprocess.crowns import block_mean, delineate_crowns
 
 GSD_M = 0.1
 PARAMS = {"gsd_m": GSD_M, "seg_thresh": 0.5, "centre_thresh": 0.3, "peak_min_distance_m": 1.0, "min_crown_area_m2": 1.0}
@@ -83,3 +83,11 @@ def test_empty_canopy_and_determinism():
     assert np.array_equal(first, again)
     # Labels are numbered 1..n without gaps.
     assert set(np.unique(first)) - {0} == set(range(1, first.max() + 1))
+
+
+def test_block_mean_gives_back_a_coarse_map_and_pads_partial_blocks():
+    coarse = np.arange(12, dtype=np.float32).reshape(3, 4)
+    fine = np.repeat(np.repeat(coarse, 4, 0), 4, 1)
+    np.testing.assert_array_equal(block_mean(fine, 4), coarse)
+    partial = block_mean(np.ones((5, 6), np.float32), 4)
+    np.testing.assert_allclose(partial, [[1.0, 0.5], [0.25, 0.125]])

@@ -128,19 +128,22 @@ def test_geopackage_output(tmp_path, crown_model):
     assert not (tmp_path / "cache" / "confidence.vrt").exists()
 
 
-def test_canopy_centres_split_touching_crowns(tmp_path):
-    model = canopy_centres_model(tmp_path / "cc.onnx")
-    # Band 1: one canopy blob made of two touching squares; band 2: a centre in each.
+@pytest.mark.parametrize("stride", [1, 4])
+def test_canopy_centres_split_touching_crowns(tmp_path, stride):
+    # crown_stride_px 4: split and vectorised on a 4x coarser grid, same crowns within a coarse pixel.
+    model = canopy_centres_model(tmp_path / "cc.onnx", extra_metadata={"crown_stride_px": stride})
+    # Band 1: one canopy blob made of two touching squares; band 2: a centre blob in each.
     img = np.zeros((3, 80, 80), np.uint8)
     img[0, 20:40, 10:50] = 255
-    img[1, 30, 20] = 255
-    img[1, 30, 40] = 255
+    img[1, 28:32, 16:20] = 255
+    img[1, 28:32, 40:44] = 255
     path = write_raster(tmp_path / "img.tif", img)
     predict(Job(image=path, cache_dir=tmp_path / "cache", model=model, outputs={"instances"}))
     crowns = read_crowns(tmp_path / "cache")
     assert len(crowns) == 2
     xs = sorted(c["centroid"][0] for c in crowns)
     assert xs[0] < 500000 + 3.0 < xs[1]
+    assert all(abs(c["area_m2"] - 4.0) <= 1.0 for c in crowns)  # 2 m x 2 m each, within a coarse pixel
 
 
 def test_semantic_regions_are_clipped_to_cores_and_stored_once(tmp_path, model):

@@ -18,6 +18,9 @@ JSON string. Our keys:
 ``seg_thresh``       probability above which a pixel belongs to a class.
 ``centre_thresh``, ``peak_min_distance_m``, ``min_crown_area_m2``
                      crown splitting parameters (``canopy_centres``).
+``crown_stride_px``  crowns are split and vectorised on a grid this many model pixels
+                     coarser than the tile (default 1): the native grid of a model whose
+                     heads predict at 1/4 and upsample in the graph (``canopy_centres``).
 ``input_dtype``      pixel type the model was trained on (default ``"uint8"``); rasters of
                      another type are refused rather than silently mis-scaled.
 ``name``, ``description``, ``license``, ``provenance``  free text.
@@ -74,6 +77,7 @@ class ModelSpec:
     centre_thresh: float = 0.3
     peak_min_distance_m: float = 1.0
     min_crown_area_m2: float = 1.0
+    crown_stride_px: int = 1
     fixed_input_px: int | None = None
     metadata: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -233,9 +237,17 @@ def spec_from_metadata(
         centre_thresh=float(_number(meta, "centre_thresh", 0.3)),
         peak_min_distance_m=float(_number(meta, "peak_min_distance_m", 1.0)),
         min_crown_area_m2=float(_number(meta, "min_crown_area_m2", 1.0)),
+        crown_stride_px=_crown_stride(meta),
         fixed_input_px=fixed_px,
         metadata=dict(meta),
     )
+
+
+def _crown_stride(meta) -> int:
+    stride = _number(meta, "crown_stride_px", 1, int)
+    if not 1 <= stride <= 64:
+        raise ModelError(f"The model's metadata 'crown_stride_px' must be between 1 and 64, not {stride}.")
+    return stride
 
 
 def default_model_path() -> Path:

@@ -93,6 +93,21 @@ def _join_nearest(labels: np.ndarray, mask: np.ndarray, patches: np.ndarray) -> 
         labels[window][own] = sub[jy, jx][own]
 
 
+def block_mean(a: np.ndarray, k: int) -> np.ndarray:
+    """Mean of each ``k`` x ``k`` block from the top-left corner (float32; missing pixels of edge blocks count 0).
+
+    A model whose heads predict at 1/``k`` of the tile and upsample bilinearly in the
+    graph gives back (to within its interpolation) its native map this way.
+    """
+    h, w = a.shape
+    H, W = -(-h // k), -(-w // k)
+    if (H * k, W * k) != (h, w):
+        padded = np.zeros((H * k, W * k), np.float32)
+        padded[:h, :w] = a
+        a = padded
+    return a.reshape(H, k, W, k).mean(axis=(1, 3), dtype=np.float32)
+
+
 def delineate_crowns(
     canopy: np.ndarray,
     centres: np.ndarray,

@@ -73,17 +73,20 @@ def _owned_labels(inst: Instances, tile: Tile, kind: OutputKind, grid: CrownGrid
     """Label values this tile stores: present, large enough, and (for crowns) centred in the core."""
     labels = inst.labels
     n = inst.count
+    k = inst.stride
     flat = labels.ravel()
     counts = np.bincount(flat, minlength=n + 1)[1:]
     owned = counts > 0
     if not kind.filters_small:
-        owned &= counts >= min_area_px
+        owned &= counts * (k * k) >= min_area_px
     if not kind.clips_to_core:
-        rows, cols = np.divmod(np.arange(flat.size), labels.shape[1])
+        h, w = labels.shape
         with np.errstate(invalid="ignore", divide="ignore"):
-            # Pixel centres: model pixel (col, row) covers [col, col + 1).
-            cx = np.bincount(flat, weights=cols, minlength=n + 1)[1:] / counts + 0.5
-            cy = np.bincount(flat, weights=rows, minlength=n + 1)[1:] / counts + 0.5
+            # Pixel centres: label pixel (col, row) covers model pixels [k * col, k * (col + 1)).
+            cols = np.bincount(flat, weights=np.tile(np.arange(w, dtype=np.float64), h), minlength=n + 1)[1:]
+            rows = np.bincount(flat, weights=np.repeat(np.arange(h, dtype=np.float64), w), minlength=n + 1)[1:]
+            cx = (cols / counts + 0.5) * k
+            cy = (rows / counts + 0.5) * k
         if tile.offset_px is not None:
             sx, sy = cx + tile.offset_px[0], cy + tile.offset_px[1]
         else:
@@ -119,10 +122,11 @@ def tile_crowns(spec: ModelSpec, inst: Instances, tile: Tile, grid: CrownGrid, m
     lut = np.zeros(inst.count + 1, np.int32)
     lut[keep] = keep
     kept = lut[inst.labels]
-    window_t = tile.transform
+    a, b, c, d, e, f = tile.transform
+    window_t = (a * inst.stride, b, c, d, e * inst.stride, f)  # the label grid (north-up)
     core = None
     col, row, w, h = tile.core_px
-    if kind.clips_to_core and tile.offset_px is not None:
+    if kind.clips_to_core and tile.offset_px is not None and inst.stride == 1:
         # Aligned grids: the core is a window of the tile, so cut the labels there
         # instead of intersecting polygons (exact, and far cheaper).
         c0, r0 = col - tile.offset_px[0], row - tile.offset_px[1]
@@ -150,7 +154,7 @@ def tile_crowns(spec: ModelSpec, inst: Instances, tile: Tile, grid: CrownGrid, m
 
     units2_per_m2 = grid.work_units_per_m**2
     polygons = _fill_small_holes(polygons, MIN_HOLE_AREA_M2 * units2_per_m2)
-    polygons = shapely.simplify(polygons, abs(tile.transform[0]) * 0.5, preserve_topology=True)
+    polygons = shapely.simplify(polygons, abs(window_t[0]) * 0.5, preserve_topology=True)
     if grid.to_src is not None:
         polygons = _map_coordinates(polygons, grid.to_src)
     if core is not None:

@@ -37,13 +37,16 @@ class Instances:
     ``labels`` is (T, T) int32, 0 where there is no instance; ``scores`` and
     ``classes`` have one entry per label value (class index into the spec's
     ``class_names``). ``attributes`` holds optional extra per-label arrays that
-    become crown attributes of the same name.
+    become crown attributes of the same name. ``stride`` is the size of a label
+    pixel in model pixels: labels on a grid ``stride`` times coarser than the tile,
+    from its top-left corner (a model's native grid, ``crown_stride_px``).
     """
 
     labels: np.ndarray
     scores: np.ndarray
     classes: np.ndarray
     attributes: Mapping[str, np.ndarray] = field(default_factory=dict)
+    stride: int = 1
 
     @property
     def count(self) -> int:

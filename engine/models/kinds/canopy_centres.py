@@ -1,8 +1,9 @@
 """``canopy_centres``: one output (1, 2, H, W): canopy probability and a crown-centre heatmap.
 
 Crowns are split by marker-controlled watershed on the heatmap
-(:func:`engine.postprocess.crowns.delineate_crowns`); each crown is owned whole
-by the tile whose core holds its centroid.
+(:func:`engine.postprocess.crowns.delineate_crowns`), on the model's native grid
+when its metadata gives ``crown_stride_px``; each crown is owned whole by the
+tile whose core holds its centroid.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 from scipy import ndimage
 
 from ...errors import ModelError
-from ...postprocess.crowns import delineate_crowns
+from ...postprocess.crowns import block_mean, delineate_crowns
 from . import Instances, OutputKind, probability_map, register
 
 
@@ -32,10 +33,13 @@ class CanopyCentres(OutputKind):
 
     def instances(self, spec, decoded, probs, valid, gsd_m):
         centres = decoded["probs"][1] * valid
+        canopy, stride = probs[0], spec.crown_stride_px
+        if stride > 1:
+            canopy, centres = block_mean(canopy, stride), block_mean(centres, stride)
         labels = delineate_crowns(
-            probs[0], centres, gsd_m=gsd_m, seg_thresh=spec.seg_thresh, centre_thresh=spec.centre_thresh,
+            canopy, centres, gsd_m=gsd_m * stride, seg_thresh=spec.seg_thresh, centre_thresh=spec.centre_thresh,
             peak_min_distance_m=spec.peak_min_distance_m, min_crown_area_m2=spec.min_crown_area_m2,
         )
         n = int(labels.max())
-        scores = ndimage.mean(probs[0], labels, np.arange(n + 1)) if n else np.zeros(1)
-        return Instances(labels, np.asarray(scores, np.float64), np.zeros(n + 1, np.int64))
+        scores = ndimage.mean(canopy, labels, np.arange(n + 1)) if n else np.zeros(1)
+        return Instances(labels, np.asarray(scores, np.float64), np.zeros(n + 1, np.int64), stride=stride)
