@@ -405,8 +405,10 @@ class PredictDialog(QDialog):
             return self.tr("The output folder holds a run on {}; choose another folder.").format(
                 Path(status.image_path).name), True
         if status.state == "complete":
-            return self.tr("The output folder holds a finished run of this raster; Run loads its layers."), False
-        return self.tr("The output folder holds {} of {} tiles of an earlier run; Run resumes it.").format(
+            return self.tr("The output folder holds a finished run of this raster; Run loads its layers "
+                           "(or first asks what to do, if your choices differ from that run's)."), False
+        return self.tr("The output folder holds {} of {} tiles of an earlier run; Run resumes it "
+                       "(or first asks what to do, if your choices differ from that run's).").format(
             status.done, status.total), False
 
     def validate(self, *args) -> bool:

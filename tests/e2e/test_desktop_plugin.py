@@ -12,7 +12,10 @@ test_stock_qgis.py). In one QGIS session the driver:
    on, the result stays on top of the message bar (checked again seconds later),
    crowns over the orthophoto and the runs panel are screenshots (README pictures),
    and the attribute table shows the columns (screenshot);
-4. starts a slow run and cancels it from QGIS's task manager: the bar says
+4. runs again into the same folder with another tile size: the dialog asks what to
+   do with the run that is there; Start afresh, then Yes, deletes it and predicts
+   anew (screenshots of both questions);
+5. starts a slow run and cancels it from QGIS's task manager: the bar says
    "cancelled", in blue, and keeps saying it (screenshot).
 
 Screenshots go to ``test-artifacts/e2e_desktop_plugin/``; with TCD_UPDATE_PICTURES=1
@@ -36,7 +39,7 @@ DRIVER = r'''
 from osgeo import gdal
 from qgis.core import Qgis, QgsApplication, QgsRasterLayer, QgsVectorLayer
 from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtWidgets import QAction
+from qgis.PyQt.QtWidgets import QAction, QApplication
 from qgis.utils import plugins
 
 from tcd_qgis_plugin.engine.cache.status import cache_status
@@ -159,6 +162,40 @@ def screenshot_table():
     shot_screen("06_attribute_table.png")
     if state.get("table") is not None:
         state["table"].close()
+    crowns = [l for l in group_layers(CONFIG["cache_dir"]) if l.name() == "crowns"][0]
+    results["interior_rings"] = sum(max(0, len(polygon) - 1) for f in crowns.getFeatures()
+                                    for polygon in f.geometry().asMultiPolygon() or [f.geometry().asPolygon()])
+    iface.messageBar().clearWidgets()
+    # 4: the same folder with other settings: the dialog asks what to do with the run that is there.
+    dialog = plugin().show_dialog()
+    dialog.tile_spin.setValue(512)
+    QTimer.singleShot(1500, lambda: answer_question("afresh", "08_question.png"))
+    dialog.run_button.click()  # returns once the questions are answered
+    results["tasks_after_afresh"] = [str(p) for p in plugin().tasks]
+    QTimer.singleShot(100, wait_for_afresh)
+
+
+def answer_question(button_name, screenshot):
+    box = QApplication.activeModalWidget()
+    if box is None:
+        results["error"] = "no question was shown"
+        return
+    shot_screen(screenshot)
+    results.setdefault("questions", []).append(
+        {"text": box.text(), "buttons": sorted(b.text().replace("&", "") for b in box.buttons())})
+    (button,) = [b for b in box.buttons() if b.objectName() == button_name or b.text().replace("&", "") == button_name]
+    if button_name == "afresh":
+        QTimer.singleShot(1500, lambda: answer_question("Yes", "09_confirm.png"))
+    button.click()
+
+
+@guarded
+def wait_for_afresh():
+    if plugin().tasks:
+        QTimer.singleShot(100, wait_for_afresh)
+        return
+    status = cache_status(CONFIG["cache_dir"])
+    results["afresh"] = {"state": status.state, "total": status.total}
     iface.messageBar().clearWidgets()
     job = Job(image=CONFIG["image"], cache_dir=CONFIG["slow_cache_dir"], model=CONFIG["slow_model"], threads=1)
     state["slow"] = plugin().start_run(job)
@@ -254,8 +291,19 @@ def test_a_new_users_path_through_the_dialog_a_run_and_a_cancel(tmp_path, deskto
     assert not [item for item in results["bar_after_cancel"] if "failed" in item[0].lower()]
     assert results["slow_status"] == "partial"
 
+    # 4: another run into a folder that holds one: the user is asked, answers Start afresh, then Yes.
+    question, confirm = results["questions"]
+    assert "OSBS_029_tcd already holds a run that this one cannot continue: This cache was made with other " \
+           "settings (tile size differ)." in question["text"]
+    assert question["buttons"] == ["Cancel", "Choose another folder…", "Resume it as it was", "Start afresh…"]
+    assert "Delete the run in" in confirm["text"] and confirm["buttons"] == ["No", "Yes"]
+    assert results["tasks_after_afresh"] == [str(cache_dir)]
+    assert results["afresh"] == {"state": "complete", "total": 1}  # one 512 px tile now, not 4 of 256 px
+    # 8: crowns carry no pin-holes.
+    assert results["interior_rings"] == 0
+
     for name in ("01_dialog_refuses_one_band.png", "02_dialog.png", "04_crowns.png", "05_runs_panel.png",
-                 "06_attribute_table.png", "07_cancelled.png"):
+                 "06_attribute_table.png", "07_cancelled.png", "08_question.png", "09_confirm.png"):
         assert (run.artifacts / name).stat().st_size > 10_000, name
     assert os.path.isdir(cache_dir / "semantic")
     if os.environ.get("TCD_UPDATE_PICTURES") == "1":
