@@ -102,10 +102,18 @@ def _owned_labels(inst: Instances, tile: Tile, kind: OutputKind, grid: CrownGrid
 def _fill_small_holes(polygons: np.ndarray, min_area: float) -> np.ndarray:
     """Polygons without their interior rings smaller than ``min_area`` (CRS units squared)."""
     holed = np.flatnonzero(shapely.get_num_interior_rings(polygons) > 0)
-    for i in holed:
-        poly = polygons[i]
-        keep = [ring for ring in poly.interiors if shapely.area(shapely.Polygon(ring)) >= min_area]
-        polygons[i] = shapely.Polygon(poly.exterior, keep)
+    if holed.size == 0:
+        return polygons
+    # All rings at once (each polygon's exterior first, then its holes): areas are one
+    # vectorised call instead of a Python loop over thousands of pin-holes.
+    rings, owner = shapely.get_rings(polygons[holed], return_index=True)
+    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+    ends = np.r_[starts[1:], len(rings)]
+    big = shapely.area(shapely.polygons(rings)) >= min_area
+    for j, (s, e) in enumerate(zip(starts, ends)):
+        holes = rings[s + 1 : e][big[s + 1 : e]]
+        if len(holes) < e - s - 1:
+            polygons[holed[j]] = shapely.Polygon(rings[s], list(holes))
     return polygons
 
 
