@@ -86,6 +86,9 @@ class Job:
     ``provider`` picks the execution device (``"cpu"``, ``"cuda"``, or None for
     the best working one); it changes speed, not results, so it is not part of
     the cache fingerprint. ``threads`` sets inference threads (None: all cores).
+    ``canopy_height`` is a canopy height raster (CHM or nDSM, metres, any CRS and
+    resolution): each crown then gets ``height_max_m``, ``height_p95_m`` and
+    ``height_src``; its path is part of the settings fingerprint.
     """
 
     image: Path
@@ -101,12 +104,15 @@ class Job:
     threads: int | None = None
     assign_crs: str | None = None
     provider: str | None = None
+    canopy_height: Path | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "image", Path(self.image))
         object.__setattr__(self, "cache_dir", Path(self.cache_dir))
         if self.model is not None:
             object.__setattr__(self, "model", Path(self.model))
+        if self.canopy_height is not None:
+            object.__setattr__(self, "canopy_height", Path(self.canopy_height))
         object.__setattr__(self, "outputs", frozenset(Output(o) for o in self.outputs))
         object.__setattr__(self, "vector_format", VectorFormat(self.vector_format))
         if not self.outputs:
@@ -135,6 +141,7 @@ class TileSettings:
     outputs: tuple[str, ...]
     vector_format: str
     aoi_wkt: str | None
+    canopy_height: str | None = None  # absolute path of the canopy height raster
 
     @property
     def margin_px(self) -> int:
@@ -164,4 +171,5 @@ def resolve_settings(job: Job, spec, work_crs: str) -> TileSettings:
         outputs=tuple(sorted(o.value for o in job.outputs)),
         vector_format=job.vector_format.value,
         aoi_wkt=job.aoi_wkt,
+        canopy_height=None if job.canopy_height is None else str(Path(job.canopy_height).resolve()),
     )

@@ -30,7 +30,8 @@ _LABELS = {"width": "width", "height": "height", "count": "band count", "dtype":
            "transform": "georeferencing", "crs": "CRS", "file_size": "file size",
            "mtime_ns": "modification time", "tile_size_px": "tile size", "overlap_px": "overlap",
            "gsd_m": "gsd", "work_crs": "working CRS", "outputs": "outputs",
-           "vector_format": "vector format", "aoi_wkt": "area of interest"}
+           "vector_format": "vector format", "aoi_wkt": "area of interest",
+           "canopy_height": "canopy height raster"}
 
 
 def _as_stored(value):

@@ -39,11 +39,13 @@ class TileRecord:
     cache_files: dict = field(default_factory=dict, compare=False, hash=False)
     features: int = 0
     features_end: int = 0
+    area_m2: float | None = None  # valid pixels of the core, in m² (None: not measured, older caches)
+    canopy_m2: float | None = None  # of which canopy confidence >= 0.5
 
     def to_json(self) -> dict:
         files = dict(sorted(self.cache_files.items()))
         primary = files.get("instances") or files.get("semantic")
-        return {
+        line = {
             "tile_id": self.tile_id,
             "bbox": list(self.bbox),
             "status": self.status,
@@ -52,6 +54,10 @@ class TileRecord:
             "features": self.features,
             "features_end": self.features_end,
         }
+        if self.area_m2 is not None:
+            line["area_m2"] = self.area_m2
+            line["canopy_m2"] = self.canopy_m2
+        return line
 
 
 @dataclass
@@ -88,8 +94,10 @@ def _parse_tile(obj: dict, expected_id: int) -> TileRecord:
     files = obj.get("cache_files") or {}
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise ValueError("bad cache_files")
+    area, canopy = obj.get("area_m2"), obj.get("canopy_m2")
     return TileRecord(expected_id, bbox, status, dict(files), int(obj.get("features", 0)),
-                      int(obj.get("features_end", 0)))
+                      int(obj.get("features_end", 0)), None if area is None else float(area),
+                      None if canopy is None else float(canopy))
 
 
 class _Lines:

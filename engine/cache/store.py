@@ -26,6 +26,7 @@ from .header import check_compatible
 from .lock import CacheLock
 from .manifest import MANIFEST_NAME, ManifestState, ManifestWriter, TileRecord, read_manifest
 from .semantic import SEMANTIC_DIR, VRT_NAME, GeotiffSemanticCache
+from .summary import SUMMARY_NAME, SummaryKeeper
 from .vectors import MEASUREMENT_FIELDS, CrownField, VectorInstanceCache, instance_cache_class
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ class TileOutputs:
     ``confidence_tiff`` is the encoded GeoTIFF of the tile core's confidence
     (None when the run writes no semantic output or the tile was skipped);
     ``crowns`` the crowns the tile owns (None when the run writes no instances).
+    ``area_m2`` is the core's area of valid pixels and ``canopy_m2`` the part of it
+    where the canopy confidence is at least 0.5 (both 0 for a skipped tile).
     """
 
     tile_id: int
@@ -45,11 +48,13 @@ class TileOutputs:
     skipped: bool
     confidence_tiff: bytes | None = None
     crowns: tuple[Crown, ...] | None = None
+    area_m2: float = 0.0
+    canopy_m2: float = 0.0
 
 
 def clear_cache(cache_dir: Path) -> None:
     """Delete what a run of this tool wrote in ``cache_dir`` (and nothing else)."""
-    for name in (MANIFEST_NAME, VRT_NAME):
+    for name in (MANIFEST_NAME, VRT_NAME, SUMMARY_NAME):
         (cache_dir / name).unlink(missing_ok=True)
     for fmt in VectorFormat:
         for name in (fmt.filename, *fmt.sidecars):
@@ -72,7 +77,8 @@ class Cache:
     """A cache folder held for writing. Use :meth:`open`, then :meth:`commit` tiles in plan order, then close."""
 
     def __init__(self, cache_dir: Path, header: dict, lock: CacheLock, state: ManifestState,
-                 semantic: GeotiffSemanticCache | None, vectors: VectorInstanceCache | None):
+                 semantic: GeotiffSemanticCache | None, vectors: VectorInstanceCache | None,
+                 summary: SummaryKeeper):
         self.cache_dir = cache_dir
         self.header = header
         self._lock = lock
@@ -81,6 +87,7 @@ class Cache:
         self.skipped = sum(1 for r in self.records if r.status == "skipped")
         self._semantic = semantic
         self._vectors = vectors
+        self.summary = summary
         self._manifest = ManifestWriter(cache_dir, state, header)
         if semantic is not None:
             semantic.write_vrt(self.records)
@@ -119,8 +126,9 @@ class Cache:
             vector_cls = (instance_cache_class(Path(header["vector_file"]).suffix[1:])
                           if Output.INSTANCES.value in outputs else None)
             state = cls._rollback(cache_dir, state, semantic, vector_cls)
+            summary = SummaryKeeper(cache_dir, header, state.tiles)  # before the crowns file is held open
             vectors = vector_cls(cache_dir, info.crs_wkt, crown_fields) if vector_cls is not None else None
-            return cls(cache_dir, header, lock, state, semantic, vectors)
+            return cls(cache_dir, header, lock, state, semantic, vectors, summary)
         except BaseException:
             lock.__exit__(None, None, None)
             raise
@@ -163,8 +171,9 @@ class Cache:
             files["instances"] = self._vectors.rel
         n_new = len(crowns) if crowns else 0
         record = TileRecord(outputs.tile_id, tuple(outputs.bbox_px), "skipped" if outputs.skipped else "done", files,
-                            n_new, self.features_end + n_new)
+                            n_new, self.features_end + n_new, outputs.area_m2, outputs.canopy_m2)
         self._manifest.commit([record])
+        self.summary.add(record, crowns)
         self.records.append(record)
         self.features_end = record.features_end
         if outputs.skipped:

@@ -46,7 +46,10 @@ BASE_FIELDS = (CrownField("id", ogr.OFTInteger64, 18), CrownField("score", ogr.O
                CrownField("tile_id", ogr.OFTInteger, 9))
 MEASUREMENT_FIELDS = (CrownField("area_m2", ogr.OFTReal, 12, 3), CrownField("perimeter_m", ogr.OFTReal, 12, 3),
                       CrownField("diam_m", ogr.OFTReal, 10, 3))
-SHAPEFILE_NAMES = {"perimeter_m": "perim_m"}
+# With a canopy height raster (engine.postprocess.heights): NULL where it has no valid pixel.
+HEIGHT_FIELDS = (CrownField("height_max_m", ogr.OFTReal, 10, 3), CrownField("height_p95_m", ogr.OFTReal, 10, 3),
+                 CrownField("height_src", ogr.OFTString, 254))
+SHAPEFILE_NAMES = {"perimeter_m": "perim_m", "height_max_m": "height_max", "height_p95_m": "height_p95"}
 
 
 class VectorInstanceCache:

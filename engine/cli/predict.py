@@ -22,6 +22,8 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
     p.add_argument("--assign-crs", default=None, metavar="CRS",
                    help="CRS to use when the raster file has none (EPSG:32633, WKT, ...)")
+    p.add_argument("--canopy-height", type=Path, default=None, metavar="CHM",
+                   help="canopy height raster (CHM or nDSM, metres, any CRS): crowns get height_max_m, height_p95_m")
     p.add_argument("--processor", dest="provider", default=None, choices=sorted(PROVIDERS),
                    help="where the model runs (default: a working GPU if any, else the CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -45,6 +47,7 @@ def run(args) -> int:
         threads=args.threads,
         assign_crs=args.assign_crs,
         provider=args.provider,
+        canopy_height=args.canopy_height,
     )
     bar = None
 

@@ -19,9 +19,11 @@ from ..cache.header import check_compatible, make_header
 from ..cache.manifest import MANIFEST_NAME, read_manifest
 from ..cache.semantic import VRT_NAME
 from ..cache.store import Cache
+from ..cache.vectors import HEIGHT_FIELDS, MEASUREMENT_FIELDS
 from ..errors import CacheMismatchError, InputError
 from ..models.runner import OnnxModel
 from ..models.spec import default_model_path
+from ..postprocess.heights import CanopyHeightRaster
 from ..settings import Job, Output, VectorFormat, resolve_settings
 from ..tiling.aoi import aoi_filter
 from ..tiling.grid import LATEST_PLAN, PLAN_MARGIN, PLANS, Tile, plan_tiles
@@ -95,6 +97,8 @@ def prepare(job: Job, plan_version: int | None = None) -> Prepared:
     check_dtype(info, str(spec.metadata.get("input_dtype", "uint8")).strip('"'))
     work_wkt = working_crs(info)
     settings = resolve_settings(job, spec, work_wkt)
+    if settings.canopy_height is not None:
+        CanopyHeightRaster(settings.canopy_height).close()  # unreadable: one sentence now, not at the first crown
     tiles = plan_tiles(info, settings.tile_size_px, settings.overlap_px, settings.gsd_m,
                        point_mapper(info.crs_wkt, work_wkt), aoi_filter(settings.aoi_wkt, info.transform),
                        plan_version)
@@ -136,7 +140,9 @@ def predict(job: Job, progress: Callable[[Progress], None] | None = None,
     prepared = prepare(job)
     is_cancelled = cancelled or (lambda: False)
     total = len(prepared.tiles)
-    with Cache.open(job.cache_dir, prepared.header, prepared.plan.info, overwrite=job.overwrite) as cache:
+    fields = MEASUREMENT_FIELDS + (HEIGHT_FIELDS if prepared.plan.settings.canopy_height else ())
+    with Cache.open(job.cache_dir, prepared.header, prepared.plan.info, overwrite=job.overwrite,
+                    crown_fields=fields) as cache:
 
         def report(tile_id: int | None) -> None:
             if progress is not None:

@@ -11,7 +11,8 @@ cache commits it in plan order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 
 import numpy as np
 from rasterio.crs import CRS
@@ -20,9 +21,10 @@ from ..cache.store import TileOutputs
 from ..models.runner import OnnxModel
 from ..models.spec import ModelSpec
 from ..postprocess.confidence import encode_geotiff, semantic_core
+from ..postprocess.heights import CanopyHeightRaster, height_attributes
 from ..postprocess.vectorise import CrownGrid, tile_crowns
 from ..settings import Output, TileSettings
-from ..tiling.grid import RasterInfo, Tile
+from ..tiling.grid import RasterInfo, Tile, apply
 from ..tiling.raster import point_mapper
 from ..tiling.reader import TileReader
 
@@ -70,6 +72,9 @@ class TileProcessor:
         self._grid = CrownGrid(info.transform, point_mapper(settings.work_crs, info.crs_wkt),
                                point_mapper(info.crs_wkt, settings.work_crs), work_units_per_m)
         self._min_area_px = plan.spec.min_crown_area_m2 / (settings.gsd_m**2)
+        self._work_units_per_m = work_units_per_m
+        self._local = threading.local()  # a canopy height raster per post-processing thread (GDAL handles)
+        self._height_rasters: list[CanopyHeightRaster] = []
 
     @property
     def model(self) -> OnnxModel:
@@ -90,21 +95,54 @@ class TileProcessor:
         return self.model.run(raw) if valid.any() else None
 
     def postprocess(self, tile: Tile, valid: np.ndarray, decoded: dict | None) -> TileOutputs:
-        """Confidence GeoTIFF bytes and crowns of the tile, ready to commit."""
+        """Confidence GeoTIFF bytes, crowns and the core's areas of the tile, ready to commit."""
         plan = self.plan
         if decoded is None:
             return TileOutputs(tile.tile_id, tuple(tile.bbox_px), True)
         kind = plan.spec.kind
         probs = kind.probabilities(plan.spec, decoded, valid)
+        confidence = semantic_core(probs, tile, plan.info.transform, self._src_crs, self._work_crs)
+        area_m2, canopy_m2 = self._core_areas(tile, valid, confidence)
         tiff = None
         if plan.writes_semantic:
-            confidence = semantic_core(probs, tile, plan.info.transform, self._src_crs, self._work_crs)
             tiff = encode_geotiff(confidence, tile, plan.info.transform, plan.info.crs_wkt, plan.spec.class_names)
         crowns = None
         if plan.writes_instances:
             instances = kind.instances(plan.spec, decoded, probs, valid, plan.settings.gsd_m)
             crowns = tuple(tile_crowns(plan.spec, instances, tile, self._grid, self._min_area_px))
-        return TileOutputs(tile.tile_id, tuple(tile.bbox_px), False, tiff, crowns)
+            if plan.settings.canopy_height and crowns:
+                crowns = self._with_heights(crowns)
+        return TileOutputs(tile.tile_id, tuple(tile.bbox_px), False, tiff, crowns, area_m2, canopy_m2)
+
+    def _core_areas(self, tile: Tile, valid: np.ndarray, confidence: np.ndarray) -> tuple[float, float]:
+        """The core's valid area and the part of it whose canopy confidence (any class) is >= 0.5, in m².
+
+        A core pixel's area is the core's area in the metric working CRS over its
+        pixel count: exact on projected rasters, within a hair on geographic ones.
+        """
+        plan = self.plan
+        col, row, w, h = tile.core_px
+        valid_core = semantic_core(valid[None].astype(np.float32), tile, plan.info.transform, self._src_crs,
+                                   self._work_crs)[0] >= 128
+        canopy_core = valid_core & (confidence.max(axis=0) >= 128)
+        xs, ys = apply(plan.info.transform, np.array([col, col + w, col + w, col], float),
+                       np.array([row, row, row + h, row + h], float))
+        if self._grid.to_work is not None:
+            xs, ys = self._grid.to_work(xs, ys)
+        xs, ys = xs - xs[0], ys - ys[0]  # the shoelace formula loses digits on coordinates in the millions
+        core_m2 = 0.5 * abs(float(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1))))
+        pixel_m2 = core_m2 / self._work_units_per_m**2 / (w * h)
+        return float(valid_core.sum()) * pixel_m2, float(canopy_core.sum()) * pixel_m2
+
+    def _with_heights(self, crowns: tuple) -> tuple:
+        """The crowns with ``height_max_m``, ``height_p95_m`` and ``height_src`` from the canopy height raster."""
+        raster = getattr(self._local, "heights", None)
+        if raster is None:
+            raster = self._local.heights = CanopyHeightRaster(self.plan.settings.canopy_height)
+            self._height_rasters.append(raster)
+        heights = raster.crown_heights([c.wkb for c in crowns], self.plan.info.crs_wkt)
+        return tuple(replace(c, attributes={**c.attributes, **height_attributes(h, raster.name)})
+                     for c, h in zip(crowns, heights))
 
     def process(self, tile: Tile) -> TileOutputs:
         raw, valid = self.read(tile)
@@ -115,3 +153,7 @@ class TileProcessor:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        for raster in self._height_rasters:
+            raster.close()
+        self._height_rasters.clear()
+        self._local = threading.local()
