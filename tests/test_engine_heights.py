@@ -3,72 +3,14 @@
 import numpy as np
 import pytest
 import shapely
-from osgeo import ogr
 from rasterio.crs import CRS
-from rasterio.transform import Affine
-from rasterio.warp import transform as warp_points
 
 from engine.errors import CacheMismatchError, RasterError
 from engine.postprocess.heights import CanopyHeightRaster
 from engine.run.predict import predict
 from engine.settings import Job
 from tests.conftest import SQUARES
-from tests.rasters import crowns_image, write_raster
-
-ORIGIN = (500000.0, 6000000.0)  # EPSG:32633, 0.1 m pixels: tests.rasters.write_raster's default grid
-LEADER_M = 20.0
-NODATA = -9999.0
-
-
-def square_m(col, row, size):
-    """A crown square of the test image as (x0, y0, x1, y1) metres in EPSG:32633."""
-    x0, y1 = ORIGIN[0] + col * 0.1, ORIGIN[1] - row * 0.1
-    return x0, y1 - size * 0.1, x0 + size * 0.1, y1
-
-
-def crown_height(i) -> float:
-    return 5.0 + 0.5 * i
-
-
-def geographic_chm(path, squares, *, nodata_crown: int, pixel_deg=(2.5e-6, 2e-6), covers_cols=6):
-    """A CHM in EPSG:4326 with pixels of about 0.16 x 0.22 m, built from where each pixel's centre falls.
-
-    Crown ``i``'s square, grown by 0.3 m (so the crown's outline never meets a pixel of another value),
-    holds crown_height(i); the pixel whose centre is nearest the crown's centre holds LEADER_M; crown
-    ``nodata_crown`` is nodata; elsewhere the ground is 0 m. The raster reaches only the first
-    ``covers_cols`` columns of crowns (x < 500000 + 40 * covers_cols * 0.1 m).
-    """
-    (west, east), (north, south) = warp_points("EPSG:32633", "EPSG:4326", [ORIGIN[0] - 1, ORIGIN[0] + 4 * covers_cols],
-                                               [ORIGIN[1] + 1, ORIGIN[1] - 33])
-    dx, dy = pixel_deg
-    width, height = int((east - west) / dx) + 1, int((north - south) / dy) + 1
-    lon = west + (np.arange(width) + 0.5) * dx
-    lat = north - (np.arange(height) + 0.5) * dy
-    lon2, lat2 = np.meshgrid(lon, lat)
-    x, y = (np.reshape(v, lon2.shape) for v in warp_points("EPSG:4326", "EPSG:32633", lon2.ravel(), lat2.ravel()))
-    chm = np.zeros((height, width), np.float32)
-    for i, square in enumerate(squares):
-        x0, y0, x1, y1 = square_m(*square)
-        inside = (x > x0 - 0.3) & (x < x1 + 0.3) & (y > y0 - 0.3) & (y < y1 + 0.3)
-        chm[inside] = NODATA if i == nodata_crown else crown_height(i)
-        if i != nodata_crown:
-            centre = np.argmin((x - (x0 + x1) / 2) ** 2 + (y - (y0 + y1) / 2) ** 2)
-            chm.flat[centre] = LEADER_M
-    return write_raster(path, chm, crs="EPSG:4326", transform=Affine(dx, 0, west, 0, -dy, north), nodata=NODATA)
-
-
-def crowns_by_square(path, squares, fields):
-    """``{square index: {field: value}}`` of a crowns file, each crown matched to the square holding its centroid."""
-    ds = ogr.Open(str(path))
-    layer = ds.GetLayer(0)
-    found = {}
-    for feature in layer:
-        c = shapely.from_wkb(bytes(feature.GetGeometryRef().ExportToWkb())).centroid
-        for i, square in enumerate(squares):
-            x0, y0, x1, y1 = square_m(*square)
-            if x0 < c.x < x1 and y0 < c.y < y1:
-                found[i] = {f: feature.GetField(f) if feature.IsFieldSetAndNotNull(f) else None for f in fields}
-    return found
+from tests.rasters import LEADER_M, ORIGIN, crown_height, crowns_by_square, crowns_image, geographic_chm, write_raster
 
 
 @pytest.fixture

@@ -124,4 +124,5 @@ def job_from_cache(cache_dir) -> Job:
         gsd_m=settings.get("gsd_m"),
         vector_format=settings.get("vector_format", "shp"),
         aoi_wkt=settings.get("aoi_wkt"),
+        canopy_height=settings.get("canopy_height"),
     )

@@ -64,6 +64,7 @@ OUTPUTS = "OUTPUTS"
 OUTPUT_FOLDER = "OUTPUT_FOLDER"
 VECTOR_FORMAT = "VECTOR_FORMAT"
 AOI = "AOI"
+CANOPY_HEIGHT = "CANOPY_HEIGHT"
 TILE_SIZE = "TILE_SIZE"
 OVERLAP = "OVERLAP"
 GSD = "GSD"
@@ -137,7 +138,12 @@ class DelineateCrownsAlgorithm(QgsProcessingAlgorithm):
             "Model: an ONNX file; empty uses the bundled default model. Tile size, overlap (model pixels) "
             "and ground sampling distance (metres per pixel) default to the model's own values.\n\n"
             "Area of interest: only tiles touching its polygons are predicted.\n\n"
-            "Crowns carry id, score, class and tile_id. Needs the Python packages onnxruntime, rasterio "
+            "Crowns carry id, score, class, tile_id, area_m2, perimeter_m and diam_m (metres, whatever the "
+            "raster's CRS). With a canopy height raster (a CHM or nDSM in metres, any CRS and resolution) "
+            "they also get height_max_m and height_p95_m (NULL where it has no data, never 0) and "
+            "height_src. The cache folder keeps a summary.json of the run (trees, trees per hectare, canopy "
+            "cover, crown sizes), shown in the TCD runs panel.\n\n"
+            "Needs the Python packages onnxruntime, rasterio "
             "and scipy; the plugin's dialog offers to install them."
         )
 
@@ -157,6 +163,8 @@ class DelineateCrownsAlgorithm(QgsProcessingAlgorithm):
             defaultValue=0))
         self.addParameter(QgsProcessingParameterFeatureSource(
             AOI, tr("Area of interest (polygons)"), [QgsProcessing.SourceType.TypeVectorPolygon], optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            CANOPY_HEIGHT, tr("Canopy height raster (CHM or nDSM, metres): adds crown heights"), optional=True))
         advanced = [
             QgsProcessingParameterNumber(TILE_SIZE, tr("Tile size (model pixels; empty: the model's)"),
                                          QgsProcessingParameterNumber.Type.Integer, optional=True, minValue=16),
@@ -206,6 +214,7 @@ class DelineateCrownsAlgorithm(QgsProcessingAlgorithm):
                 gsd_m=self._optional_number(parameters, GSD, context, float),
                 vector_format=vector_format,
                 aoi_wkt=self._aoi_wkt(parameters, context, raster),
+                canopy_height=self._canopy_height(parameters, context),
             )
             resolve_settings(job, spec, work_crs="")
         except TCDError as exc:
@@ -219,6 +228,15 @@ class DelineateCrownsAlgorithm(QgsProcessingAlgorithm):
             return None
         number = self.parameterAsDouble(parameters, name, context)
         return kind(number)
+
+    def _canopy_height(self, parameters, context) -> Path | None:
+        """The canopy height raster's file, or None when not given."""
+        if parameters.get(CANOPY_HEIGHT) in (None, ""):
+            return None
+        path = raster_file(self.parameterAsRasterLayer(parameters, CANOPY_HEIGHT, context))
+        if path is None:
+            raise QgsProcessingException(tr("The canopy height raster must be a raster file on disk."))
+        return path.absolute()
 
     def _aoi_wkt(self, parameters, context, raster: QgsRasterLayer) -> str | None:
         """The area of interest's polygons, unioned, as WKT in the raster's CRS; None when not given."""

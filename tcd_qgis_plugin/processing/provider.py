@@ -13,6 +13,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from tcd_qgis_plugin.paths import icon_path
 from tcd_qgis_plugin.processing.delineate import DelineateCrownsAlgorithm
+from tcd_qgis_plugin.processing.heights import CrownHeightsAlgorithm
 
 PROVIDER_ID = "tcd"
 
@@ -38,3 +39,4 @@ class TCDProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self) -> None:
         self.addAlgorithm(DelineateCrownsAlgorithm())
+        self.addAlgorithm(CrownHeightsAlgorithm())

@@ -8,6 +8,7 @@ import json
 
 import pytest
 from qgis.core import (
+    NULL,
     QgsApplication,
     QgsFeature,
     QgsGeometry,
@@ -21,8 +22,18 @@ from qgis.core import (
 )
 
 from tcd_qgis_plugin.engine.cache.status import cache_status
+from tests.conftest import SQUARES
 from tests.onnx_models import slow_model
-from tests.rasters import crowns_image, read_crowns, write_raster
+from tests.rasters import (
+    LEADER_M,
+    crown_height,
+    crowns_by_square,
+    crowns_image,
+    geographic_chm,
+    read_crowns,
+    square_m,
+    write_raster,
+)
 
 ALG = "tcd:delineatecrowns"
 
@@ -117,7 +128,7 @@ def test_a_folder_with_other_files_is_refused(processing, raster_path, model_pat
 
 def test_cancel_stops_within_one_tile_then_resume(processing, tmp_path):
     # About 0.3 s of inference per tile: slow enough that the tile after the cancel has begun, fast enough
-    # that the resume is quick. 160 px at 64 px tiles with a 16 px overlap: 4 x 4 = 16 tiles.
+    # that the resume is quick. 160 px at 64 px tiles with a 16 px overlap: a few tiles a side.
     model = slow_model(tmp_path / "slower.onnx", size=512, matmuls=60)
     image = write_raster(tmp_path / "small.tif", crowns_image(160, 160, [(10, 12, 12), (90, 100, 12)]))
     folder = tmp_path / "small_tcd"
@@ -126,7 +137,8 @@ def test_cancel_stops_within_one_tile_then_resume(processing, tmp_path):
     at_cancel = []
 
     def cancel_after_two(progress):
-        done = round(progress * 16 / 100)
+        total = cache_status(folder).total
+        done = round(progress * total / 100)
         if done >= 2 and not at_cancel:
             at_cancel.append(done)
             feedback.cancel()
@@ -136,7 +148,7 @@ def test_cancel_stops_within_one_tile_then_resume(processing, tmp_path):
         run(processing, parameters, feedback)
     assert "run the algorithm again with the same cache folder to resume" in str(info.value)
     status = cache_status(folder)
-    assert status.state == "partial" and status.locked_by is None and status.total == 16
+    assert status.state == "partial" and status.locked_by is None and status.total > 3
     # No tile starts after the cancel: only the one being predicted is still committed.
     assert at_cancel[0] <= status.done <= at_cancel[0] + 1
 
@@ -144,9 +156,9 @@ def test_cancel_stops_within_one_tile_then_resume(processing, tmp_path):
     feedback = QgsProcessingFeedback()
     feedback.pushInfo = logged.append
     run(processing, parameters, feedback)
-    assert logged[0] == f"{status.done} of 16 tiles are already in {folder}; predicting the rest."
+    assert logged[0] == f"{status.done} of {status.total} tiles are already in {folder}; predicting the rest."
     ids = manifest_tile_ids(folder)
-    assert len(ids) == len(set(ids)) == 16
+    assert len(ids) == len(set(ids)) == status.total
     assert cache_status(folder).state == "complete"
 
 
@@ -205,3 +217,45 @@ def test_batch_of_two_rasters_loads_styled_layers(processing, qgis_new_project, 
     assert confidence.source().startswith("vrt://")  # never written back by GDAL
     assert confidence.renderer().type() == "singlebandpseudocolor"
     dialog.deleteLater()
+
+
+def expected_heights(i, col):
+    """Heights of crown square ``i`` in geographic_chm(nodata_crown=7): NULL over nodata or beyond the raster."""
+    if i == 7 or col >= 40 * 6:
+        return None, None
+    return LEADER_M, crown_height(i)
+
+
+def test_heights_from_a_canopy_height_raster(processing, raster_path, model_path, tmp_path):
+    chm = geographic_chm(tmp_path / "chm.tif", SQUARES, nodata_crown=7)
+    folder = tmp_path / "h_tcd"
+    run(processing, {"INPUT": str(raster_path), "MODEL": str(model_path), "OUTPUT_FOLDER": str(folder),
+                     "VECTOR_FORMAT": 1, "CANOPY_HEIGHT": str(chm)})
+    crowns = crowns_by_square(folder / "crowns.gpkg", SQUARES, ("height_max_m", "height_p95_m", "height_src"))
+    assert len(crowns) == 40
+    for i, (col, _, _) in enumerate(SQUARES):
+        assert (crowns[i]["height_max_m"], crowns[i]["height_p95_m"]) == expected_heights(i, col), i
+        assert crowns[i]["height_src"] == "chm.tif"
+
+
+def test_crown_heights_added_to_an_existing_layer(processing, tmp_path):
+    chm = geographic_chm(tmp_path / "chm.tif", SQUARES, nodata_crown=7)
+    layer = QgsVectorLayer("Polygon?crs=EPSG:32633&field=name:string(20)&field=height_max_m:double", "mine",
+                           "memory")
+    features = []
+    for i, square in enumerate(SQUARES):
+        feature = QgsFeature(layer.fields())
+        feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(*square_m(*square))))
+        feature.setAttributes([f"tree {i}", 99.0])  # a stale height: overwritten
+        features.append(feature)
+    layer.dataProvider().addFeatures(features)
+    out = processing.run("tcd:crownheights", {"INPUT": layer, "CANOPY_HEIGHT": str(chm),
+                                              "OUTPUT": "TEMPORARY_OUTPUT"})["OUTPUT"]
+    assert out.fields().names() == ["name", "height_max_m", "height_p95_m", "height_src"]
+    plain = lambda value: None if value == NULL else value  # noqa: E731
+    rows = {f["name"]: [plain(f[n]) for n in ("height_max_m", "height_p95_m", "height_src")]
+            for f in out.getFeatures()}
+    assert len(rows) == 40
+    for i, (col, _, _) in enumerate(SQUARES):
+        assert rows[f"tree {i}"] == [*expected_heights(i, col), "chm.tif"], i
+
