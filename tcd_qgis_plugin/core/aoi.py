@@ -28,10 +28,16 @@ def tr(text: str) -> str:
     return QCoreApplication.translate("Aoi", text)
 
 
-def _to_raster(geometry: QgsGeometry, crs: QgsCoordinateReferenceSystem, raster: QgsRasterLayer) -> str:
+def area_wkt(geometry: QgsGeometry, crs: QgsCoordinateReferenceSystem, raster: QgsRasterLayer,
+             transform_context=None) -> str:
+    """A polygon in ``crs`` as WKT in the raster's CRS; AoiError if it cannot be transformed or misses the raster.
+
+    ``transform_context``: the one to transform with (a Processing context's); the project's by default.
+    """
     geometry = QgsGeometry(geometry)
     if crs != raster.crs():
-        transform = QgsCoordinateTransform(crs, raster.crs(), QgsProject.instance())
+        context = transform_context if transform_context is not None else QgsProject.instance().transformContext()
+        transform = QgsCoordinateTransform(crs, raster.crs(), context)
         try:
             failed = geometry.transform(transform) != Qgis.GeometryOperationResult.Success
         except QgsCsException:
@@ -47,7 +53,7 @@ def extent_wkt(extent: QgsRectangle, crs: QgsCoordinateReferenceSystem, raster: 
     """A map extent in ``crs`` as a polygon in the raster's CRS."""
     if extent.isEmpty():
         raise AoiError(tr("The map extent is empty."))
-    return _to_raster(QgsGeometry.fromRect(extent).densifyByCount(EDGE_POINTS), crs, raster)
+    return area_wkt(QgsGeometry.fromRect(extent).densifyByCount(EDGE_POINTS), crs, raster)
 
 
 def selection_wkt(layer: QgsVectorLayer, raster: QgsRasterLayer) -> str:
@@ -60,4 +66,4 @@ def selection_wkt(layer: QgsVectorLayer, raster: QgsRasterLayer) -> str:
     union = QgsGeometry.unaryUnion(geometries)
     if union.isEmpty():
         raise AoiError(tr("The selected features of {} have no area.").format(layer.name()))
-    return _to_raster(union, layer.crs(), raster)
+    return area_wkt(union, layer.crs(), raster)
