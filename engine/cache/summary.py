@@ -120,8 +120,8 @@ class Distribution:
         if not self.n:
             return None
         lo, hi = self.min, self.max
-        if hi <= lo:
-            hi = lo + (self.width or lo * 0.1 or 1.0)
+        if hi <= lo:  # one value: one bar
+            return [lo, hi], [self.n]
         step = (hi - lo) / bins
         counts = [0] * bins
         for index, count in self.bins.items():

@@ -25,6 +25,8 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from tcd_qgis_plugin.gui.summary import SummaryView
+
 COLUMNS = ("run", "state", "tiles", "image", "model")
 
 
@@ -82,9 +84,12 @@ class RunsPanel(QgsDockWidget):
         layout.addWidget(self.tree, 1)
         layout.addLayout(run_buttons)
         layout.addLayout(folder_buttons)
+        self.summary = SummaryView()  # what the selected run found
+        layout.addWidget(self.summary, 2)
         self.setWidget(body)
 
         self.tree.itemSelectionChanged.connect(self._update_buttons)
+        self.tree.itemSelectionChanged.connect(self._show_summary)
         self.resume_button.clicked.connect(lambda: self._emit_selected(self.resumeRequested))
         self.load_button.clicked.connect(lambda: self._emit_selected(self.loadLayersRequested))
         self.folder_button.clicked.connect(self._open_folder)
@@ -113,6 +118,7 @@ class RunsPanel(QgsDockWidget):
         for column in range(len(COLUMNS)):
             self.tree.resizeColumnToContents(column)
         self._update_buttons()
+        self._show_summary()
 
     def update_progress(self, cache_dir: Path, done: int, total: int) -> None:
         """Show a running cache's tile count without rereading every cache."""
@@ -121,6 +127,8 @@ class RunsPanel(QgsDockWidget):
             if Path(item.data(0, Qt.ItemDataRole.UserRole)) == Path(cache_dir):
                 item.setText(COLUMNS.index("tiles"), f"{done} / {total}")
                 item.setText(COLUMNS.index("state"), self._state_text("running"))
+        if self.selected() == Path(cache_dir):
+            self._show_summary()  # summary.json is rewritten as each tile commits
 
     def rows(self) -> list[RunRow]:
         return list(self._rows.values())
@@ -134,6 +142,9 @@ class RunsPanel(QgsDockWidget):
         for i in range(self.tree.topLevelItemCount()):
             item = self.tree.topLevelItem(i)
             item.setSelected(Path(item.data(0, Qt.ItemDataRole.UserRole)) == Path(cache_dir))
+
+    def _show_summary(self) -> None:
+        self.summary.show_cache(self.selected())
 
     def selected(self) -> Path | None:
         items = self.tree.selectedItems()

@@ -79,6 +79,24 @@ def poll():
 def screenshot_map():
     iface.mapCanvas().waitWhileRendering()
     shot("04_result_layers.png")
+    # The run is in the TCD runs panel: select it and read its summary.
+    from qgis.utils import plugins
+
+    panel = plugins["tcd_qgis_plugin"].panel
+    panel.show()
+    panel.select(Path(CONFIG["image"]).with_name("OSBS_029_tcd"))
+    results["panel"] = panel.row_texts()
+    results["summary"] = panel.summary.figures()
+    results["area_histogram"] = panel.summary.area_histogram.counts
+    QTimer.singleShot(500, screenshot_summary)
+
+
+@guarded
+def screenshot_summary():
+    from qgis.utils import plugins
+
+    shot("05_runs_panel_summary.png", plugins["tcd_qgis_plugin"].panel)
+    shot("06_main_window_with_summary.png")
     finish()
 
 
@@ -106,5 +124,11 @@ def test_processing_dialog_runs_and_loads_styled_layers(tmp_path, desktop_qgis):
     assert crowns["valid"] and crowns["features"] > 0 and crowns["renderer"] == "singleSymbol"
     assert confidence["valid"] and confidence["renderer"] == "singlebandpseudocolor"
     assert confidence["source"] == f"vrt://{cache_dir / 'confidence.vrt'}"
-    for name in ("01_processing_dialog.png", "03_processing_dialog_log.png", "04_result_layers.png"):
+    assert [row[:3] for row in results["panel"]] == [["OSBS_029_tcd", "complete", "1 / 1"]]
+    summary = dict(results["summary"])
+    assert int(summary["Trees"]) == crowns["features"]
+    assert summary["Area processed"] == "0.16 ha"  # 400 x 400 px at 0.1 m
+    assert sum(results["area_histogram"]) == crowns["features"]
+    for name in ("01_processing_dialog.png", "03_processing_dialog_log.png", "04_result_layers.png",
+                 "05_runs_panel_summary.png"):
         assert (run.artifacts / name).stat().st_size > 10_000, name
