@@ -63,6 +63,10 @@ class OnnxModel:
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
+        # onnxruntime's intra-op threads spin while they wait for work by default: beside a
+        # run's reader and post-processing threads that burns the cores those need (on 2
+        # cores, about a third of a light model's CPU time).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         wanted = choose_providers(ort, provider)
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
@@ -91,9 +95,10 @@ class OnnxModel:
     def normalise(self, raw: np.ndarray) -> np.ndarray:
         """(bands, H, W) raw pixel values → the model's (1, bands, H, W) float32 input."""
         spec = self.spec
-        x = raw.astype(np.float32) * np.float32(spec.scale)
-        x -= np.asarray(spec.mean, np.float32)[:, None, None]
-        x /= np.asarray(spec.std, np.float32)[:, None, None]
+        std = np.asarray(spec.std, np.float32)[:, None, None]
+        # (raw * scale - mean) / std in two passes over the tile instead of four.
+        x = np.multiply(raw, np.float32(spec.scale) / std, dtype=np.float32)
+        x -= np.asarray(spec.mean, np.float32)[:, None, None] / std
         return x[None]
 
     def run(self, raw: np.ndarray) -> dict[str, np.ndarray]:
