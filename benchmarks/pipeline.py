@@ -4,8 +4,10 @@
 
 Prints, each measured in this one run:
   1. end-to-end speed (both caches written) / model-only speed on the same tiles,
-     for a light 1x1-conv model at 512 px and, if present, the bundled default model
-     at 1024 px; with megapixels per second;
+     for a light 1x1-conv model at 512 px, the bundled default model at 1024 px (as
+     shipped, and with crowns split on its native 1/4 grid, ``crown_stride_px`` 4, when
+     it does not set that key itself) and, with ``--heavy MODEL.onnx``, a heavy model
+     (e.g. the SegFormer-b0 that benchmarks/side_by_side.py builds); with megapixels per second;
   2. peak memory (RSS) for a raster 4x larger / peak memory for the base raster;
   3. resume start-up on a complete cache with ~10,000 tiles (seconds).
 """
@@ -55,6 +57,20 @@ def model_only_seconds(model_path: Path, tile_px: int, n_tiles: int) -> float:
     return time.perf_counter() - t
 
 
+def with_metadata(src: Path, dst: Path, extra: dict) -> Path:
+    """A copy of an ONNX model with metadata keys added or replaced."""
+    import onnx
+
+    model = onnx.load(str(src))
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in extra]
+    del model.metadata_props[:]
+    for key, value in kept + [(k, json.dumps(v)) for k, v in extra.items()]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(dst))
+    return dst
+
+
 def speed(tmp: Path, image: Path, size: int, name: str, model: Path, tile_px: int):
     from engine.cache.status import cache_status
 
@@ -72,6 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=4096, help="base raster edge in pixels (0.1 m)")
     parser.add_argument("--quick", action="store_true", help="smaller rasters, fewer resume tiles")
+    parser.add_argument("--heavy", type=Path, default=None, help="also measure this (heavy) ONNX model")
     args = parser.parse_args()
     size = 1024 if args.quick else args.size
     with tempfile.TemporaryDirectory() as d:
@@ -82,6 +99,11 @@ def main() -> None:
         if default_model_path().is_file():
             spec = OnnxModel(default_model_path()).spec
             speed(tmp, image, size, "default model", default_model_path(), spec.tile_size_px)
+            if "crown_stride_px" not in spec.metadata:
+                native = with_metadata(default_model_path(), tmp / "default_stride4.onnx", {"crown_stride_px": 4})
+                speed(tmp, image, size, "default model, crown_stride_px 4", native, spec.tile_size_px)
+        if args.heavy is not None:
+            speed(tmp, image, size, f"heavy {args.heavy.stem}", args.heavy, OnnxModel(args.heavy).spec.tile_size_px)
 
         big = make_raster(tmp / "big.tif", size * 2, seed=1)
         base_mem = run_predict(image, light, tmp / "mem_base")["maxrss_mb"]
