@@ -259,3 +259,46 @@ def test_crown_heights_added_to_an_existing_layer(processing, tmp_path):
     for i, (col, _, _) in enumerate(SQUARES):
         assert rows[f"tree {i}"] == [*expected_heights(i, col), "chm.tif"], i
 
+
+
+def test_in_a_model_crowns_chain_into_crown_heights(processing, raster_path, model_path, tmp_path):
+    """Model Builder: delineate, then add heights to its CROWNS output; the model's inputs feed both."""
+    from qgis.core import (
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildParameterSource,
+        QgsProcessingModelOutput,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterFeatureSink,
+        QgsProcessingParameterRasterLayer,
+    )
+
+    model = QgsProcessingModelAlgorithm("crowns and heights", "tests")
+    for name in ("ortho", "chm"):
+        model.addModelParameter(QgsProcessingParameterRasterLayer(name, name), QgsProcessingModelParameter(name))
+    delineate = QgsProcessingModelChildAlgorithm("tcd:delineatecrowns")
+    delineate.setChildId("delineate")
+    delineate.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromModelParameter("ortho")])
+    delineate.addParameterSources("MODEL", [QgsProcessingModelChildParameterSource.fromStaticValue(str(model_path))])
+    delineate.addParameterSources("OUTPUT_FOLDER", [
+        QgsProcessingModelChildParameterSource.fromStaticValue(str(tmp_path / "model_tcd"))])
+    model.addChildAlgorithm(delineate)
+    heights = QgsProcessingModelChildAlgorithm("tcd:crownheights")
+    heights.setChildId("heights")
+    heights.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromChildOutput("delineate",
+                                                                                               "CROWNS")])
+    heights.addParameterSources("CANOPY_HEIGHT", [QgsProcessingModelChildParameterSource.fromModelParameter("chm")])
+    output = QgsProcessingModelOutput("crowns_with_heights")
+    output.setChildOutputName("OUTPUT")
+    heights.setModelOutputs({"crowns_with_heights": output})
+    model.addChildAlgorithm(heights)
+    assert any(isinstance(p, QgsProcessingParameterFeatureSink) for p in model.parameterDefinitions())
+    sink = next(p.name() for p in model.parameterDefinitions() if isinstance(p, QgsProcessingParameterFeatureSink))
+
+    chm = geographic_chm(tmp_path / "chm.tif", SQUARES, nodata_crown=7)
+    target = tmp_path / "with_heights.gpkg"
+    results = processing.run(model, {"ortho": str(raster_path), "chm": str(chm), sink: str(target)})
+    layer = QgsVectorLayer(results[sink], "out", "ogr")
+    assert layer.isValid() and layer.featureCount() == 40
+    values = sorted((f["height_max_m"], f["height_p95_m"]) for f in layer.getFeatures() if f["height_max_m"] != NULL)
+    assert len(values) == 29 and all(high == LEADER_M for high, _ in values)
