@@ -25,6 +25,13 @@ class Output(str, Enum):
 CROWNS_STEM = "crowns"  # file stem and layer name of the crowns
 
 
+class BoxGeometry(str, Enum):
+    """What a detector's crowns file holds for each box."""
+
+    CROWNS = "crowns"  # the canopy inside the box when there is one, else the ellipse inscribed in it
+    BOXES = "boxes"  # the box itself
+
+
 class VectorFormat(str, Enum):
     """The crowns file's format; the value is the file suffix, as users type it."""
 
@@ -86,6 +93,10 @@ class Job:
     ``provider`` picks the execution device (``"cpu"``, ``"cuda"``, or None for
     the best working one); it changes speed, not results, so it is not part of
     the cache fingerprint. ``threads`` sets inference threads (None: all cores).
+    ``det_conf`` and ``det_iou_thresh`` (0..1) override a detector's score and IoU
+    thresholds, and ``box_geometry`` picks what it stores per box
+    (:class:`BoxGeometry`); all three are part of a detector cache's settings
+    fingerprint, and only detectors take them.
     ``canopy_height`` is a canopy height raster (CHM or nDSM, metres, any CRS and
     resolution): each crown then gets ``height_max_m``, ``height_p95_m`` and
     ``height_src``; its path is part of the settings fingerprint.
@@ -104,6 +115,9 @@ class Job:
     threads: int | None = None
     assign_crs: str | None = None
     provider: str | None = None
+    det_conf: float | None = None
+    det_iou_thresh: float | None = None
+    box_geometry: BoxGeometry | None = None
     canopy_height: Path | None = None
 
     def __post_init__(self):
@@ -115,6 +129,16 @@ class Job:
             object.__setattr__(self, "canopy_height", Path(self.canopy_height))
         object.__setattr__(self, "outputs", frozenset(Output(o) for o in self.outputs))
         object.__setattr__(self, "vector_format", VectorFormat(self.vector_format))
+        if self.box_geometry is not None:
+            try:
+                object.__setattr__(self, "box_geometry", BoxGeometry(self.box_geometry))
+            except ValueError as exc:
+                raise InputError(f"Unknown box geometry '{self.box_geometry}': choose crowns or boxes.") from exc
+        for name in ("det_conf", "det_iou_thresh"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                label = "score" if name == "det_conf" else "IoU"
+                raise InputError(f"The {label} threshold must be between 0 and 1, not {value}.")
         if not self.outputs:
             raise InputError("Choose at least one output: semantic, instances or both.")
         if self.tile_size_px is not None and self.tile_size_px < 16:
@@ -142,6 +166,10 @@ class TileSettings:
     vector_format: str
     aoi_wkt: str | None
     canopy_height: str | None = None  # absolute path of the canopy height raster
+    # Detectors only (None otherwise, so other caches keep their fingerprints):
+    det_conf: float | None = None
+    det_iou_thresh: float | None = None
+    box_geometry: str | None = None
 
     @property
     def margin_px(self) -> int:
@@ -163,6 +191,10 @@ def resolve_settings(job: Job, spec, work_crs: str) -> TileSettings:
     if overlap >= tile - 1:
         raise InputError(f"The overlap ({overlap} px) must be smaller than the tile size ({tile} px).")
     gsd = job.gsd_m or spec.gsd_m
+    detector = spec.kind.detects_boxes
+    if not detector and (job.det_conf is not None or job.det_iou_thresh is not None or job.box_geometry is not None):
+        raise InputError("Score and IoU thresholds and box geometry apply to detection models only; "
+                         f"{spec.name} is not one.")
     return TileSettings(
         tile_size_px=int(tile),
         overlap_px=int(overlap),
@@ -172,4 +204,8 @@ def resolve_settings(job: Job, spec, work_crs: str) -> TileSettings:
         vector_format=job.vector_format.value,
         aoi_wkt=job.aoi_wkt,
         canopy_height=None if job.canopy_height is None else str(Path(job.canopy_height).resolve()),
+        det_conf=(spec.det_conf if job.det_conf is None else float(job.det_conf)) if detector else None,
+        det_iou_thresh=(spec.det_iou_thresh if job.det_iou_thresh is None else float(job.det_iou_thresh))
+        if detector else None,
+        box_geometry=(job.box_geometry or BoxGeometry.CROWNS).value if detector else None,
     )

@@ -39,9 +39,12 @@ def test_deepness_metadata(tile_key):
     assert spec.scale == pytest.approx(1 / 255) and spec.mean == (0.5,) * 3 and spec.seg_thresh == 0.4
 
 
-def test_deepness_detector_is_refused_clearly():
-    with pytest.raises(ModelError, match="Detector"):
-        spec_from_metadata(deepness(model_type="Detector"))
+def test_deepness_detector_reads_as_a_detector_and_other_types_are_refused_clearly():
+    spec = spec_from_metadata(deepness(model_type="Detector", class_names={"0": "tree"}, det_conf=0.3,
+                                       det_iou_thresh=0.2))
+    assert (spec.output_kind, spec.class_names, spec.det_conf, spec.det_iou_thresh) == ("detector", ("tree",), 0.3, 0.2)
+    with pytest.raises(ModelError, match="Regressor"):
+        spec_from_metadata(deepness(model_type="Regressor"))
 
 
 def test_fixed_input_size_sets_the_tile_and_rejects_overrides(tmp_path):

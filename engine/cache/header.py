@@ -31,7 +31,8 @@ _LABELS = {"width": "width", "height": "height", "count": "band count", "dtype":
            "mtime_ns": "modification time", "tile_size_px": "tile size", "overlap_px": "overlap",
            "gsd_m": "gsd", "work_crs": "working CRS", "outputs": "outputs",
            "vector_format": "vector format", "aoi_wkt": "area of interest",
-           "canopy_height": "canopy height raster"}
+           "canopy_height": "canopy height raster", "det_conf": "score threshold",
+           "det_iou_thresh": "IoU threshold", "box_geometry": "box geometry"}
 
 
 def _as_stored(value):

@@ -49,6 +49,11 @@ MEASUREMENT_FIELDS = (CrownField("area_m2", ogr.OFTReal, 12, 3), CrownField("per
 # With a canopy height raster (engine.postprocess.heights): NULL where it has no valid pixel.
 HEIGHT_FIELDS = (CrownField("height_max_m", ogr.OFTReal, 10, 3), CrownField("height_p95_m", ogr.OFTReal, 10, 3),
                  CrownField("height_src", ogr.OFTString, 254))
+# Detectors: each box in the source CRS (the envelope of its corners there; axis-aligned
+# boxes on a north-up raster are exact), and its rotation in degrees (oriented boxes).
+BOX_FIELDS = (CrownField("box_xmin", ogr.OFTReal, 20, 9), CrownField("box_ymin", ogr.OFTReal, 20, 9),
+              CrownField("box_xmax", ogr.OFTReal, 20, 9), CrownField("box_ymax", ogr.OFTReal, 20, 9),
+              CrownField("box_angle", ogr.OFTReal, 8, 3))
 SHAPEFILE_NAMES = {"perimeter_m": "perim_m", "height_max_m": "height_max", "height_p95_m": "height_p95"}
 
 

@@ -17,7 +17,7 @@ import traceback
 
 from ..errors import CacheError, MissingCRSError, TCDError
 
-COMMANDS = ("predict", "status", "evaluate", "export_restor", "doctor")
+COMMANDS = ("predict", "status", "evaluate", "export_restor", "export_deepforest", "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:

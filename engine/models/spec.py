@@ -21,6 +21,9 @@ JSON string. Our keys:
 ``crown_stride_px``  crowns are split and vectorised on a grid this many model pixels
                      coarser than the tile (default 1): the native grid of a model whose
                      heads predict at 1/4 and upsample in the graph (``canopy_centres``).
+``det_conf``, ``det_iou_thresh``  detectors: the score a box needs and the IoU above which
+                     the weaker of two overlapping boxes is dropped (Deepness's keys; each
+                     detector kind applies its own library's comparison).
 ``input_dtype``      pixel type the model was trained on (default ``"uint8"``); rasters of
                      another type are refused rather than silently mis-scaled.
 ``name``, ``description``, ``license``, ``provenance``  free text.
@@ -29,7 +32,9 @@ Models made for the Deepness QGIS plugin work unchanged: ``model_type``
 (the kinds say which they run), ``class_names`` (a dict ``{"0": "background", ...}``),
 ``resolution`` (cm/px), ``tile_size`` or ``tiles_size`` (px), ``tiles_overlap``
 (percent of the tile), ``seg_thresh``, ``standardization_mean`` and
-``standardization_std`` (applied after dividing by 255).
+``standardization_std`` (applied after dividing by 255). Deepness detectors
+(``model_type`` Detector) add ``det_type`` (the YOLO output layout), ``det_conf`` and
+``det_iou_thresh``.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -79,6 +84,9 @@ class ModelSpec:
     min_crown_area_m2: float = 1.0
     crown_stride_px: int = 1
     fixed_input_px: int | None = None
+    det_conf: float = 0.5
+    det_iou_thresh: float = 0.5
+    box_geometry: str = "crowns"  # a run's choice for detectors: "crowns" or "boxes"
     metadata: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -239,8 +247,25 @@ def spec_from_metadata(
         min_crown_area_m2=float(_number(meta, "min_crown_area_m2", 1.0)),
         crown_stride_px=_crown_stride(meta),
         fixed_input_px=fixed_px,
+        det_conf=_unit(meta, "det_conf", 0.5),
+        det_iou_thresh=_unit(meta, "det_iou_thresh", 0.5),
         metadata=dict(meta),
     )
+
+
+def _unit(meta, key: str, default: float) -> float:
+    value = float(_number(meta, key, default))
+    if not 0.0 <= value <= 1.0:
+        raise ModelError(f"The model's metadata '{key}' must be between 0 and 1, not {value}.")
+    return value
+
+
+def for_run(spec: ModelSpec, settings) -> ModelSpec:
+    """``spec`` with a run's detector choices (``settings.det_conf``, ... when set) in place of the model's."""
+    if getattr(settings, "det_conf", None) is None:
+        return spec
+    return replace(spec, det_conf=settings.det_conf, det_iou_thresh=settings.det_iou_thresh,
+                   box_geometry=settings.box_geometry)
 
 
 def _crown_stride(meta) -> int:

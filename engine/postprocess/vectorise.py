@@ -121,8 +121,26 @@ def _map_coordinates(geoms: np.ndarray, mapper) -> np.ndarray:
     return shapely.transform(geoms, lambda xy: np.column_stack(mapper(xy[:, 0], xy[:, 1])))
 
 
+def measure(polygons: np.ndarray, grid: CrownGrid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Area (m²), perimeter (m) and equal-area circle diameter (m) of source-CRS polygons.
+
+    Measured in the source CRS when it is the (metric) working CRS, else mapped back to it.
+    """
+    metric = _map_coordinates(polygons, grid.to_work) if grid.to_work is not None else polygons
+    scale = 1.0 if grid.to_work is not None else 1.0 / grid.work_units_per_m
+    areas = shapely.area(metric) * scale**2
+    perimeters = shapely.length(metric) * scale
+    return areas, perimeters, 2.0 * np.sqrt(areas / np.pi)
+
+
 def tile_crowns(spec: ModelSpec, inst: Instances, tile: Tile, grid: CrownGrid, min_area_px: float) -> list[Crown]:
     """The crowns this tile stores, in label order, as :class:`Crown` records in the source CRS."""
+    if inst.boxes is not None:
+        # Detectors own their boxes by the box centre and draw crowns from boxes
+        # (imported here: that module builds on this one's Crown and CrownGrid).
+        from .boxes import tile_box_crowns
+
+        return tile_box_crowns(spec, inst, tile, grid)
     kind = spec.kind
     keep = _owned_labels(inst, tile, kind, grid, min_area_px)
     if keep.size == 0:
@@ -173,12 +191,7 @@ def tile_crowns(spec: ModelSpec, inst: Instances, tile: Tile, grid: CrownGrid, m
     nonempty = ~shapely.is_empty(polygons)
     polygons, values = polygons[nonempty], values[nonempty]
 
-    # Measured in metres: in the source CRS when it is the (metric) working CRS, else mapped back to it.
-    metric = _map_coordinates(polygons, grid.to_work) if grid.to_work is not None else polygons
-    scale = 1.0 if grid.to_work is not None else 1.0 / grid.work_units_per_m
-    areas = shapely.area(metric) * scale**2
-    perimeters = shapely.length(metric) * scale
-    diameters = 2.0 * np.sqrt(areas / np.pi)
+    areas, perimeters, diameters = measure(polygons, grid)
     wkbs = shapely.to_wkb(polygons, byte_order=1)
     extra = {name: np.asarray(column) for name, column in inst.attributes.items()}
     crowns = []

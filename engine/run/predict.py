@@ -19,10 +19,10 @@ from ..cache.header import check_compatible, make_header
 from ..cache.manifest import MANIFEST_NAME, read_manifest
 from ..cache.semantic import VRT_NAME
 from ..cache.store import Cache
-from ..cache.vectors import HEIGHT_FIELDS, MEASUREMENT_FIELDS
+from ..cache.vectors import BOX_FIELDS, HEIGHT_FIELDS, MEASUREMENT_FIELDS
 from ..errors import CacheMismatchError, InputError
 from ..models.runner import OnnxModel
-from ..models.spec import default_model_path
+from ..models.spec import default_model_path, for_run
 from ..postprocess.heights import CanopyHeightRaster
 from ..settings import Job, Output, VectorFormat, resolve_settings
 from ..tiling.aoi import aoi_filter
@@ -97,6 +97,7 @@ def prepare(job: Job, plan_version: int | None = None) -> Prepared:
     check_dtype(info, str(spec.metadata.get("input_dtype", "uint8")).strip('"'))
     work_wkt = working_crs(info)
     settings = resolve_settings(job, spec, work_wkt)
+    spec = for_run(spec, settings)  # a detector's thresholds and geometry, as the run chose them
     if settings.canopy_height is not None:
         CanopyHeightRaster(settings.canopy_height).close()  # unreadable: one sentence now, not at the first crown
     tiles = plan_tiles(info, settings.tile_size_px, settings.overlap_px, settings.gsd_m,
@@ -141,6 +142,7 @@ def predict(job: Job, progress: Callable[[Progress], None] | None = None,
     is_cancelled = cancelled or (lambda: False)
     total = len(prepared.tiles)
     fields = MEASUREMENT_FIELDS + (HEIGHT_FIELDS if prepared.plan.settings.canopy_height else ())
+    fields += BOX_FIELDS if prepared.plan.spec.kind.detects_boxes else ()
     with Cache.open(job.cache_dir, prepared.header, prepared.plan.info, overwrite=job.overwrite,
                     crown_fields=fields) as cache:
 

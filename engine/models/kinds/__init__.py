@@ -40,6 +40,13 @@ class Instances:
     become crown attributes of the same name. ``stride`` is the size of a label
     pixel in model pixels: labels on a grid ``stride`` times coarser than the tile,
     from its top-left corner (a model's native grid, ``crown_stride_px``).
+
+    ``boxes``, given by detectors, is (count + 1, 5) float64: each instance's box
+    ``(xmin, ymin, xmax, ymax, angle)`` in model pixels of the tile (pixel edges,
+    y down) with its rotation about the box centre in radians (0 for axis-aligned
+    boxes). A detector's instance is owned by the tile whose core holds its box
+    centre, and its crown is its label region, if it has one, else the ellipse
+    inscribed in the box (:mod:`engine.postprocess.boxes`).
     """
 
     labels: np.ndarray
@@ -47,6 +54,7 @@ class Instances:
     classes: np.ndarray
     attributes: Mapping[str, np.ndarray] = field(default_factory=dict)
     stride: int = 1
+    boxes: np.ndarray | None = None
 
     @property
     def count(self) -> int:
@@ -63,6 +71,8 @@ class OutputKind:
     clips_to_core: ClassVar[bool] = False
     # True: the kind drops instances below the spec's min_crown_area_m2 itself.
     filters_small: ClassVar[bool] = False
+    # True: a detector; its instances carry boxes, and score/IoU thresholds apply.
+    detects_boxes: ClassVar[bool] = False
 
     def classes(self, names: list[str] | None, n_output_channels: int | None) -> tuple[list[str], list[int]]:
         """Written class names (background excluded) and the output channel or label value of each."""

@@ -1,0 +1,221 @@
+"""``detector``: Deepness detection models (YOLO output layouts), decoded as Deepness 0.6.5 decodes them.
+
+Also the base of every box detector (:class:`DetectorKind`): a detector's
+``decode`` keeps its raw candidates; :meth:`DetectorKind.select` applies the run's
+score and IoU thresholds (``spec.det_conf``, ``spec.det_iou_thresh``) with the
+semantics of the library the model comes from, and the crowns, confidence and
+ownership come from :mod:`engine.postprocess.boxes`.
+
+Deepness models say ``model_type: Detector``, ``det_conf``, ``det_iou_thresh``,
+``class_names`` and ``det_type``, the layout of the first output (batch 0; N
+candidates, C classes, boxes as centre x, centre y, width, height in tile pixels):
+
+=============================  ======================  =====================================================
+``det_type``                   output                  kept, ranked and scored by
+=============================  ======================  =====================================================
+``YOLO_v5_or_v7_default``      (1, N, 5 + C)           objectness (column 4) >= det_conf; score objectness
+``YOLO_v6``                    (1, N, 5 + C)           best class probability >= det_conf; NMS ranks by
+                                                       objectness; score the best class probability
+``YOLO_v9``, ``YOLO_Ultralytics``  (1, 4 + C, N)       best class probability >= det_conf; score the same
+``YOLO_Ultralytics_obb``       (1, 4 + C + 1, N)       as Ultralytics; the last row is the rotation (radians)
+=============================  ======================  =====================================================
+
+The class of a box is the argmax of its class columns. Non-maximum suppression is
+Deepness's: greedy by rank, box areas counted as (w + 1)(h + 1), a box dropped
+when its IoU with a kept one is >= ``det_iou_thresh`` (oriented boxes: the IoU of
+the rotated rectangles, over the same +1 areas). Kept boxes are truncated to whole
+pixels, as Deepness does. Oriented boxes are normalised as Deepness does (width
+the longer side, angle in [0, pi)). ``YOLO_Ultralytics_segmentation`` (masks from
+prototypes) is not supported.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import shapely
+import shapely.affinity
+
+from ...errors import ModelError
+from . import Instances, OutputKind, register
+
+DET_TYPES = ("YOLO_v5_or_v7_default", "YOLO_v6", "YOLO_v9", "YOLO_Ultralytics", "YOLO_Ultralytics_obb")
+
+
+class DetectorKind(OutputKind):
+    """A box detector: candidates in ``decode``, thresholds in :meth:`select`, crowns from boxes."""
+
+    detects_boxes: ClassVar[bool] = True
+
+    def classes(self, names, n_output_channels):
+        # A detector's classes are all real: no background channel.
+        names = list(names) if names else ["tree"]
+        return names, list(range(len(names)))
+
+    def select(self, spec, decoded: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The tile's boxes after the score threshold and NMS, best first: (N, 5) boxes, (N,) scores, (N,) classes.
+
+        Boxes are ``(xmin, ymin, xmax, ymax, angle)`` in tile pixels (see :mod:`engine.postprocess.boxes`).
+        """
+        raise NotImplementedError
+
+    def _resolved(self, spec, decoded: dict, valid: np.ndarray):
+        """Boxes whose centre lies on a valid pixel, and their canopy labels; computed once per tile and spec."""
+        from ...postprocess.boxes import box_centres, split_canopy
+
+        key = (spec.det_conf, spec.det_iou_thresh, spec.box_geometry)
+        memo = decoded.get("_resolved")
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        boxes, scores, classes = self.select(spec, decoded)
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 5)
+        scores = np.asarray(scores, np.float64).reshape(-1)
+        classes = np.asarray(classes, np.int64).reshape(-1)
+        if len(boxes):
+            cx, cy = box_centres(boxes)
+            h, w = valid.shape
+            col, row = np.floor(cx).astype(int), np.floor(cy).astype(int)
+            inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+            on_valid = np.zeros(len(boxes), bool)
+            on_valid[inside] = valid[row[inside], col[inside]]
+            boxes, scores, classes = boxes[on_valid], scores[on_valid], classes[on_valid]
+        labels = None
+        canopy = decoded.get("canopy")
+        if canopy is not None and spec.box_geometry == "crowns":
+            labels = split_canopy(np.where(valid, canopy, 0.0), boxes, spec.seg_thresh)
+        resolved = (boxes, scores, classes, labels)
+        decoded["_resolved"] = (key, resolved)
+        return resolved
+
+    def probabilities(self, spec, decoded, valid):
+        from ...postprocess.boxes import box_confidence
+
+        boxes, scores, classes, labels = self._resolved(spec, decoded, valid)
+        probs = box_confidence(valid.shape, boxes, scores, classes, len(spec.class_names), spec.box_geometry, labels)
+        probs[:, ~valid] = 0.0
+        return probs
+
+    def instances(self, spec, decoded, probs, valid, gsd_m):
+        boxes, scores, classes, labels = self._resolved(spec, decoded, valid)
+        if labels is None:
+            labels = np.zeros(valid.shape, np.int32)
+        return Instances(labels, np.concatenate([[0.0], scores]), np.concatenate([[0], classes]).astype(np.int64),
+                         boxes=np.concatenate([np.zeros((1, 5)), boxes]))
+
+
+def _xywh_to_xyxy(rows: np.ndarray) -> np.ndarray:
+    """Rows with columns 0..3 turned from centre/size to corners (other columns kept), in the rows' dtype."""
+    out = rows.copy()
+    half_w, half_h = rows[:, 2] / 2, rows[:, 3] / 2
+    out[:, 0], out[:, 1] = rows[:, 0] - half_w, rows[:, 1] - half_h
+    out[:, 2], out[:, 3] = rows[:, 0] + half_w, rows[:, 1] + half_h
+    return out
+
+
+def _rotated_rect(x1, y1, x2, y2, angle):
+    rect = shapely.box(x1, y1, x2, y2)
+    return shapely.affinity.rotate(rect, angle, origin=((x1 + x2) / 2, (y1 + y2) / 2), use_radians=True)
+
+
+def deepness_nms(xyxy: np.ndarray, ranks: np.ndarray, iou_thresh: float, angles: np.ndarray | None = None) -> list[int]:
+    """Indices kept by Deepness's greedy NMS, in the order they are picked (best rank first).
+
+    Areas count both edge pixels ((w + 1)(h + 1)); a candidate is dropped when its
+    IoU with the picked box is >= ``iou_thresh``. With ``angles``, the intersection
+    is that of the rotated rectangles.
+    """
+    if not len(xyxy):
+        return []
+    x1, y1, x2, y2 = (xyxy[:, i] for i in range(4))
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(ranks)
+    picked = []
+    while order.size:
+        best, rest = order[-1], order[:-1]
+        picked.append(int(best))
+        if angles is None:
+            w = np.maximum(0.0, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]) + 1)
+            h = np.maximum(0.0, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]) + 1)
+            inter = w * h
+            iou = inter / (areas[best] + areas[rest] - inter)
+        else:
+            mine = _rotated_rect(x1[best], y1[best], x2[best], y2[best], angles[best])
+            others = [_rotated_rect(x1[j], y1[j], x2[j], y2[j], angles[j]) for j in rest]
+            inter = shapely.area(shapely.intersection(mine, np.asarray(others, dtype=object))) if others else \
+                np.zeros(0)
+            union = areas[best] + areas[rest] - inter
+            iou = np.divide(inter, union, out=np.zeros(len(rest)), where=union > 0)
+        order = rest[iou < iou_thresh]
+    return picked
+
+
+@register
+class Detector(DetectorKind):
+    name = "detector"
+    deepness_types = ("detector", "detection")
+
+    def det_type(self, spec) -> str:
+        raw = spec.metadata.get("det_type")
+        if raw is None:
+            return DET_TYPES[0]
+        value = str(raw).strip().strip('"')
+        for known in DET_TYPES:
+            if value.lower() == known.lower():
+                return known
+        raise ModelError(f"The detector layout (det_type) '{value}' is not supported "
+                         f"(supported: {', '.join(DET_TYPES)}).")
+
+    def decode(self, spec, outputs, tile_hw):
+        det_type = self.det_type(spec)
+        out = np.asarray(next(iter(outputs.values())))
+        if out.ndim != 3 or out.shape[0] < 1:
+            raise ModelError(f"The detector's output has shape {tuple(out.shape)}; expected (1, candidates, values).")
+        rows = out[0]
+        if det_type not in ("YOLO_v5_or_v7_default", "YOLO_v6"):
+            rows = rows.T  # (values, candidates) layouts
+        n_extra = {"YOLO_v5_or_v7_default": 5, "YOLO_v6": 5, "YOLO_Ultralytics_obb": 5}.get(det_type, 4)
+        n_classes = rows.shape[1] - n_extra
+        if n_classes < 1:
+            raise ModelError(f"The detector's output has {rows.shape[1]} values per box; {det_type} needs more.")
+        if n_classes > len(spec.class_names):
+            raise ModelError(f"The detector outputs {n_classes} classes but its metadata names "
+                             f"{len(spec.class_names)}.")
+        if not np.all(np.isfinite(rows)):
+            raise ModelError("The model produced NaN or infinite values; it cannot be used on this image.")
+        return {"rows": rows, "det_type": det_type}
+
+    def select(self, spec, decoded):
+        rows, det_type = decoded["rows"], decoded["det_type"]
+        conf, iou = spec.det_conf, spec.det_iou_thresh
+        angles = None
+        if det_type == "YOLO_v5_or_v7_default":
+            rows = rows[rows[:, 4] >= conf]
+            class_cols = rows[:, 5:]
+            ranks = scores = rows[:, 4]
+        elif det_type == "YOLO_v6":
+            rows = rows[np.max(rows[:, 5:], axis=1) >= conf] if len(rows) else rows
+            class_cols = rows[:, 5:]
+            ranks, scores = rows[:, 4], np.max(class_cols, axis=1) if len(rows) else rows[:, 4]
+        elif det_type == "YOLO_Ultralytics_obb":
+            rows = rows[np.max(rows[:, 4:-1], axis=1) >= conf] if len(rows) else rows
+            class_cols = rows[:, 4:-1]
+            ranks = scores = np.max(class_cols, axis=1) if len(rows) else rows[:, 4]
+            w, h, rot = rows[:, 2], rows[:, 3], rows[:, -1]
+            longer = w > h
+            rows = rows.copy()
+            rows[:, 2], rows[:, 3] = np.where(longer, w, h), np.where(longer, h, w)
+            angles = np.where(longer, rot, rot + np.pi / 2) % np.pi
+        else:  # YOLO_v9, YOLO_Ultralytics
+            rows = rows[np.max(rows[:, 4:], axis=1) >= conf] if len(rows) else rows
+            class_cols = rows[:, 4:]
+            ranks = scores = np.max(class_cols, axis=1) if len(rows) else rows[:, 4]
+        if not len(rows):
+            return np.zeros((0, 5)), np.zeros(0), np.zeros(0, np.int64)
+        xyxy = _xywh_to_xyxy(rows)[:, :4]
+        keep = deepness_nms(xyxy, ranks, iou, angles)
+        boxes = np.zeros((len(keep), 5))
+        boxes[:, :4] = np.asarray(xyxy[keep], dtype=int)  # Deepness truncates to whole pixels
+        if angles is not None:
+            boxes[:, 4] = angles[keep]
+        return boxes, np.asarray(scores[keep], np.float64), np.argmax(class_cols[keep], axis=1)
