@@ -20,8 +20,6 @@ from pathlib import Path
 
 from qgis.core import (
     Qgis,
-    QgsCoordinateTransform,
-    QgsCsException,
     QgsGeometry,
     QgsMessageLog,
     QgsProcessing,
@@ -47,6 +45,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from tcd_qgis_plugin import dependencies
+from tcd_qgis_plugin.core.aoi import AoiError, area_wkt
 from tcd_qgis_plugin.core.layers import layer_source
 from tcd_qgis_plugin.core.runs import RunRegistry
 from tcd_qgis_plugin.core.task import LOG_TAG, WorkerRun, tiles_text
@@ -249,17 +248,10 @@ class DelineateCrownsAlgorithm(QgsProcessingAlgorithm):
         union = QgsGeometry.unaryUnion(geometries) if geometries else QgsGeometry()
         if union.isEmpty():
             raise QgsProcessingException(tr("The area of interest has no polygons."))
-        if source.sourceCrs() != raster.crs():
-            transform = QgsCoordinateTransform(source.sourceCrs(), raster.crs(), context.transformContext())
-            try:
-                failed = union.transform(transform) != Qgis.GeometryOperationResult.Success
-            except QgsCsException:
-                failed = True
-            if failed:
-                raise QgsProcessingException(tr("The area of interest cannot be transformed to the raster's CRS."))
-        if not union.intersects(QgsGeometry.fromRect(raster.extent())):
-            raise QgsProcessingException(tr("The area of interest does not overlap the raster."))
-        return union.asWkt()
+        try:
+            return area_wkt(union, source.sourceCrs(), raster, context.transformContext())
+        except AoiError as exc:
+            raise QgsProcessingException(str(exc)) from exc
 
     def checkParameterValues(self, parameters, context):
         ok, message = super().checkParameterValues(parameters, context)
