@@ -246,3 +246,39 @@ def test_detector_settings_are_refused_for_other_models(raster_path, model_path,
         predict(Job(image=raster_path, cache_dir=tmp_path / "c", model=model_path, det_conf=0.3))
     with pytest.raises(InputError, match="between 0 and 1"):
         Job(image=raster_path, cache_dir=tmp_path / "c", det_iou_thresh=1.5)
+
+
+class LooseSquareDetector(SquareDetector):
+    """Boxes 4 px wider than the squares on each side, and the squares as the canopy inside them."""
+
+    def run(self, raw):
+        decoded = super().run(raw)
+        decoded["rows"][:, 2:4] += 8
+        decoded["canopy"] = (raw[0] > 128).astype(np.float32)
+        return decoded
+
+
+def test_cli_predicts_with_detector_choices_and_evaluate_scores_the_boxes(square_scene, tmp_path, capsys,
+                                                                         monkeypatch):
+    import engine.run.predict as run_predict
+    from engine.cli import main
+
+    monkeypatch.setattr(run_predict, "OnnxModel", LooseSquareDetector)
+    image, model = square_scene
+    cache = tmp_path / "cache"
+    assert main(["predict", str(image), "--model", str(model), "--out", str(cache), "--det-conf", "0.8",
+                 "--det-iou", "0.3", "--geometry", "crowns", "--quiet"]) == 0
+    settings = json.loads((cache / "tiles.jsonl").read_text().splitlines()[0])["fingerprints"]["settings"]
+    assert (settings["det_conf"], settings["det_iou_thresh"]) == (0.8, 0.3)
+    truth = tmp_path / "truth.csv"
+    truth.write_text("image_path,xmin,ymin,xmax,ymax,label\n" + "".join(
+        f"squares.tif,{x - 4},{y - 4},{x + s + 4},{y + s + 4},Tree\n" for x, y, s in SQUARES[:-1]))
+    crowns = read_crowns(cache)
+    # The crowns are the canopy (the squares), smaller than their boxes ...
+    assert sorted(round(c["area_m2"], 2) for c in crowns) == sorted(round((s * 0.1) ** 2, 2) for _, _, s in SQUARES)
+    capsys.readouterr()
+    assert main(["evaluate", str(cache), "--truth", str(truth), "--iou", "0.99"]) == 0
+    # ... and evaluate scores the stored boxes, which match the truth boxes exactly.
+    assert "TP 6  FP 1  FN 0" in capsys.readouterr().out
+    assert main(["predict", str(image), "--model", str(model), "--out", str(tmp_path / "c2"),
+                 "--det-conf", "2"]) == 2

@@ -38,7 +38,7 @@ LOCAL_CRS = "EPSG:32612"
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="precision, recall and F1 of predicted crowns against annotated boxes",
+        help="precision, recall and F1 of predicted crowns (or a detector's boxes) against annotated boxes",
         description="Compare crowns with annotated boxes (pixel coordinates of the image) at an IoU threshold.",
     )
     parser.add_argument("source", type=Path, nargs="?",
@@ -75,7 +75,11 @@ def _inverse_transform(image_path: Path) -> tuple[float, ...]:
 
 
 def crown_envelopes(vector_path: Path, layer_name: str | None = None) -> np.ndarray:
-    """(N, 4) ``(xmin, ymin, xmax, ymax)`` envelopes of the crown polygons, in the layer's CRS."""
+    """(N, 4) ``(xmin, ymin, xmax, ymax)`` envelopes of the crown polygons, in the layer's CRS.
+
+    A detector's cache is scored on its boxes: its crowns (canopy or ellipses inside
+    the boxes) carry the box itself in ``box_xmin`` ... ``box_ymax``.
+    """
     from osgeo import ogr
 
     ogr.UseExceptions()
@@ -87,6 +91,12 @@ def crown_envelopes(vector_path: Path, layer_name: str | None = None) -> np.ndar
     if layer is None:
         raise InputError(f"The crown file {vector_path} has no layer {layer_name!r}.")
     rows = []
+    defn = layer.GetLayerDefn()
+    box_fields = ("box_xmin", "box_ymin", "box_xmax", "box_ymax")
+    if all(defn.GetFieldIndex(name) >= 0 for name in box_fields):
+        for feature in layer:
+            rows.append(tuple(feature.GetField(name) for name in box_fields))
+        return np.asarray(rows, np.float64).reshape(-1, 4)
     for feature in layer:
         geometry = feature.GetGeometryRef()
         if geometry is not None and not geometry.IsEmpty():

@@ -26,6 +26,13 @@ def register(subparsers) -> None:
                    help="canopy height raster (CHM or nDSM, metres, any CRS): crowns get height_max_m, height_p95_m")
     p.add_argument("--processor", dest="provider", default=None, choices=sorted(PROVIDERS),
                    help="where the model runs (default: a working GPU if any, else the CPU)")
+    p.add_argument("--det-conf", type=float, default=None, metavar="SCORE",
+                   help="detectors: score a box needs (default: the model's)")
+    p.add_argument("--det-iou", type=float, default=None, metavar="IOU",
+                   help="detectors: IoU above which the weaker of two overlapping boxes goes (default: the model's)")
+    p.add_argument("--geometry", dest="box_geometry", choices=("crowns", "boxes"), default=None,
+                   help="detectors: store crowns (canopy in the box, else its inscribed ellipse) or the boxes "
+                        "(default crowns)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -47,6 +54,9 @@ def run(args) -> int:
         threads=args.threads,
         assign_crs=args.assign_crs,
         provider=args.provider,
+        det_conf=args.det_conf,
+        det_iou_thresh=args.det_iou,
+        box_geometry=args.box_geometry,
         canopy_height=args.canopy_height,
     )
     bar = None
