@@ -37,7 +37,7 @@ from tcd_qgis_plugin.core.runs import RunRegistry
 from tcd_qgis_plugin.engine.cache.status import cache_status
 from tcd_qgis_plugin.engine.errors import TCDError
 from tcd_qgis_plugin.engine.models.spec import default_model_path, describe_model
-from tcd_qgis_plugin.engine.settings import Job, Output, VectorFormat, resolve_settings
+from tcd_qgis_plugin.engine.settings import BoxGeometry, Job, Output, VectorFormat, resolve_settings
 
 AREA_ALL, AREA_EXTENT, AREA_SELECTION = range(3)
 # ``Job.provider`` choices as the Processor list names them; None lets the engine pick.
@@ -125,6 +125,24 @@ class PredictDialog(QDialog):
         self.processor_combo.setToolTip(self.tr("Where the model runs. Only devices that start on this computer are "
                                                 "listed; the choice changes speed, not results."))
         self._fill_processors(["cpu"])
+        # Detectors only (shown when the model is one): thresholds and what each box is stored as.
+        self.det_conf_spin = QDoubleSpinBox()
+        self.det_iou_spin = QDoubleSpinBox()
+        for spin in (self.det_conf_spin, self.det_iou_spin):
+            spin.setRange(-0.01, 1.0)
+            spin.setDecimals(2)
+            spin.setSingleStep(0.05)
+            spin.setValue(-0.01)
+            spin.setSpecialValueText(self.tr("Model default"))
+        self.det_conf_spin.setToolTip(self.tr("The score a box needs to be kept."))
+        self.det_iou_spin.setToolTip(self.tr("Of two boxes overlapping more than this (intersection over union), "
+                                             "the weaker is dropped."))
+        self.geometry_combo = QComboBox()
+        self.geometry_combo.addItem(self.tr("Crowns (canopy in the box, else its ellipse)"), BoxGeometry.CROWNS)
+        self.geometry_combo.addItem(self.tr("Boxes"), BoxGeometry.BOXES)
+        self.detector_labels = [QLabel(self.tr("Box score threshold")), QLabel(self.tr("Box overlap (IoU)")),
+                                QLabel(self.tr("Store each box as"))]
+        self.detector_widgets = [self.det_conf_spin, self.det_iou_spin, self.geometry_combo]
         self.area_all = QRadioButton(self.tr("The whole raster"))
         self.area_extent = QRadioButton(self.tr("Only the current map extent"))
         self.area_selection = QRadioButton(self.tr("Only inside the selected features of"))
@@ -147,6 +165,8 @@ class PredictDialog(QDialog):
         advanced_form.addRow(self.tr("Ground sampling distance"), self.gsd_spin)
         advanced_form.addRow(self.tr("Crown file format"), self.format_combo)
         advanced_form.addRow(self.tr("Processor"), self.processor_combo)
+        for label, widget in zip(self.detector_labels, self.detector_widgets):
+            advanced_form.addRow(label, widget)
         advanced_form.addRow(self.tr("Area"), area_box)
 
         self.dependency_label = QLabel()
@@ -180,6 +200,8 @@ class PredictDialog(QDialog):
                        self.crowns_check.toggled, self.folder_widget.fileChanged, self.tile_spin.valueChanged,
                        self.overlap_spin.valueChanged, self.gsd_spin.valueChanged,
                        self.format_combo.currentIndexChanged, self.processor_combo.currentIndexChanged,
+                       self.det_conf_spin.valueChanged, self.det_iou_spin.valueChanged,
+                       self.geometry_combo.currentIndexChanged,
                        self.area_group.buttonClicked):
             signal.connect(self.validate)
         if canvas is not None:
@@ -348,6 +370,7 @@ class PredictDialog(QDialog):
                 aoi_wkt=aoi,
                 assign_crs=assign_crs,
                 provider=self.processor_combo.currentData(),
+                **self._detector_choices(spec),
             )
             settings = resolve_settings(job, spec, work_crs="")
         except (TCDError, AoiError) as exc:
@@ -373,8 +396,25 @@ class PredictDialog(QDialog):
         self.processor_combo.setCurrentIndex(max(index, 0))
         self.processor_combo.blockSignals(False)
 
+    def _detector_choices(self, spec) -> dict:
+        """The Job's detector fields: the Advanced choices for a detector, none for other models."""
+        if not spec.kind.detects_boxes:
+            return {}
+        conf, iou = self.det_conf_spin.value(), self.det_iou_spin.value()
+        return {"det_conf": None if conf < 0 else conf, "det_iou_thresh": None if iou < 0 else iou,
+                "box_geometry": self.geometry_combo.currentData()}
+
     def _show_defaults(self, spec) -> None:
         """"Model default" says what the default is for the chosen model (and tile size, for the overlap)."""
+        detector = spec is not None and spec.kind.detects_boxes
+        for widget in self.detector_labels + self.detector_widgets:
+            widget.setVisible(detector)
+        if detector:
+            for spin, value in ((self.det_conf_spin, spec.det_conf), (self.det_iou_spin, spec.det_iou_thresh)):
+                text = self.tr("Model default ({:g})").format(value)
+                if spin.specialValueText() != text:
+                    spin.setSpecialValueText(text)
+                    spin.update()
         if spec is None:
             texts = (self.tr("Model default"),) * 3
         else:

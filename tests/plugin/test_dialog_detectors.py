@@ -1,0 +1,55 @@
+"""The dialog with a detector: listed with the other models, its thresholds and geometry in Advanced."""
+
+import pytest
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtTest import QSignalSpy, QTest
+
+from tcd_qgis_plugin.core.runs import RunRegistry
+from tcd_qgis_plugin.engine.settings import BoxGeometry
+from tcd_qgis_plugin.gui.dialog import PredictDialog
+from tests.test_detectors import V5_ROWS, detector_model
+
+
+@pytest.fixture
+def detector_path(tmp_path):
+    return detector_model(tmp_path / "models" / "trees.onnx", V5_ROWS, det_conf=0.4, det_iou=0.3,
+                          extra={"name": "tree detector"})
+
+
+@pytest.fixture
+def dialog(qgis_canvas, settings, raster_layer, model_path, detector_path):
+    registry = RunRegistry()
+    registry.add_recent_model(model_path)
+    registry.add_recent_model(detector_path)
+    dialog = PredictDialog(registry, qgis_canvas)
+    dialog.set_raster(raster_layer)
+    yield dialog
+    dialog.deleteLater()
+
+
+def click_run(dialog) -> list:
+    spy = QSignalSpy(dialog.runRequested)
+    QTest.mouseClick(dialog.run_button, Qt.LeftButton)
+    return [args[0] for args in spy]
+
+
+def test_detector_thresholds_show_for_detectors_only_and_reach_the_job(dialog, model_path, detector_path):
+    names = [dialog.model_combo.itemText(i) for i in range(dialog.model_combo.count())]
+    assert "tree detector" in names and "crown test model" in names
+    dialog.select_model(model_path)
+    assert not any(w.isVisibleTo(dialog) for w in dialog.detector_widgets + dialog.detector_labels)
+    (job,) = click_run(dialog)
+    assert (job.det_conf, job.det_iou_thresh, job.box_geometry) == (None, None, None)
+
+    dialog.select_model(detector_path)
+    assert all(w.isVisibleTo(dialog) for w in dialog.detector_widgets + dialog.detector_labels)
+    assert dialog.det_conf_spin.specialValueText() == "Model default (0.4)"
+    assert dialog.det_iou_spin.specialValueText() == "Model default (0.3)"
+    (job,) = click_run(dialog)
+    assert (job.det_conf, job.det_iou_thresh, job.box_geometry) == (None, None, BoxGeometry.CROWNS)
+
+    dialog.det_conf_spin.setValue(0.25)
+    dialog.det_iou_spin.setValue(0.6)
+    dialog.geometry_combo.setCurrentIndex(dialog.geometry_combo.findData(BoxGeometry.BOXES))
+    (job,) = click_run(dialog)
+    assert (job.det_conf, job.det_iou_thresh, job.box_geometry) == (0.25, 0.6, BoxGeometry.BOXES)
