@@ -2,8 +2,9 @@
 
 Three stages overlap so reading and post-processing hide behind inference: a
 reader thread fills a small queue with tiles, an inference thread runs the
-model (onnxruntime releases the GIL), and a small pool post-processes (crown
-split, vectorising, GeoTIFF encoding). Queues are bounded, so memory does not
+model (onnxruntime releases the GIL) on one tile or, when the model takes a
+batch and it pays (a GPU), on the tiles already read, up to ``batch_size``, and a
+small pool post-processes (crown split, vectorising, GeoTIFF encoding). Queues are bounded, so memory does not
 grow with the raster. The caller iterates :meth:`LocalExecutor.map` and commits
 each result; closing the iterator stops every stage within a tile.
 """
@@ -46,16 +47,18 @@ class LocalExecutor:
     """Runs a :class:`TileProcessor`'s stages on threads of this process."""
 
     def __init__(self, processor: TileProcessor, *, post_workers: int = 2, read_ahead: int = 2,
-                 in_flight: int = 3):
+                 in_flight: int = 3, batch_size: int | None = None):
         self.processor = processor
         self.post_workers = post_workers
         self.read_ahead = read_ahead
         self.in_flight = in_flight
+        self.batch_size = batch_size  # None: what the model's session says pays (OnnxModel.batch_size)
 
     def map(self, tiles: Sequence[Tile]) -> Iterator[TileOutputs]:
         """Yield each tile's outputs in the order of ``tiles``; an error in any stage is raised here."""
         stop = _Stop()
-        read_q: queue.Queue = queue.Queue(maxsize=self.read_ahead)
+        batch_size = max(1, self.batch_size or self.processor.model.batch_size)
+        read_q: queue.Queue = queue.Queue(maxsize=max(self.read_ahead, batch_size))
         # Tiles being post-processed or waiting for the caller; bounds memory to a few tiles.
         out_q: queue.Queue = queue.Queue(maxsize=self.in_flight)
         pool = ThreadPoolExecutor(max_workers=self.post_workers, thread_name_prefix="tcd-post")
@@ -90,13 +93,37 @@ class LocalExecutor:
                 processor.close()  # the reader belongs to this thread (GDAL's settings are per thread)
                 put(read_q, _DONE)
 
+        def next_batch() -> list:
+            """The next tile (waiting for it) and those already read behind it, up to ``batch_size``."""
+            first = get(read_q)
+            if first is _DONE:
+                return []
+            batch = [first]
+            while len(batch) < batch_size:
+                try:
+                    item = read_q.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _DONE:
+                    read_q.put(_DONE)  # seen again by the next call, which ends the stage
+                    break
+                batch.append(item)
+            return batch
+
         def infer_stage() -> None:
             try:
-                while (item := get(read_q)) is not _DONE:
-                    tile, raw, valid = item
-                    decoded = processor.infer(raw, valid)
-                    if not put(out_q, pool.submit(processor.postprocess, tile, valid, decoded)):
-                        return
+                while batch := next_batch():
+                    if len(batch) == 1:
+                        decoded = [processor.infer(batch[0][1], batch[0][2])]
+                    else:  # tiles with no valid pixel are skipped, never run (as in TileProcessor.infer)
+                        run = [i for i, (_, _, valid) in enumerate(batch) if valid.any()]
+                        outputs = processor.model.run_batch([batch[i][1] for i in run]) if run else []
+                        decoded = [None] * len(batch)
+                        for i, out in zip(run, outputs):
+                            decoded[i] = out
+                    for (tile, _, valid), out in zip(batch, decoded):
+                        if not put(out_q, pool.submit(processor.postprocess, tile, valid, out)):
+                            return
             except BaseException as exc:
                 stop.fail(exc)
             finally:
