@@ -91,3 +91,23 @@ class CacheLockedError(CacheError):
 
 class CacheWriteError(CacheError, IOError):
     """Writing to the cache failed (disk full, permissions)."""
+
+
+class ClusterError(TCDError):
+    """A Dask cluster cannot run the job, or stopped running it.
+
+    ``what`` says what happened: ``"missing"`` (the ``distributed`` package is not
+    installed), ``"unreachable"`` (no scheduler answers at ``address``), ``"lost"``
+    (the scheduler went away mid-run), ``"workers"`` (the cluster has no workers, or
+    a tile keeps killing them), ``"engine"`` (a worker cannot import this engine, or
+    runs another version of it). ``address`` is the scheduler's or the worker's.
+    ``resume_fixes`` is True when running the job again (on a cluster or on this
+    machine) continues from the tiles committed so far.
+    """
+
+    def __init__(self, message: str, what: str = "lost", address: str | None = None, *,
+                 resume_fixes: bool = False):
+        super().__init__(message)
+        self.what = what
+        self.address = address
+        self.resume_fixes = resume_fixes

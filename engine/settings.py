@@ -61,8 +61,14 @@ class VectorFormat(str, Enum):
 
 
 def default_cache_dir(image: str | Path) -> Path:
-    """The cache folder used when none is given: ``IMAGE_tcd`` beside the image."""
+    """The cache folder used when none is given: ``IMAGE_tcd`` beside the image.
+
+    For a raster that GDAL reads over the network (``/vsis3/...``, ``/vsicurl/...``)
+    there is no folder beside it to write to: ``IMAGE_tcd`` in the current folder.
+    """
     image = Path(image)
+    if str(image).replace("\\", "/").startswith("/vsi"):
+        return Path.cwd() / f"{image.stem}_tcd"
     return image.with_name(f"{image.stem}_tcd")
 
 
@@ -100,6 +106,10 @@ class Job:
     ``canopy_height`` is a canopy height raster (CHM or nDSM, metres, any CRS and
     resolution): each crown then gets ``height_max_m``, ``height_p95_m`` and
     ``height_src``; its path is part of the settings fingerprint.
+    ``workers`` (a number of local Dask worker processes) or ``scheduler`` (the
+    address of a running Dask scheduler, ``tcp://host:8786``) run the tiles on a
+    Dask cluster (:mod:`engine.run.dask`); like ``provider`` they change where tiles
+    are computed, not the result, so neither is part of the cache fingerprint.
     """
 
     image: Path
@@ -119,6 +129,8 @@ class Job:
     det_iou_thresh: float | None = None
     box_geometry: BoxGeometry | None = None
     canopy_height: Path | None = None
+    workers: int | None = None
+    scheduler: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "image", Path(self.image))
@@ -147,6 +159,13 @@ class Job:
             raise InputError(f"The overlap cannot be negative ({self.overlap_px} px).")
         if self.gsd_m is not None and not self.gsd_m > 0:
             raise InputError(f"The ground sampling distance must be positive, not {self.gsd_m} m.")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers < 1):
+            raise InputError(f"The number of Dask workers must be a whole number of at least 1, not {self.workers}.")
+        if self.scheduler is not None and not str(self.scheduler).strip():
+            object.__setattr__(self, "scheduler", None)
+        if self.workers is not None and self.scheduler is not None:
+            raise InputError("Give either a number of local Dask workers or a scheduler address, not both.")
 
 
 @dataclass(frozen=True)

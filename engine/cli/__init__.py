@@ -15,7 +15,7 @@ import logging
 import sys
 import traceback
 
-from ..errors import CacheError, MissingCRSError, TCDError
+from ..errors import CacheError, ClusterError, MissingCRSError, TCDError
 
 COMMANDS = ("predict", "status", "evaluate", "export_restor", "export_deepforest", "doctor")
 
@@ -42,6 +42,15 @@ def remedy(exc: TCDError) -> str:
         return " Run again with --overwrite to start afresh, or choose another folder with --out."
     if isinstance(exc, MissingCRSError):
         return " Give it one with --assign-crs (for example --assign-crs EPSG:32633)."
+    if isinstance(exc, ClusterError):
+        if exc.what == "missing":
+            return " Install it (pip install distributed), or run without --workers and --scheduler."
+        if exc.what == "unreachable":
+            return " Check the address given with --scheduler, or start a scheduler there with: dask scheduler."
+        if exc.what == "engine":
+            return " Give every worker the same engine as this machine (PYTHONPATH pointing at this copy)."
+        if exc.resume_fixes:
+            return " Run the same predict again, with or without --scheduler, to resume from there."
     return ""
 
 

@@ -33,6 +33,12 @@ def register(subparsers) -> None:
     p.add_argument("--geometry", dest="box_geometry", choices=("crowns", "boxes"), default=None,
                    help="detectors: store crowns (canopy in the box, else its inscribed ellipse) or the boxes "
                         "(default crowns)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="predict on a local Dask cluster of N worker processes (needs the distributed package)")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="predict on a running Dask cluster, e.g. tcp://host:8786 (started with dask scheduler "
+                            "and dask worker); this process commits the tiles")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -58,6 +64,8 @@ def run(args) -> int:
         det_iou_thresh=args.det_iou,
         box_geometry=args.box_geometry,
         canopy_height=args.canopy_height,
+        workers=args.workers,
+        scheduler=args.scheduler,
     )
     bar = None
 

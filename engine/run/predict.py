@@ -115,6 +115,15 @@ def prepare(job: Job, plan_version: int | None = None) -> Prepared:
     return Prepared(plan, tiles, header, model)
 
 
+def executor_for(job: Job, prepared: Prepared):
+    """This process's threads, or a Dask cluster when the job names one (Dask is imported only then)."""
+    if job.scheduler is None and job.workers is None:
+        return LocalExecutor(TileProcessor(prepared.plan, prepared.model))
+    from .dask import DaskExecutor
+
+    return DaskExecutor(prepared.plan, scheduler=job.scheduler, workers=job.workers)
+
+
 def find_mismatch(job: Job) -> CacheMismatchError | None:
     """Why ``job`` cannot continue the cache in ``job.cache_dir``, or None if it can (or there is none).
 
@@ -153,8 +162,7 @@ def predict(job: Job, progress: Callable[[Progress], None] | None = None,
         report(None)
         todo = prepared.tiles[cache.done:]
         if todo and not is_cancelled():
-            executor = LocalExecutor(TileProcessor(prepared.plan, prepared.model))
-            results = executor.map(todo)
+            results = executor_for(job, prepared).map(todo)
             try:
                 for outputs in results:
                     cache.commit(outputs)

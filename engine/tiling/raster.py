@@ -1,8 +1,15 @@
-"""The source raster: opening it with one-sentence errors, its description, and its CRSs."""
+"""The source raster: opening it with one-sentence errors, its description, and its CRSs.
+
+A raster is a local file or any path GDAL reads itself, such as ``/vsis3/bucket/ortho.tif``
+or ``/vsicurl/https://host/ortho.tif`` (a cloud-optimised GeoTIFF): a remote raster has
+no local file to check or stat, so GDAL's own stat (size, modification time) stands in
+for the file's in the image fingerprint.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -16,8 +23,49 @@ from ..errors import MissingCRSError, RasterError
 from .grid import RasterInfo, apply, utm_epsg
 
 
+def is_remote(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a raster on one of GDAL's virtual file systems (``/vsis3/``, ``/vsicurl/``...)."""
+    return str(path).replace("\\", "/").startswith("/vsi")
+
+
+def gdal_path(path: str | os.PathLike) -> str:
+    """``path`` as GDAL takes it: a URL's ``//`` that ``Path`` collapsed (``/vsicurl/https:/host``) restored."""
+    text = str(path)
+    if is_remote(text):
+        text = re.sub(r"(?<=/)(https?|ftps?|file):/(?=[^/])", r"\1://", text.replace("\\", "/"), count=1)
+    return text
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200].rstrip(".")
+
+
+def _open_remote(path: str):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioIOError as exc:
+        raise RasterError(f"GDAL cannot open the raster {path} ({_first_line(exc)}).") from exc
+
+
+def _remote_stat(path: str) -> tuple[int | None, int | None]:
+    """``(size, mtime_ns)`` of a remote raster from GDAL's own stat (a HEAD request); None where unknown."""
+    try:
+        from osgeo import gdal
+    except ImportError:  # pragma: no cover - GDAL's bindings come with QGIS
+        return None, None
+    stat = gdal.VSIStatL(path)
+    if stat is None:
+        return None, None
+    return int(stat.size), int(stat.mtime) * 1_000_000_000
+
+
 def open_raster(path: str | os.PathLike):
     """Open a raster with rasterio, turning every failure into a one-sentence RasterError."""
+    if is_remote(path):
+        return _open_remote(gdal_path(path))
     path = Path(path)
     if not path.exists():
         raise RasterError(f"The raster {path} does not exist.")
@@ -39,32 +87,38 @@ def describe_raster(path: str | os.PathLike, assign_crs: str | None = None) -> R
     ``assign_crs`` (WKT or an authority code) stands in for the CRS of a file
     that has none; a file's own CRS always wins.
     """
-    path = Path(path)
+    remote = is_remote(path)
+    path = gdal_path(path) if remote else Path(path)
+    name = path if remote else path.name
     with open_raster(path) as src:
         crs = src.crs
         if crs is None and assign_crs:
             try:
                 crs = CRS.from_user_input(assign_crs)
             except Exception as exc:  # rasterio raises CRSError with PROJ's wording
-                raise RasterError(f"The CRS to assign to {path.name} is not valid: {assign_crs[:80]}.") from exc
+                raise RasterError(f"The CRS to assign to {name} is not valid: {assign_crs[:80]}.") from exc
         if crs is None:
-            raise MissingCRSError(f"{path.name} has no coordinate reference system.")
+            raise MissingCRSError(f"{name} has no coordinate reference system.")
         t = src.transform
         if t.a == 1 and t.e == 1 and t.b == 0 and t.d == 0 and t.c == 0 and t.f == 0:
-            raise RasterError(f"{path.name} has no georeferencing (no geotransform).")
+            raise RasterError(f"{name} has no georeferencing (no geotransform).")
         if t.a * t.e - t.b * t.d == 0:
-            raise RasterError(f"{path.name} has a degenerate geotransform.")
+            raise RasterError(f"{name} has a degenerate geotransform.")
         if crs.is_geographic:
             units_per_m = 1.0
         else:
             try:
                 _, factor = crs.linear_units_factor
             except Exception as exc:  # rasterio raises CRSError for CRSs without linear units
-                raise RasterError(f"The CRS of {path.name} has no linear unit; reproject it first.") from exc
+                raise RasterError(f"The CRS of {name} has no linear unit; reproject it first.") from exc
             units_per_m = 1.0 / float(factor)
-        stat = path.stat()
+        if remote:
+            file_size, mtime_ns = _remote_stat(path)
+        else:
+            stat = path.stat()
+            file_size, mtime_ns = stat.st_size, stat.st_mtime_ns
         return RasterInfo(
-            path=str(path.resolve()),
+            path=path if remote else str(path.resolve()),
             width=src.width,
             height=src.height,
             count=src.count,
@@ -73,8 +127,8 @@ def describe_raster(path: str | os.PathLike, assign_crs: str | None = None) -> R
             crs_is_geographic=bool(crs.is_geographic),
             units_per_m=units_per_m,
             transform=(t.a, t.b, t.c, t.d, t.e, t.f),
-            file_size=stat.st_size,
-            mtime_ns=stat.st_mtime_ns,
+            file_size=file_size,
+            mtime_ns=mtime_ns,
         )
 
 
