@@ -90,6 +90,8 @@ from tcd_qgis_plugin.core import task
 import tcd_qgis_plugin.engine
 assert tcd_qgis_plugin.engine.__file__.startswith(sys.argv[1]), tcd_qgis_plugin.engine.__file__
 assert "engine" not in sys.modules
+from tcd_qgis_plugin.engine.models.spec import default_model_path, describe_model
+describe_model(default_model_path())  # the dialog lists models before anything is installed
 loaded = sorted(n for n in sys.modules if n.split(".")[0] in HEAVY)
 print("LOADED", loaded)
 """

@@ -3,7 +3,10 @@
 A kind is one :class:`OutputKind` subclass in one module of this package,
 registered under the name a model's metadata gives as ``output_kind`` (and,
 for models made for the Deepness plugin, the ``model_type`` values it stands
-for). Adding a kind is adding a module here; nothing else names kinds.
+for). Adding a kind is adding a module here; nothing else names kinds. Describing a
+model loads every kind module, also in a QGIS whose packages are not installed
+yet: kind modules import only numpy and the standard library at module level,
+anything heavier (scipy, shapely) inside the methods that need it.
 
 Every method works on one tile in model pixels:
 

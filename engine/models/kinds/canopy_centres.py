@@ -9,10 +9,8 @@ tile whose core holds its centroid.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from ...errors import ModelError
-from ...postprocess.crowns import block_mean, delineate_crowns
 from . import Instances, OutputKind, probability_map, register
 
 
@@ -32,6 +30,10 @@ class CanopyCentres(OutputKind):
         return {"probs": probs}
 
     def instances(self, spec, decoded, probs, valid, gsd_m):
+        from scipy import ndimage
+
+        from ...postprocess.crowns import block_mean, delineate_crowns
+
         centres = decoded["probs"][1] * valid
         canopy, stride = probs[0], spec.crown_stride_px
         if stride > 1:

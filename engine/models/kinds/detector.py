@@ -34,8 +34,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-import shapely
-import shapely.affinity
 
 from ...errors import ModelError
 from . import Instances, OutputKind, register
@@ -114,6 +112,8 @@ def _xywh_to_xyxy(rows: np.ndarray) -> np.ndarray:
 
 
 def _rotated_rect(x1, y1, x2, y2, angle):
+    import shapely.affinity
+
     rect = shapely.box(x1, y1, x2, y2)
     return shapely.affinity.rotate(rect, angle, origin=((x1 + x2) / 2, (y1 + y2) / 2), use_radians=True)
 
@@ -140,6 +140,8 @@ def deepness_nms(xyxy: np.ndarray, ranks: np.ndarray, iou_thresh: float, angles:
             inter = w * h
             iou = inter / (areas[best] + areas[rest] - inter)
         else:
+            import shapely
+
             mine = _rotated_rect(x1[best], y1[best], x2[best], y2[best], angles[best])
             others = [_rotated_rect(x1[j], y1[j], x2[j], y2[j], angles[j]) for j in rest]
             inter = shapely.area(shapely.intersection(mine, np.asarray(others, dtype=object))) if others else \

@@ -9,7 +9,6 @@ once, patches split along core borders as in tcd_pipeline's semantic cache.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from ...errors import ModelError
 from . import Instances, OutputKind, probability_map, register
@@ -33,6 +32,8 @@ class Semantic(OutputKind):
         return {"probs": probs}
 
     def instances(self, spec, decoded, probs, valid, gsd_m):
+        from scipy import ndimage
+
         labels = np.zeros(valid.shape, np.int32)
         best = np.argmax(probs, axis=0) if probs.shape[0] > 1 else np.zeros(valid.shape, np.int64)
         scores, classes = [np.zeros(1)], [np.zeros(1, np.int64)]
