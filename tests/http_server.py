@@ -21,7 +21,7 @@ class RangeHandler(SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     token: str | None = None
 
-    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+    def log_message(self, format, *args):
         sys.stderr.write("%s\n" % (format % args))
 
     def _allowed(self) -> bool:

@@ -34,6 +34,7 @@ value that imports whichever name the worker has.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -283,6 +284,10 @@ class DaskExecutor:
 
     def map(self, tiles: Sequence[Tile]) -> Iterator[TileOutputs]:
         """Yield each tile's outputs in the order of ``tiles``; an error on the cluster is raised here."""
+        with _quiet_dask():
+            yield from self._map(tiles)
+
+    def _map(self, tiles: Sequence[Tile]) -> Iterator[TileOutputs]:
         client, cluster = self._connect()
         in_flight: dict = {}  # future -> index in tiles
         try:
@@ -318,15 +323,14 @@ class DaskExecutor:
             in_flight.clear()
             try:
                 client.close(timeout=10)
-            except Exception:  # noqa: BLE001 - a lost scheduler makes closing fail too; nothing is left to free
+            except Exception:  # a lost scheduler makes closing fail too; nothing is left to free
                 logger.debug("closing the Dask client failed", exc_info=True)
             if cluster is not None:
                 cluster.close()
 
     def _collect(self, client, in_flight: dict) -> list:
         """Wait until some submitted tiles finish; their ``(future, result bytes)``, or the cluster's error."""
-        from distributed import wait
-        from distributed.client import FutureCancelledError
+        from distributed import CancelledError, wait
 
         try:
             from distributed import KilledWorker
@@ -339,7 +343,7 @@ class DaskExecutor:
                     done = wait(list(in_flight), timeout=_POLL_S, return_when="FIRST_COMPLETED").done
             except TimeoutError:
                 done = ()
-            except (OSError, FutureCancelledError) as exc:
+            except (OSError, CancelledError) as exc:
                 raise self._lost(exc) from exc
             if done:
                 break
@@ -370,7 +374,7 @@ class DaskExecutor:
             raise exc
         try:
             blobs = client.gather(finished)
-        except (OSError, FutureCancelledError) as exc:
+        except (OSError, CancelledError) as exc:
             raise self._lost(exc) from exc
         return list(zip(finished, blobs))
 
@@ -378,6 +382,28 @@ class DaskExecutor:
         where = self.scheduler or "this machine"
         return ClusterError(f"The connection to the Dask scheduler at {where} was lost during the run; "
                             f"the tiles committed so far are kept.", "lost", self.scheduler, resume_fixes=True)
+
+
+@contextlib.contextmanager
+def _quiet_dask():
+    """Keep Dask's own client-side log quiet during a run (unless debugging).
+
+    What it would say (a lost connection, with tracebacks, while reconnecting and
+    closing) reaches the caller as one :class:`ClusterError` sentence instead.
+    """
+    if logging.getLogger("distributed").isEnabledFor(logging.DEBUG):
+        yield
+        return
+    # Dask's configuration gives some of its loggers levels of their own: quiet each.
+    names = ["distributed"] + [n for n in logging.root.manager.loggerDict if n.startswith("distributed.")]
+    saved = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _reason(exc: BaseException) -> str:
