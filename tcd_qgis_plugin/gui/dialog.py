@@ -24,6 +24,7 @@ from qgis.PyQt.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPushButton,
     QRadioButton,
     QSpinBox,
@@ -125,6 +126,11 @@ class PredictDialog(QDialog):
         self.processor_combo.setToolTip(self.tr("Where the model runs. Only devices that start on this computer are "
                                                 "listed; the choice changes speed, not results."))
         self._fill_processors(["cpu"])
+        self.scheduler_edit = QLineEdit()
+        self.scheduler_edit.setPlaceholderText(self.tr("None: this computer"))
+        self.scheduler_edit.setToolTip(self.tr(
+            "Address of a running Dask scheduler (tcp://host:8786) to predict on its cluster; the workers must "
+            "read the raster and have this engine (see Help). QGIS writes the results here as tiles come back."))
         # Detectors only (shown when the model is one): thresholds and what each box is stored as.
         self.det_conf_spin = QDoubleSpinBox()
         self.det_iou_spin = QDoubleSpinBox()
@@ -165,6 +171,7 @@ class PredictDialog(QDialog):
         advanced_form.addRow(self.tr("Ground sampling distance"), self.gsd_spin)
         advanced_form.addRow(self.tr("Crown file format"), self.format_combo)
         advanced_form.addRow(self.tr("Processor"), self.processor_combo)
+        advanced_form.addRow(self.tr("Dask scheduler"), self.scheduler_edit)
         for label, widget in zip(self.detector_labels, self.detector_widgets):
             advanced_form.addRow(label, widget)
         advanced_form.addRow(self.tr("Area"), area_box)
@@ -201,7 +208,7 @@ class PredictDialog(QDialog):
                        self.overlap_spin.valueChanged, self.gsd_spin.valueChanged,
                        self.format_combo.currentIndexChanged, self.processor_combo.currentIndexChanged,
                        self.det_conf_spin.valueChanged, self.det_iou_spin.valueChanged,
-                       self.geometry_combo.currentIndexChanged,
+                       self.geometry_combo.currentIndexChanged, self.scheduler_edit.textChanged,
                        self.area_group.buttonClicked):
             signal.connect(self.validate)
         if canvas is not None:
@@ -370,6 +377,7 @@ class PredictDialog(QDialog):
                 aoi_wkt=aoi,
                 assign_crs=assign_crs,
                 provider=self.processor_combo.currentData(),
+                scheduler=self.scheduler_edit.text().strip() or None,
                 **self._detector_choices(spec),
             )
             settings = resolve_settings(job, spec, work_crs="")
