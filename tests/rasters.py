@@ -141,3 +141,56 @@ def crowns_by_square(path, squares, fields):
             if x0 < c.GetX() < x1 and y0 < c.GetY() < y1:
                 found[i] = {f: feature.GetField(f) if feature.IsFieldSetAndNotNull(f) else None for f in fields}
     return found
+
+
+def read_overviews(cache_dir) -> list[np.ndarray]:
+    """Every overview level of the confidence mosaic as GDAL reads it, largest first."""
+    from osgeo import gdal
+
+    ds = gdal.OpenEx(str(Path(cache_dir) / "confidence.vrt"), gdal.OF_RASTER | gdal.OF_READONLY)
+    n = ds.GetRasterBand(1).GetOverviewCount()
+    levels = [np.stack([ds.GetRasterBand(b).GetOverview(i).ReadAsArray() for b in range(1, ds.RasterCount + 1)])
+              for i in range(n)]
+    ds = None
+    return levels
+
+
+def overview_oracle(full: np.ndarray, cores, tile_px: int) -> list[np.ndarray]:
+    """The overview levels the mosaic must hold, worked out from scratch from the full-resolution
+    confidence ``full`` (bands, rows, cols) and the committed tiles' cores ``[x0, y0, x1, y1]``.
+
+    Level 1: each pixel is the rounded mean of its 2 x 2 source pixels that lie in the core of
+    the tile owning its top-left source pixel (0 where no committed tile owns it). Level k >= 2:
+    the rounded mean of its 2 x 2 pixels of level k - 1 that lie inside the raster. Levels go on
+    until one fits in ``tile_px`` x ``tile_px``.
+    """
+    bands, height, width = full.shape
+    owner = np.full((height, width), -1, np.int64)
+    for i, (x0, y0, x1, y1) in enumerate(cores):
+        owner[y0:y1, x0:x1] = i
+    levels: list[np.ndarray] = []
+    if max(height, width) <= tile_px:
+        return levels
+    top_left = owner[0::2, 0::2]
+    total = np.zeros((bands, *top_left.shape), np.int64)
+    count = np.zeros(top_left.shape, np.int64)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            part, part_owner = full[:, dy::2, dx::2], owner[dy::2, dx::2]
+            h, w = part_owner.shape
+            same = (part_owner == top_left[:h, :w]) & (top_left[:h, :w] >= 0)
+            total[:, :h, :w] += part * same
+            count[:h, :w] += same
+    levels.append(((total + count // 2) // np.maximum(count, 1)).astype(np.uint8))
+    while max(levels[-1].shape[1:]) > tile_px:
+        prev = levels[-1].astype(np.int64)
+        h, w = prev.shape[1:]
+        total = np.zeros((bands, (h + 1) // 2, (w + 1) // 2), np.int64)
+        count = np.zeros(total.shape[1:], np.int64)
+        for dy in (0, 1):
+            for dx in (0, 1):
+                part = prev[:, dy::2, dx::2]
+                total[:, : part.shape[1], : part.shape[2]] += part
+                count[: part.shape[1], : part.shape[2]] += 1
+        levels.append(((total + count // 2) // count).astype(np.uint8))
+    return levels

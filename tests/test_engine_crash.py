@@ -1,7 +1,10 @@
 """Crash safety: SIGKILL a real prediction process at many points, resume, compare with a clean run."""
 
+import json
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,11 +18,24 @@ from engine.cache.status import cache_status
 from engine.run.predict import predict
 from engine.settings import Job
 from tests.onnx_models import passthrough_model
-from tests.rasters import snapshot, write_raster
+from tests.rasters import overview_oracle, read_confidence, read_overviews, snapshot, write_raster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-DRIVER = textwrap.dedent(
+# A small mosaic geometry, so that this 300 px image gets five overview levels of several
+# tiles and VRT trees several nodes deep; the mosaic is refreshed after every commit, so that
+# kills also land while it is being written.
+MOSAIC_SETUP = textwrap.dedent(
+    """
+    import engine.cache.semantic as semantic
+    from engine.cache.vrt import MosaicGeometry
+    semantic.mosaic_geometry = lambda core_px: MosaicGeometry(tile_px=16, leaf_tiles=2, leaf0_px=64, fanout=2)
+    semantic.GeotiffSemanticCache.refresh_interval_s = 0.0
+    """
+)
+OVERVIEW_TILE_PX = 16
+
+DRIVER = MOSAIC_SETUP + textwrap.dedent(
     """
     import sys
     from engine.run.predict import predict
@@ -29,6 +45,49 @@ DRIVER = textwrap.dedent(
     print("complete", flush=True)
     """
 )
+
+
+@pytest.fixture
+def small_mosaic():
+    """The driver's mosaic geometry in this process too (a cache keeps the geometry it was made with)."""
+    import engine.cache.semantic as semantic
+
+    saved = semantic.mosaic_geometry, semantic.GeotiffSemanticCache.refresh_interval_s
+    exec(MOSAIC_SETUP, {})
+    yield
+    semantic.mosaic_geometry, semantic.GeotiffSemanticCache.refresh_interval_s = saved
+
+
+def committed_cores(cache) -> list:
+    lines = (cache / "tiles.jsonl").read_text().splitlines()[1:]
+    return [rec["bbox"] for rec in map(json.loads, lines) if rec["cache_files"].get("semantic")]
+
+
+def assert_mosaic_readable(cache) -> None:
+    """Whatever the moment of the kill, the mosaic and each overview level open and read in full."""
+    if not (cache / "confidence.vrt").exists():
+        return
+    read_confidence(cache)
+    read_overviews(cache)
+
+
+def assert_overviews_hold_the_committed_tiles(cache, image, model, fmt, scratch) -> None:
+    """Opening the cache (here a copy of it) rebuilds what the kill left half-done: the overviews then
+    hold exactly the committed tiles."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.copytree(cache, scratch)
+    predict(Job(image=image, cache_dir=scratch, model=model, vector_format=fmt), cancelled=lambda: True)
+    if not (scratch / "confidence.vrt").exists():
+        return
+    cores = committed_cores(scratch)
+    got = read_overviews(scratch)
+    if not cores:  # overviews start with the first tile
+        assert got == []
+        return
+    want = overview_oracle(read_confidence(scratch), cores, OVERVIEW_TILE_PX)
+    assert len(got) == len(want) == 5
+    for level, (g, w) in enumerate(zip(got, want), start=1):
+        np.testing.assert_array_equal(g, w, err_msg=f"overview level {level}")
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +123,7 @@ def run_and_kill(driver, image, cache, model, fmt, after_tiles, jitter_s):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["shp", "gpkg"])
-def test_sigkill_at_many_points_then_resume_equals_clean_run(setup, fmt):
+def test_sigkill_at_many_points_then_resume_equals_clean_run(setup, fmt, small_mosaic):
     tmp, image, model, driver = setup
     vector = f"crowns.{fmt}"
     predict(Job(image=image, cache_dir=tmp / f"clean_{fmt}", model=model, vector_format=fmt))
@@ -83,9 +142,39 @@ def test_sigkill_at_many_points_then_resume_equals_clean_run(setup, fmt):
         status = cache_status(cache)
         assert status.state in ("partial", "complete", "empty")
         progress_seen.append(status.done)
+        assert_mosaic_readable(cache)
+        assert_overviews_hold_the_committed_tiles(cache, image, model, fmt, tmp / f"scratch_{fmt}")
     assert progress_seen == sorted(progress_seen)  # commits are never lost
     predict(Job(image=image, cache_dir=cache, model=model, vector_format=fmt))
     result = snapshot(cache, vector)
     assert result[0] == clean[0]
     assert result[1] == clean[1]
     np.testing.assert_array_equal(result[2], clean[2])
+    for level, (got, want) in enumerate(zip(read_overviews(cache), read_overviews(tmp / f"clean_{fmt}")), start=1):
+        np.testing.assert_array_equal(got, want, err_msg=f"overview level {level}")
+    assert_no_stray_mosaic_files(cache)
+    if fmt == "shp":  # the spatial index is rebuilt after the kills and lists every crown
+        assert (cache / "crowns.qix").exists() and not (cache / "crowns.qix.writing").exists()
+        assert indexed_crowns(cache / "crowns.shp") == len(clean[1])
+
+
+def assert_no_stray_mosaic_files(cache) -> None:
+    """Every overview tile on disk is listed by the mosaic (superseded ones were deleted)."""
+    listed = set()
+    for vrt in [cache / "confidence.vrt", *(cache / "mosaic").rglob("*.vrt")]:
+        for src in re.findall(r'relativeToVRT="1">([^<]+)<', vrt.read_text()):
+            listed.add(os.path.normpath(vrt.parent / src))
+    on_disk = {os.path.normpath(p) for p in (cache / "mosaic").rglob("*.tif")}
+    assert on_disk and on_disk <= listed
+
+
+def indexed_crowns(shp) -> int:
+    """Crowns a spatial query over the whole layer finds through the .qix."""
+    from osgeo import ogr
+
+    ds = ogr.Open(str(shp))
+    layer = ds.GetLayer(0)
+    assert layer.TestCapability(ogr.OLCFastSpatialFilter)  # GDAL found and uses the index
+    minx, maxx, miny, maxy = layer.GetExtent()
+    layer.SetSpatialFilterRect(minx, miny, maxx, maxy)
+    return layer.GetFeatureCount()

@@ -25,7 +25,7 @@ from ..tiling.grid import RasterInfo
 from .header import check_compatible
 from .lock import CacheLock
 from .manifest import MANIFEST_NAME, ManifestState, ManifestWriter, TileRecord, read_manifest
-from .semantic import SEMANTIC_DIR, VRT_NAME, GeotiffSemanticCache
+from .semantic import MOSAIC_DIR, SEMANTIC_DIR, VRT_NAME, GeotiffSemanticCache
 from .summary import SUMMARY_NAME, SummaryKeeper
 from .vectors import MEASUREMENT_FIELDS, CrownField, VectorInstanceCache, instance_cache_class
 
@@ -60,6 +60,7 @@ def clear_cache(cache_dir: Path) -> None:
         for name in (fmt.filename, *fmt.sidecars):
             (cache_dir / name).unlink(missing_ok=True)
     shutil.rmtree(cache_dir / SEMANTIC_DIR, ignore_errors=True)
+    shutil.rmtree(cache_dir / MOSAIC_DIR, ignore_errors=True)
 
 
 def _prefix_bytes(cache_dir: Path, n_tiles: int) -> int:
@@ -90,7 +91,7 @@ class Cache:
         self.summary = summary
         self._manifest = ManifestWriter(cache_dir, state, header)
         if semantic is not None:
-            semantic.write_vrt(self.records)
+            semantic.open(self.records)
 
     @classmethod
     def open(cls, cache_dir: Path, header: dict, info: RasterInfo, *, overwrite: bool = False,
@@ -135,7 +136,7 @@ class Cache:
 
     @staticmethod
     def _written_names() -> tuple[str, ...]:
-        return (VRT_NAME, SEMANTIC_DIR) + tuple(fmt.filename for fmt in VectorFormat)
+        return (VRT_NAME, SEMANTIC_DIR, MOSAIC_DIR) + tuple(fmt.filename for fmt in VectorFormat)
 
     @staticmethod
     def _rollback(cache_dir: Path, state: ManifestState, semantic, vector_cls) -> ManifestState:
@@ -178,17 +179,22 @@ class Cache:
         self.features_end = record.features_end
         if outputs.skipped:
             self.skipped += 1
-        elif self._semantic is not None:
-            self._semantic.write_vrt(self.records, force=False)
+        if self._semantic is not None:
+            self._semantic.committed(record, outputs.confidence_tiff)
+            self._semantic.refresh(force=False)
         return record
 
     def close(self, *, complete_mosaic: bool = True) -> None:
-        """Release the cache; ``complete_mosaic`` rewrites the mosaic to list every committed tile."""
+        """Release the cache; ``complete_mosaic`` brings the mosaic and its overviews up to every committed tile."""
         try:
             if self._vectors is not None:
-                self._vectors.close()
-            if self._semantic is not None and complete_mosaic:
-                self._semantic.write_vrt(self.records)
+                # Windows cannot delete a file another program holds open, and GDAL deletes the
+                # index on the next append: with QGIS showing a partial cache's crowns, resuming
+                # would fail. So there, only a complete cache (never appended again) gets one.
+                complete = self.done >= int(self.header.get("tiles_total", 0))
+                self._vectors.close(index=complete_mosaic and (complete or os.name != "nt"))
+            if self._semantic is not None:
+                self._semantic.close(flush=complete_mosaic)
         finally:
             try:
                 self._manifest.close()

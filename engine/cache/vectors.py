@@ -12,6 +12,7 @@ under the short names of :data:`SHAPEFILE_NAMES`.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from dataclasses import dataclass
@@ -22,13 +23,16 @@ from osgeo import gdal, ogr, osr
 from ..errors import CacheCorruptError, CacheWriteError
 from ..postprocess.vectorise import Crown
 from ..settings import CROWNS_STEM, VectorFormat
-from .durable import disk_error, fsync_path
+from .durable import _fsync_dir, disk_error, fsync_path
 
 ogr.UseExceptions()
 osr.UseExceptions()
 gdal.UseExceptions()
 
+logger = logging.getLogger(__name__)
+
 LAYER_NAME = CROWNS_STEM
+INDEX_MARKER = f"{CROWNS_STEM}.qix.writing"  # exists while the shapefile's .qix is being written
 
 
 @dataclass(frozen=True)
@@ -145,13 +149,42 @@ class VectorInstanceCache:
     def files(self) -> list[Path]:
         return [self.path]
 
-    def close(self) -> None:
+    def close(self, *, index: bool = True) -> None:
+        """Release the file; ``index`` builds its spatial index if the format keeps one apart (see subclasses)."""
         self.layer = None
         self.ds = None
 
 
 class ShapefileInstanceCache(VectorInstanceCache):
+    """Crowns in a Shapefile, with a ``.qix`` spatial index (GDAL's quadtree, which QGIS reads through GDAL).
+
+    GDAL deletes the ``.qix`` when it appends a crown, and truncation leaves it
+    stale, so the index is rebuilt when a run closes (:meth:`close`). While it is
+    being written a marker file (:data:`INDEX_MARKER`) exists: a crash mid-way
+    leaves no torn index, because opening the cache deletes both (:meth:`truncate`).
+    """
+
     format = VectorFormat.SHAPEFILE
+
+    def close(self, *, index: bool = True) -> None:
+        try:
+            if index and self.layer is not None and self.count() and not self.path.with_suffix(".qix").exists():
+                self._build_index()
+        finally:
+            super().close()
+
+    def _build_index(self) -> None:
+        qix, marker = self.path.with_suffix(".qix"), self.path.with_name(INDEX_MARKER)
+        try:
+            marker.touch()
+            _fsync_dir(self.cache_dir)
+            self.layer.SyncToDisk()
+            self.ds.ExecuteSQL(f"CREATE SPATIAL INDEX ON {self.layer.GetName()}")
+            fsync_path(qix)
+        except (RuntimeError, OSError) as exc:  # the crowns are intact; QGIS only reads them more slowly
+            logger.warning("could not write the spatial index of %s: %s", self.rel, exc)
+            qix.unlink(missing_ok=True)
+        marker.unlink(missing_ok=True)
 
     def column(self, name: str) -> str:
         return SHAPEFILE_NAMES.get(name, name)
@@ -195,6 +228,10 @@ class ShapefileInstanceCache(VectorInstanceCache):
         (e.g. .shp longer than .shx) is repaired without GDAL opening it.
         """
         shp, shx, dbf = (path.with_suffix(s) for s in (".shp", ".shx", ".dbf"))
+        qix, marker = path.with_suffix(".qix"), path.with_name(INDEX_MARKER)
+        if marker.exists():  # a crash while the index was being written: it may be torn
+            qix.unlink(missing_ok=True)
+            marker.unlink()
         if n_records == 0:
             # Nothing committed: whatever exists may be half-created, so start the file afresh.
             parts = [path] + [path.with_name(name) for name in VectorFormat.SHAPEFILE.sidecars]
@@ -244,6 +281,7 @@ class ShapefileInstanceCache(VectorInstanceCache):
                 f.flush()
                 os.fsync(f.fileno())
         if changed:
+            qix.unlink(missing_ok=True)  # it indexes removed crowns; rebuilt when the run closes
             # The header's extent may still cover removed crowns; let GDAL recompute it.
             ds = ogr.Open(str(shp), 1)
             ds.ExecuteSQL(f"RECOMPUTE EXTENT ON {shp.stem}")

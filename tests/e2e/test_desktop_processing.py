@@ -121,7 +121,7 @@ def test_processing_dialog_runs_and_loads_styled_layers(tmp_path, desktop_qgis):
     layers = {layer["name"]: layer for layer in results["layers"]}
     assert set(layers) == {"crowns (OSBS_029_tcd)", "canopy confidence (OSBS_029_tcd)"}
     crowns, confidence = layers["crowns (OSBS_029_tcd)"], layers["canopy confidence (OSBS_029_tcd)"]
-    assert crowns["valid"] and crowns["features"] > 0 and crowns["renderer"] == "singleSymbol"
+    assert crowns["valid"] and crowns["features"] > 0 and crowns["renderer"] == "RuleRenderer"
     assert confidence["valid"] and confidence["renderer"] == "singlebandpseudocolor"
     assert confidence["source"] == f"vrt://{cache_dir / 'confidence.vrt'}"
     assert [row[:3] for row in results["panel"]] == [["OSBS_029_tcd", "complete", "1 / 1"]]

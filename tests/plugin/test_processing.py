@@ -211,7 +211,8 @@ def test_batch_of_two_rasters_loads_styled_layers(processing, qgis_new_project, 
                            "canopy confidence (ortho2_tcd)"}
     crowns = layers["crowns (ortho2_tcd)"]
     assert crowns.featureCount() == 40
-    assert crowns.renderer().symbol().symbolLayer(0).brushStyle() == 0  # the plugin's style: outlines only
+    outlines = crowns.renderer().rootRule().children()[0]
+    assert outlines.symbol().symbolLayer(0).brushStyle() == 0  # the plugin's style: outlines only
     confidence = layers["canopy confidence (ortho_tcd)"]
     assert isinstance(confidence, QgsRasterLayer)
     assert confidence.source().startswith("vrt://")  # never written back by GDAL

@@ -66,8 +66,8 @@ def test_run_then_finished_adds_styled_layers(plugin, raster_layer, raster_path,
     shader = raster.renderer().shader().rasterShaderFunction()
     assert shader.colorRampItemList()[0].color.alpha() == 0  # no confidence: transparent
     assert shader.colorRampItemList()[-1].color.green() > shader.colorRampItemList()[-1].color.red()
-    symbol_layer = vector.renderer().symbol().symbolLayer(0)
-    assert symbol_layer.brushStyle() == 0  # Qt.NoBrush: outlines only
+    outlines = vector.renderer().rootRule().children()[0]  # the crowns style's rule when zoomed in
+    assert outlines.symbol().symbolLayer(0).brushStyle() == 0  # Qt.NoBrush: outlines only
     assert vector.featureCount() == 40
     # Loaded when only the first tile existed, the raster shows the last tiles after the reloads.
     value, ok = raster.dataProvider().sample(QgsPointXY(500000 + 296 * 0.1, 6000000 - 178 * 0.1), 1)
@@ -243,7 +243,8 @@ def test_a_fresh_shapefile_layer_gets_its_fields_with_the_first_crown(plugin, ra
     assert [f.name() for f in layer.fields()] == on_disk
     assert layer.featureCount() == 24
     assert {f["tile_id"] for f in layer.getFeatures()} and all(f["id"] is not None for f in layer.getFeatures())
-    assert layer.renderer().symbol().symbolLayer(0).brushStyle() == 0  # still the crowns style: outlines only
+    outlines = layer.renderer().rootRule().children()[0]
+    assert outlines.symbol().symbolLayer(0).brushStyle() == 0  # still the crowns style: outlines only
 
 
 def crowns_layer(job):
