@@ -60,7 +60,8 @@ class CacheMismatchError(CacheError):
     def __init__(self, cache_dir: Path | str, what: str, differences: tuple[str, ...] = ()):
         self.what = what
         self.differences = tuple(differences)
-        listed = f" ({', '.join(self.differences)} differ)" if self.differences and what != "model" else ""
+        verb = "differs" if len(self.differences) == 1 else "differ"
+        listed = f" ({', '.join(self.differences)} {verb})" if self.differences and what != "model" else ""
         if what == "image":
             sentence = f"This cache was made from another image{listed}."
         elif what == "model":

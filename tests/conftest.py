@@ -41,7 +41,7 @@ def raster_path(tmp_path) -> Path:
 
 @pytest.fixture
 def big_raster_path(tmp_path) -> Path:
-    """640 x 640 px: 196 tiles of 64 px, for runs that must still be going when cancelled."""
+    """640 x 640 px: 169 tiles of 64 px, for runs that must still be going when cancelled."""
     squares = [(10 + 40 * i, 12 + 40 * j, 12) for i in range(16) for j in range(16)]
     return write_raster(tmp_path / "big.tif", crowns_image(640, 640, squares), crs="EPSG:32633")
 

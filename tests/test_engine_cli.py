@@ -90,5 +90,5 @@ def test_assign_crs_predicts_a_raster_without_one(tmp_path, model):
     proc = cli("predict", no_crs, "--model", model, "--out", tmp_path / "c", "--assign-crs", "EPSG:32633", "--quiet")
     assert proc.returncode == 0, proc.stderr
     other = cli("predict", no_crs, "--model", model, "--out", tmp_path / "c", "--assign-crs", "EPSG:32634")
-    assert_one_line_error(other, "another image (CRS differ)")
+    assert_one_line_error(other, "another image (CRS differs)")
     assert_one_line_error(cli("predict", no_crs, "--model", model, "--assign-crs", "EPSG:999999"), "not valid")

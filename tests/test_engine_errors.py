@@ -26,7 +26,7 @@ def test_a_mismatch_carries_what_differs_and_no_command_line_flag(tmp_path, imag
     err = caught.value
     assert err.what == "settings" and "tile size" in err.differences and err.start_afresh_fixes
     assert err.cache_dir == tmp_path / "c"
-    assert "--" not in str(err) and str(err).endswith("differ).")
+    assert "--" not in str(err) and str(err).endswith("(tile size differs).")
 
 
 def test_find_mismatch_answers_without_writing(tmp_path, image, model):

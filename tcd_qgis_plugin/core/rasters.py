@@ -39,9 +39,19 @@ class RasterFacts:
 
 
 def read_facts(path: Path) -> RasterFacts | None:
-    """The header of ``path`` read with GDAL, or None if GDAL cannot open it."""
-    with _quiet():
+    """The header of ``path`` read with GDAL, or None if GDAL cannot open it.
+
+    GDAL's exception mode is global to the interpreter that QGIS shares with every
+    plugin (and the engine turns exceptions on), so it is never switched here:
+    a failed open is either None or a RuntimeError, whichever mode is on.
+    """
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
         dataset = gdal.Open(str(path))
+    except RuntimeError:
+        dataset = None
+    finally:
+        gdal.PopErrorHandler()
     if dataset is None:
         return None
     transform = dataset.GetGeoTransform(can_return_null=True)
@@ -56,20 +66,6 @@ def read_facts(path: Path) -> RasterFacts | None:
     dtype = DTYPES.get(gdal.GetDataTypeName(band.DataType), "") if band is not None else ""
     return RasterFacts(Path(path), dataset.RasterXSize, dataset.RasterYSize, dataset.RasterCount, dtype,
                        bool(wkt), georeferenced or dataset.GetGCPCount() > 0, pixel_m)
-
-
-class _quiet:
-    """GDAL without exceptions and without printing its error, for one call."""
-
-    def __enter__(self):
-        self._used = gdal.GetUseExceptions()
-        gdal.DontUseExceptions()
-        gdal.PushErrorHandler("CPLQuietErrorHandler")
-
-    def __exit__(self, *exc):
-        gdal.PopErrorHandler()
-        if self._used:
-            gdal.UseExceptions()
 
 
 def raster_problem(facts: RasterFacts, spec, layer_has_crs: bool) -> str:
