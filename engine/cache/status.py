@@ -87,7 +87,7 @@ def cache_status(cache_dir: str | Path) -> CacheStatus:
         model_path=model.get("path", ""),
         done=done,
         total=total,
-        skipped=sum(1 for t in state.tiles if t.status == "skipped"),
+        skipped=state.skipped,
         features=state.features_end,
         outputs=tuple(header.get("outputs", ())),
         state=name,
