@@ -67,7 +67,8 @@ def test_reloads_never_show_a_frame_without_the_crowns(growing_crowns):
     canvas.setCanvasColor(QColor("white"))
     canvas.setDestinationCrs(layer.crs())
     canvas.setLayers([layer])
-    canvas.setExtent(QgsRectangle(ORIGIN[0], ORIGIN[1], ORIGIN[0] + SIDE * 10, ORIGIN[1] + SIDE * 10))
+    # 700 m across 800 px (about 1:3,400): the crowns style draws a dot per crown at this scale.
+    canvas.setExtent(QgsRectangle(ORIGIN[0], ORIGIN[1], ORIGIN[0] + 700, ORIGIN[1] + 700))
     canvas.show()
     canvas.refresh()
     canvas.waitWhileRendering()
