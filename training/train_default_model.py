@@ -41,14 +41,10 @@ import torch
 import torch.nn.functional as F
 
 from engine.evaluate import DEFAULT_IOU_THRESH, Scores, label_boxes, score_boxes
+from engine.postprocess.crowns import delineate_crowns
 from training import data
 from training.augment import Recipe, Sampler
 from training.net import CrownNet, ExportWrapper
-
-try:
-    from engine.postprocess.crowns import delineate_crowns
-except ImportError:  # before the engine's folder layout
-    from engine.crowns import delineate_crowns
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "training" / "runs"
@@ -158,17 +154,24 @@ def export_onnx(net: CrownNet, path: Path, metadata: dict, flips: int = 1) -> No
 
 
 class Ema:
-    """Exponential moving average of the weights and BatchNorm statistics (the evaluated model)."""
+    """Exponential moving average of the weights and BatchNorm statistics (the evaluated model).
+
+    The decay warms up as ``min(decay, (1 + t) / (10 + t))`` at iteration t, so the
+    average forgets the initial weights quickly: BatchNorm variances start at 1 and
+    train down to ~0.01, and even a few percent of the initial value left in the
+    average inflates them several times and flattens every output.
+    """
 
     def __init__(self, net: torch.nn.Module, decay: float):
         self.decay = decay
         self.state = {k: v.detach().clone() for k, v in net.state_dict().items()}
 
-    def update(self, net: torch.nn.Module) -> None:
+    def update(self, net: torch.nn.Module, iteration: int) -> None:
+        decay = min(self.decay, (1 + iteration) / (10 + iteration))
         with torch.no_grad():
             for k, v in net.state_dict().items():
                 if v.dtype.is_floating_point:
-                    self.state[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+                    self.state[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
                 else:
                     self.state[k].copy_(v)
 
@@ -191,10 +194,7 @@ def pseudo_region(recipe: Recipe, part: str, data_dir: Path, say) -> data.Region
     pixels where its canopy probability is between 0.3 and 0.7, and crowns whose centre
     peak is under 0.5, get loss weight 0 (ignored) instead of a guess.
     """
-    teacher_recipe = recipe.name.removesuffix("+st")
-    choice = json.loads((RUNS / teacher_recipe / "choice.json").read_text())
-    teacher_dir = run_dir(teacher_recipe, part)
-    net, mean, std = load_snapshot(teacher_dir, choice["iteration"])
+    net, mean, std, choice, teacher_dir = teacher_snapshot(recipe, part, full=True)
     image = data.load_image(data_dir / f"{data.SOAP}.png")
     probs = predict_probs(net, image, mean, std, choice["flips"])
     labels = delineate_crowns(probs[0], probs[1], gsd_m=GSD_M, **choice["params"])
@@ -208,9 +208,22 @@ def pseudo_region(recipe: Recipe, part: str, data_dir: Path, say) -> data.Region
             keep.append(box)
         else:
             weight[labels == i] = 0.0
-    say(f"pseudo-labels on {data.SOAP} from {teacher_dir.relative_to(REPO)} it {choice['iteration']}: "
+    say(f"pseudo-labels on {data.SOAP} from {teacher_dir} it {choice['iteration']}: "
         f"{len(keep)} confident crowns of {len(boxes)}, {100 * (weight == 0).mean():.0f} % of pixels ignored")
     return data.Region(f"{data.SOAP}-pseudo", image, np.asarray(keep, np.float64).reshape(-1, 4), weight)
+
+
+def iterations_of(recipe: Recipe, args) -> int:
+    return args.st_iterations if recipe.selftrain else args.iterations
+
+
+def teacher_snapshot(recipe: Recipe, part: str, full: bool = False):
+    """The teacher of a self-training recipe's part: the same part of the base recipe, at its LOIO-chosen iteration."""
+    base = recipe.name.removesuffix("+st")
+    choice = json.loads((RUNS / base / "choice.json").read_text())
+    directory = run_dir(base, part)
+    net, mean, std = load_snapshot(directory, choice["iteration"])
+    return (net, mean, std, choice, directory) if full else (net, mean, std)
 
 
 def load_snapshot(directory: Path, iteration: int):
@@ -253,20 +266,36 @@ def train(recipe: Recipe, part: str, args) -> Path:
     torch.manual_seed(seed)
     sampler = Sampler(regions, args.crop_px, seed, weights, recipe)
     net = CrownNet(recipe.widths)
-    optimiser = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=args.lr, total_steps=args.iterations,
-                                                   pct_start=0.05)
+    iterations, lr = iterations_of(recipe, args), args.lr
+    if recipe.selftrain:
+        # The student starts from the teacher (its chosen EMA snapshot) and fine-tunes at a third
+        # of the learning rate: far cheaper than from scratch, and iteration 0 *is* the teacher.
+        teacher_net, _, _ = teacher_snapshot(recipe, part)
+        net.load_state_dict(teacher_net.state_dict())
+        lr = args.lr / 3
+    optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=iterations,
+                                                   pct_start=0.1 if recipe.selftrain else 0.05)
     ema = Ema(net, args.ema)
-    history, first, running = [], 1, 0.0
+    history, first, running, ema_reset_at = [], 1, 0.0, 0
     if latest.is_file():
         state = torch.load(latest, weights_only=False)
         net.load_state_dict(state["net"])
         optimiser.load_state_dict(state["optimiser"])
         schedule.load_state_dict(state["schedule"])
-        ema.state = state["ema"]
         sampler.rng.bit_generator.state = state["sampler_rng"]
         torch.set_rng_state(state["torch_rng"])
         history, first, running = state["history"], state["iteration"] + 1, state["running"]
+        ema_reset_at = state.get("ema_reset_at", 0)
+        if state.get("ema_warmup"):
+            ema.state = state["ema"]
+        else:
+            # A checkpoint of the first runs, whose average had no warm-up (see Ema) and was
+            # useless: restart the average from the current weights; the weights' own
+            # trajectory is unaffected (the average never feeds back into training), and
+            # snapshots up to here are not candidates for the LOIO choice.
+            ema_reset_at = state["iteration"]
+            say(f"average restarted from the weights of iteration {ema_reset_at} (no warm-up before)")
         say(f"resumed at iteration {first}")
     else:
         say(f"recipe {recipe}")
@@ -275,7 +304,7 @@ def train(recipe: Recipe, part: str, args) -> Path:
     truth = None
     if heldout:
         truth = annotated[heldout]
-    for it in range(first, args.iterations + 1):
+    for it in range(first, iterations + 1):
         x, y, w = sampler.batch(args.batch, mean, std)
         logits = net(x)
         loss = canopy_loss(logits[:, 0], y[:, 0], w) + focal_centre_loss(logits[:, 1], y[:, 1], w)
@@ -283,9 +312,9 @@ def train(recipe: Recipe, part: str, args) -> Path:
         loss.backward()
         optimiser.step()
         schedule.step()
-        ema.update(net)
+        ema.update(net, it)
         running = 0.98 * running + 0.02 * loss.item() if it > 1 else loss.item()
-        if it % args.val_every == 0 or it == args.iterations:
+        if it % args.val_every == 0 or it == iterations:
             entry = {"iteration": it, "loss": round(running, 4), "minutes": round((time.time() - started) / 60, 1)}
             snap = {"ema": ema.state, "widths": list(recipe.widths), "mean": mean, "std": std, "iteration": it}
             torch.save(snap, directory / f"snap_{it:05d}.pt")
@@ -303,13 +332,14 @@ def train(recipe: Recipe, part: str, args) -> Path:
             torch.save({"net": net.state_dict(), "optimiser": optimiser.state_dict(),
                         "schedule": schedule.state_dict(), "ema": ema.state,
                         "sampler_rng": sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                        "history": history, "iteration": it, "running": running}, latest.with_suffix(".tmp"))
+                        "history": history, "iteration": it, "running": running, "ema_warmup": True,
+                        "ema_reset_at": ema_reset_at}, latest.with_suffix(".tmp"))
             os.replace(latest.with_suffix(".tmp"), latest)
             (directory / "history.json").write_text(json.dumps(history, indent=1))
     (directory / "done.json").write_text(json.dumps({
         "recipe": recipe.name, "part": part, "train": list(names), "heldout": heldout, "seed": seed,
-        "iterations": args.iterations, "batch": args.batch, "crop_px": args.crop_px, "lr": args.lr,
-        "mean": mean, "std": std, "history": history}, indent=1))
+        "iterations": iterations, "lr_max": lr, "batch": args.batch, "crop_px": args.crop_px,
+        "mean": mean, "std": std, "ema_reset_at": ema_reset_at, "history": history}, indent=1))
     say("done")
     return directory
 
@@ -345,11 +375,12 @@ def select(recipe: Recipe, args) -> dict:
     """Choose iteration, thresholds and flips of a recipe by the LOIO mean F1; export its fold models."""
     annotated = data.load_annotated(args.data_dir)
     folds = sorted(data.FOLDS)
-    histories = [json.loads((run_dir(recipe.name, f) / "done.json").read_text())["history"] for f in folds]
+    done = [json.loads((run_dir(recipe.name, f) / "done.json").read_text()) for f in folds]
     curves = {}
-    for entries in histories:
-        for e in entries:
-            curves.setdefault(e["iteration"], []).append(e["f1"])
+    for run in done:
+        for e in run["history"]:
+            if e["iteration"] > run.get("ema_reset_at", 0):
+                curves.setdefault(e["iteration"], []).append(e["f1"])
     curve = {it: sum(v) / len(v) for it, v in curves.items() if len(v) == len(folds)}
     # Ties go to the later iteration (the one the schedule ends on).
     iteration = max(curve, key=lambda it: (round(curve[it], 4), it))
@@ -373,7 +404,7 @@ def select(recipe: Recipe, args) -> dict:
         "loio": {data.FOLDS[f][1]: scores_json(s) for f, s in zip(folds, scores)},
         "by_flips": {str(k): {"mean_f1": round(mean_f1(v[1]), 4), "params": v[0]} for k, v in by_flips.items()},
         "probe_curve": {str(k): round(v, 4) for k, v in sorted(curve.items())},
-        "iterations": args.iterations,
+        "iterations": iterations_of(recipe, args),
     }
     (RUNS / recipe.name / "choice.json").write_text(json.dumps(choice, indent=1))
     hashes = data.fetch_data(args.data_dir)
@@ -425,9 +456,9 @@ def model_metadata(recipe: Recipe, mean, std, params, hashes, provenance: dict) 
 
 def final(recipe: Recipe, args) -> None:
     choice = json.loads((RUNS / recipe.name / "choice.json").read_text())
-    if choice["iterations"] != args.iterations:
+    if choice["iterations"] != iterations_of(recipe, args):
         raise SystemExit(f"LOIO chose iteration {choice['iteration']} of {choice['iterations']}-iteration runs; "
-                         f"train the final model with --iterations {choice['iterations']}.")
+                         "train the final model with as many iterations.")
     directory = train(recipe, "final", args)
     net, mean, std = load_snapshot(directory, choice["iteration"])
     hashes = data.fetch_data(args.data_dir)
@@ -438,7 +469,7 @@ def final(recipe: Recipe, args) -> None:
         fit[name] = scores_json(score_boxes(crowns_boxes(probs, choice["params"]), annotated[name][1]))
     meta = model_metadata(recipe, mean, std, choice["params"], hashes, {
         "train_images": list(data.FINAL_IMAGES) + ([f"{data.SOAP} (pseudo-labels)"] if recipe.selftrain else []),
-        "iteration": choice["iteration"], "iterations": args.iterations, "flips": choice["flips"],
+        "iteration": choice["iteration"], "iterations": iterations_of(recipe, args), "flips": choice["flips"],
         "loio": {"iou": DEFAULT_IOU_THRESH, "mean_f1": choice["loio_mean_f1"], "per_site": choice["loio"],
                  "note": "each site scored by a model trained on the other image with this recipe; "
                          "these scores chose the recipe, iteration, thresholds and flips"},
@@ -449,10 +480,28 @@ def final(recipe: Recipe, args) -> None:
     export_onnx(net, args.out, meta, choice["flips"])
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB); training fit {fit}", flush=True)
     if args.out.resolve() == (REPO / "resources" / "models" / "tcd_default.onnx").resolve():
-        FOLDS_DIR.mkdir(exist_ok=True)
-        for fold in data.FOLDS:
-            shutil.copy(run_dir(recipe.name, fold) / f"{fold}.onnx", FOLDS_DIR / f"{fold}.onnx")
-        print(f"copied the LOIO fold models to {FOLDS_DIR.relative_to(REPO)}", flush=True)
+        write_folds(recipe, choice)
+
+
+def write_folds(recipe: Recipe, choice: dict) -> None:
+    """Copy the recipe's fold models to training/folds/ with the manifest ``python -m engine evaluate --loio`` reads."""
+    FOLDS_DIR.mkdir(exist_ok=True)
+    folds = []
+    for fold in sorted(data.FOLDS):
+        names, heldout = data.FOLDS[fold]
+        shutil.copy(run_dir(recipe.name, fold) / f"{fold}.onnx", FOLDS_DIR / f"{fold}.onnx")
+        folds.append({"name": fold, "model": f"{fold}.onnx", "image": f"{heldout}.png",
+                      "truth": data.TRUTH_FILES[heldout], "train": list(names)})
+    manifest = {
+        "description": "Leave-one-image-out fold models of the bundled default model's recipe: each was trained "
+                       "on one DeepForest sample image and is scored on the other. Run: python -m engine evaluate "
+                       "--loio",
+        "recipe": recipe.name, "iteration": choice["iteration"], "flips": choice["flips"],
+        "params": choice["params"], "gsd_m": GSD_M, "fetch": "training.data:fetch_data",
+        "mean_f1": choice["loio_mean_f1"], "per_image": choice["loio"], "folds": folds,
+    }
+    (FOLDS_DIR / "folds.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    print(f"copied the LOIO fold models to {FOLDS_DIR}", flush=True)
 
 
 def table() -> None:
@@ -478,6 +527,8 @@ def main() -> int:
     parser.add_argument("--runs-dir", type=Path, default=REPO / "training" / "runs")
     parser.add_argument("--out", type=Path, default=REPO / "resources" / "models" / "tcd_default.onnx")
     parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--st-iterations", type=int, default=800,
+                        help="fine-tuning iterations of a self-training (+st) student")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--crop-px", type=int, default=256)
     parser.add_argument("--lr", type=float, default=3e-3)
