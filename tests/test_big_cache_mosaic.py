@@ -27,7 +27,8 @@ TILE_PX = 16
 def small_mosaic(monkeypatch):
     monkeypatch.setattr(semantic, "mosaic_geometry",
                         lambda core_px: MosaicGeometry(tile_px=TILE_PX, leaf_tiles=2, leaf0_px=64, fanout=2))
-    monkeypatch.setattr(semantic.GeotiffSemanticCache, "refresh_interval_s", 0.0)
+    monkeypatch.setattr(semantic.GeotiffSemanticCache, "refresh_interval_s", 0.0)  # refresh after every commit
+    monkeypatch.setattr(semantic.GeotiffSemanticCache, "refresh_share", float("inf"))
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +220,22 @@ def _expected_full(records, width, height) -> np.ndarray:
         full[y0:y1, x0:x1] = np.where(disc, 255 - value, value)
     assert side * side == len(records)
     return full
+
+
+def test_a_torn_mosaic_file_is_rebuilt(tmp_path, image, model, clean, small_mosaic):
+    """A power cut can leave a file written after the last durable state empty: the repair that needs it
+    fails to read it and rebuilds the whole mosaic instead."""
+    cache = tmp_path / "c"
+    job = Job(image=image, cache_dir=cache, model=model, outputs={"semantic"})
+    predict(job)
+    state_path = cache / "mosaic" / "state.json"
+    state = json.loads(state_path.read_text())
+    x0, y0 = json.loads((cache / "tiles.jsonl").read_text().splitlines()[-1])["bbox"][:2]
+    leaf = cache / "mosaic" / "L1" / f"n0_{x0 // 2 // TILE_PX // 2}_{y0 // 2 // TILE_PX // 2}.vrt"
+    os.chmod(leaf, 0o644)
+    leaf.write_bytes(b"")  # the last tile's level-1 leaf, torn
+    state.update(through=state["through"] - 3, writing=state["gen"] + 1)  # the intent of the refresh it was in
+    os.chmod(state_path, 0o644)
+    state_path.write_text(json.dumps(state))
+    predict(job, cancelled=lambda: True)
+    assert_same_mosaic(cache, clean)

@@ -36,6 +36,7 @@ def small_mosaic(monkeypatch):
     monkeypatch.setattr(semantic, "mosaic_geometry",
                         lambda core_px: MosaicGeometry(tile_px=32, leaf_tiles=2, leaf0_px=64, fanout=2))
     monkeypatch.setattr(semantic.GeotiffSemanticCache, "refresh_interval_s", 0.0)
+    monkeypatch.setattr(semantic.GeotiffSemanticCache, "refresh_share", float("inf"))
 
 
 def confidence_layer(cache) -> QgsRasterLayer:

@@ -31,6 +31,7 @@ MOSAIC_SETUP = textwrap.dedent(
     from engine.cache.vrt import MosaicGeometry
     semantic.mosaic_geometry = lambda core_px: MosaicGeometry(tile_px=16, leaf_tiles=2, leaf0_px=64, fanout=2)
     semantic.GeotiffSemanticCache.refresh_interval_s = 0.0
+    semantic.GeotiffSemanticCache.refresh_share = float("inf")
     """
 )
 OVERVIEW_TILE_PX = 16
@@ -52,10 +53,11 @@ def small_mosaic():
     """The driver's mosaic geometry in this process too (a cache keeps the geometry it was made with)."""
     import engine.cache.semantic as semantic
 
-    saved = semantic.mosaic_geometry, semantic.GeotiffSemanticCache.refresh_interval_s
+    cls = semantic.GeotiffSemanticCache
+    saved = semantic.mosaic_geometry, cls.refresh_interval_s, cls.refresh_share
     exec(MOSAIC_SETUP, {})
     yield
-    semantic.mosaic_geometry, semantic.GeotiffSemanticCache.refresh_interval_s = saved
+    semantic.mosaic_geometry, cls.refresh_interval_s, cls.refresh_share = saved
 
 
 def committed_cores(cache) -> list:

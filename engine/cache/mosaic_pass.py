@@ -33,6 +33,7 @@ TILE_BLOCK_PX = 256  # block size of the tiles' GeoTIFFs (engine.postprocess.con
 _TILE_ID = re.compile(r"tile_(\d+)\.tif$")
 _OV_CELL = re.compile(r"t(\d+)_(\d+)\.g\d+\.tif$")
 MEMO_ARRAYS = 64  # overview tiles kept decoded during a pass (each at most 512 x 512 x bands bytes)
+RECENT_ARRAYS = 32  # and between passes (see GeotiffSemanticCache.recent)
 _names = itertools.count()
 
 gdal.UseExceptions()
@@ -196,7 +197,13 @@ class MosaicPass:
         if key in self.memo:
             return self.memo[key]
         src = self.current(level, cell)
-        return None if src is None else read_raster(self.cache.cache_dir / src.path)
+        if src is None:
+            return None
+        recent = self.cache.recent
+        if src.path in recent:
+            recent.move_to_end(src.path)
+            return recent[src.path].copy()  # the pass pastes into what it gets
+        return read_raster(self.cache.cache_dir / src.path)
 
     def superseded(self, writing: int | None) -> list[str]:
         """Files this pass replaces: the overview tiles it recomputes (and a crashed update's new ones)."""
@@ -241,6 +248,10 @@ class MosaicPass:
         self.new[key] = leaf[cell] = src
         if len(self.memo) < MEMO_ARRAYS:
             self.memo[key] = array
+        recent = self.cache.recent
+        recent[path] = array
+        while len(recent) > RECENT_ARRAYS:
+            recent.popitem(last=False)
 
     def _zeros(self, level: int, cell: tuple[int, int]) -> np.ndarray:
         x0, y0, x1, y1 = self._cell_rect(level, cell)

@@ -63,16 +63,16 @@ def halve(src: np.ndarray) -> np.ndarray:
     """Each 2 × 2 block of ``src`` as its rounded mean; a last odd row or column averages what it has."""
     bands, h, w = src.shape
     h2, w2 = (h + 1) // 2, (w + 1) // 2
-    if h % 2 == 0 and w % 2 == 0:
-        total = src.reshape(bands, h2, 2, w2, 2).sum(axis=(2, 4), dtype=np.uint16)
-        return ((total + 2) // 4).astype(np.uint8)
-    padded = np.zeros((bands, 2 * h2, 2 * w2), np.uint16)
-    padded[:, :h, :w] = src
-    count = np.zeros((2 * h2, 2 * w2), np.uint16)
-    count[:h, :w] = 1
-    total = padded.reshape(bands, h2, 2, w2, 2).sum(axis=(2, 4))
-    n = count.reshape(h2, 2, w2, 2).sum(axis=(1, 3))
-    return ((total + n // 2) // n).astype(np.uint8)
+    he, we = h - h % 2, w - w % 2  # the even part: four strided sums, far cheaper than a 5-D reduction
+    total = np.zeros((bands, h2, w2), np.uint16)
+    count = np.zeros((h2, w2), np.uint16)
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        part = src[:, dy::2, dx::2]
+        total[:, : part.shape[1], : part.shape[2]] += part
+        count[: part.shape[1], : part.shape[2]] += 1
+    if he == h and we == w:
+        return ((total + 2) >> 2).astype(np.uint8)
+    return ((total + count // 2) // count).astype(np.uint8)
 
 
 def level1_of_tile(data: np.ndarray, bbox: Rect) -> tuple[Rect, np.ndarray] | None:

@@ -35,6 +35,7 @@ import logging
 import os
 import shutil
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -92,6 +93,7 @@ class GeotiffSemanticCache:
     """Per-tile confidence GeoTIFFs plus a mosaic with overviews that is valid at every moment."""
 
     refresh_interval_s = 2.0
+    refresh_share = 0.05
 
     def __init__(self, cache_dir: Path, width: int, height: int, crs_wkt: str, transform, class_names):
         self.cache_dir = Path(cache_dir)
@@ -105,6 +107,10 @@ class GeotiffSemanticCache:
         self._done = 0  # committed tiles: 1.._done
         self._last_bbox: Rect | None = None
         self._last_flush = 0.0
+        self._flush_s = 0.0  # how long the last refresh took
+        # Overview tiles as last written, by path (a path names one content forever): the few a
+        # refresh rewrites are mostly those the previous one did.
+        self.recent: OrderedDict[str, object] = OrderedDict()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -163,9 +169,15 @@ class GeotiffSemanticCache:
             self.state = state
             stale = self._stale_rects(state, records)
             if stale or state.writing is not None:
-                self._run(MosaicPass.recovery(self, stale, records), through=n, bbox=self._last_bbox,
-                          collect_all=True)
-            elif state.through != n:
+                try:
+                    self._run(MosaicPass.recovery(self, stale, records), through=n, bbox=self._last_bbox,
+                              collect_all=True)
+                except (SyntaxError, RuntimeError, ValueError, KeyError, AttributeError) as exc:
+                    # A file the repair needed is unreadable (a power cut can tear what a kill cannot).
+                    logger.warning("rebuilding the confidence mosaic: %s", exc)
+                    self._rebuild(records)
+                return
+            if state.through != n:
                 self._save_state(replace(state, through=n, upto=n, upto_bbox=self._last_bbox))
             self._collect(everything=True)
         except OSError as exc:
@@ -178,10 +190,15 @@ class GeotiffSemanticCache:
             self._pending.append((record, encoded))
 
     def refresh(self, *, force: bool = True) -> None:
-        """Add the tiles committed since the last refresh to the mosaic; unless ``force``, at most every
-        :attr:`refresh_interval_s` (a refresh writes a few files, however many tiles it adds)."""
+        """Add the tiles committed since the last refresh to the mosaic.
+
+        Unless ``force``, at most every :attr:`refresh_interval_s`, and never more
+        than :attr:`refresh_share` of the time: a refresh writes a few files
+        however many tiles it adds, so on a slow disk refreshes come less often.
+        """
         now = time.monotonic()
-        if not force and now - self._last_flush < self.refresh_interval_s:
+        wait_s = max(self.refresh_interval_s, self._flush_s / self.refresh_share)
+        if not force and now - self._last_flush < wait_s:
             return
         try:
             if self._pending:
@@ -193,7 +210,8 @@ class GeotiffSemanticCache:
                 self._save_state(replace(self.state, through=self._done, upto=self._done, upto_bbox=self._last_bbox))
         except OSError as exc:
             raise disk_error(f"the mosaic {VRT_NAME}", exc) from exc
-        self._last_flush = now
+        self._last_flush = time.monotonic()
+        self._flush_s = self._last_flush - now
 
     def close(self, *, flush: bool = True) -> None:
         """Refresh the mosaic with every committed tile (unless ``flush`` is False) and delete superseded files."""
@@ -282,8 +300,9 @@ class GeotiffSemanticCache:
             upto, upto_bbox = through, bbox
         self._save_state(replace(state, writing=gen, through=min(state.through, through), upto=upto,
                                  upto_bbox=upto_bbox, garbage=state.garbage + superseded))
-        mosaic_pass.write(gen)
-        self._save_state(replace(self.state, gen=gen, writing=None, through=through, upto=through, upto_bbox=bbox))
+        mosaic_pass.write(gen)  # every file it writes is fsynced before this returns
+        self._save_state(replace(self.state, gen=gen, writing=None, through=through, upto=through, upto_bbox=bbox),
+                         durable=False)
         self._collect(everything=collect_all)
 
     def _collect(self, *, everything: bool = False) -> None:
@@ -300,7 +319,7 @@ class GeotiffSemanticCache:
                     pass
             keep.append([path, gen])
         if len(keep) != len(self.state.garbage):
-            self._save_state(replace(self.state, garbage=keep))
+            self._save_state(replace(self.state, garbage=keep), durable=False)
 
     def _read_state(self) -> MosaicState | None:
         try:
@@ -311,18 +330,24 @@ class GeotiffSemanticCache:
             return None
         return state
 
-    def _save_state(self, state: MosaicState) -> None:
-        write_file(self.cache_dir / STATE_PATH, json.dumps(state.to_json()).encode(), self.cache_dir / TMP_DIR)
+    def _save_state(self, state: MosaicState, *, durable: bool = True) -> None:
+        """Replace the state; ``durable`` False for one that a power cut may lose (it then reads as the
+        intent before it, and the refresh is redone)."""
+        write_file(self.cache_dir / STATE_PATH, json.dumps(state.to_json()).encode(), self.cache_dir / TMP_DIR,
+                   durable=durable)
         self.state = state
 
 
-def write_file(path: Path, data: bytes, tmp_dir: Path, *, read_only: bool = False, sync_dir: bool = True) -> None:
+def write_file(path: Path, data: bytes, tmp_dir: Path, *, read_only: bool = False, sync_dir: bool = True,
+               durable: bool = True) -> None:
     """Replace ``path`` with ``data`` atomically (temp file in ``tmp_dir``, fsync, rename, fsync the folder).
 
     ``read_only`` leaves the file without write permission (POSIX), so GDAL, which
     writes statistics back into a VRT it opened, cannot overwrite it. Windows
     refuses to replace a read-only file, so its mode is reset first there.
-    ``sync_dir`` False leaves the folder's fsync to the caller (one for many files).
+    ``sync_dir`` False leaves the folder's fsync to the caller (one for many files);
+    ``durable`` False skips both fsyncs (the file may be lost to a power cut, not torn
+    by a crash of this process).
     """
     tmp_dir.mkdir(parents=True, exist_ok=True)
     tmp = tmp_dir / f"{path.name}.{os.getpid()}.tmp"
@@ -330,7 +355,8 @@ def write_file(path: Path, data: bytes, tmp_dir: Path, *, read_only: bool = Fals
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         if read_only:
             os.chmod(tmp, 0o444)
         if os.name == "nt" and path.exists():
@@ -339,5 +365,5 @@ def write_file(path: Path, data: bytes, tmp_dir: Path, *, read_only: bool = Fals
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
-    if sync_dir:
+    if sync_dir and durable:
         _fsync_dir(path.parent)
