@@ -11,7 +11,6 @@ from __future__ import annotations
 import configparser
 
 from qgis.PyQt.QtCore import (
-    QCoreApplication,
     QProcess,
     QProcessEnvironment,
     Qt,
@@ -30,11 +29,10 @@ from qgis.PyQt.QtWidgets import (
 
 from tcd_qgis_plugin import dependencies
 from tcd_qgis_plugin.core.launch import engine_command
+from tcd_qgis_plugin.core.texts import translator
 from tcd_qgis_plugin.paths import PLUGIN_DIR
 
-
-def tr(text: str) -> str:
-    return QCoreApplication.translate("AboutDialog", text)
+tr = translator("AboutDialog")
 
 
 def plugin_version() -> str:

@@ -42,14 +42,15 @@ from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsTask
 from qgis.PyQt.QtWidgets import QApplication, QPushButton
 
 from tcd_qgis_plugin.core import messages
+from tcd_qgis_plugin.core.texts import LOG_TAG
 from tcd_qgis_plugin.engine import doctor
 
-LOG_TAG = "TCD"
-
 # Top-level names (import names and distribution names, lower case, "-" as "_")
-# that QGIS itself provides and imports. They never go into our folder.
+# that QGIS itself provides and imports: the engine's own list (numpy, GDAL) plus
+# QGIS's bindings and Qt. They never go into our folder.
 PROTECTED = frozenset(
-    {"numpy", "osgeo", "gdal", "qgis", "pyqt5", "pyqt5_sip", "pyqt5_qt5", "pyqt6", "pyqt6_sip", "sip", "psycopg2"}
+    {re.sub(r"[-_.]+", "_", name).lower() for pair in doctor.PROVIDED_BY_QGIS.items() for name in pair}
+    | {"qgis", "pyqt5", "pyqt5_sip", "pyqt5_qt5", "pyqt6", "pyqt6_sip", "sip", "psycopg2"}
 )
 
 # pip got --dry-run --report in 22.2.

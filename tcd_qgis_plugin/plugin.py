@@ -20,12 +20,14 @@ from tcd_qgis_plugin.about_dialog import AboutDialog
 from tcd_qgis_plugin.core import messages, probe
 from tcd_qgis_plugin.core.layers import CacheLayerGroup, SteadyCanvas
 from tcd_qgis_plugin.core.runs import RunRegistry, job_from_cache
-from tcd_qgis_plugin.core.task import LOG_TAG, PredictionTask, RunOutcome, TileProgress
+from tcd_qgis_plugin.core.task import PredictionTask, RunOutcome, TileProgress
+from tcd_qgis_plugin.core.texts import LOG_TAG
+from tcd_qgis_plugin.engine.cache.manifest import MANIFEST_NAME
 from tcd_qgis_plugin.engine.cache.status import cache_status
 from tcd_qgis_plugin.engine.errors import TCDError
 from tcd_qgis_plugin.engine.models.spec import default_model_path, describe_model
 from tcd_qgis_plugin.gui import mismatch
-from tcd_qgis_plugin.gui.dialog import MANIFEST, PredictDialog
+from tcd_qgis_plugin.gui.dialog import PredictDialog
 from tcd_qgis_plugin.gui.help import HelpWindow
 from tcd_qgis_plugin.gui.runs_panel import RunRow, RunsPanel
 from tcd_qgis_plugin.paths import icon_path
@@ -214,7 +216,7 @@ class TCDPlugin(QObject):
         None when nothing is to run now (Cancel, or another folder to choose in the dialog).
         """
         cache_dir = Path(job.cache_dir).resolve()
-        if job.overwrite or cache_dir in self.tasks or not (cache_dir / MANIFEST).is_file():
+        if job.overwrite or cache_dir in self.tasks or not (cache_dir / MANIFEST_NAME).is_file():
             return job
         try:
             python = dependencies.find_qgis_python()
@@ -334,7 +336,7 @@ class TCDPlugin(QObject):
         task = self.tasks.pop(cache_dir, None)
         if not self.tasks:
             self.steady.release()
-        if outcome.state == "failed" and not (cache_dir / MANIFEST).is_file():
+        if outcome.state == "failed" and not (cache_dir / MANIFEST_NAME).is_file():
             self.registry.forget_cache(cache_dir)  # refused before it wrote anything: no run to list
         else:
             self.registry.set_failure(cache_dir, outcome.message if outcome.state == "failed" else None)
@@ -373,8 +375,8 @@ class TCDPlugin(QObject):
     def open_cache(self, cache_dir) -> bool:
         """Add a cache folder made elsewhere (another profile, the command line) to the panel."""
         cache_dir = Path(cache_dir).resolve()
-        if not (cache_dir / MANIFEST).is_file():
-            self._bar(self.tr("{} is not a TCD cache: it has no {}.").format(cache_dir, MANIFEST), Qgis.Warning)
+        if not (cache_dir / MANIFEST_NAME).is_file():
+            self._bar(self.tr("{} is not a TCD cache: it has no {}.").format(cache_dir, MANIFEST_NAME), Qgis.Warning)
             return False
         self.registry.add_cache(cache_dir)
         self.refresh_panel()
@@ -391,7 +393,7 @@ class TCDPlugin(QObject):
         group = self.groups.pop(cache_dir, None) or CacheLayerGroup(QgsProject.instance(), cache_dir)
         group.remove()
         if cache_dir.is_dir():
-            if not (cache_dir / MANIFEST).is_file():
+            if not (cache_dir / MANIFEST_NAME).is_file():
                 self._bar(self.tr("{} is not a TCD cache; it was not deleted.").format(cache_dir), Qgis.Warning)
                 return False
             try:

@@ -14,7 +14,8 @@ from qgis.core import (
     QgsVectorLayer,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QCoreApplication
+
+from tcd_qgis_plugin.core.texts import translator
 
 # A rectangle's straight edges are curves in another CRS: densify before transforming.
 EDGE_POINTS = 32
@@ -24,8 +25,7 @@ class AoiError(ValueError):
     """The chosen area cannot be used; ``str()`` is one sentence for the dialog."""
 
 
-def tr(text: str) -> str:
-    return QCoreApplication.translate("Aoi", text)
+tr = translator("Aoi")
 
 
 def area_wkt(geometry: QgsGeometry, crs: QgsCoordinateReferenceSystem, raster: QgsRasterLayer,

@@ -18,7 +18,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from tcd_qgis_plugin.core.task import LOG_TAG
+from tcd_qgis_plugin.core.texts import LOG_TAG
 from tcd_qgis_plugin.engine.cache.status import cache_layers
 from tcd_qgis_plugin.paths import style_path
 

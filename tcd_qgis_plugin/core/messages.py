@@ -13,7 +13,7 @@ from __future__ import annotations
 from qgis.core import Qgis, QgsMessageLog
 from qgis.PyQt.QtCore import QCoreApplication, QTimer
 
-LOG_TAG = "TCD"
+from tcd_qgis_plugin.core.texts import LOG_TAG
 
 
 def title() -> str:

@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from osgeo import gdal, osr
-from qgis.PyQt.QtCore import QCoreApplication
+
+from tcd_qgis_plugin.core.texts import translator
 
 # GDAL's type names as the engine (rasterio, numpy) spells them.
 DTYPES = {"Byte": "uint8", "Int8": "int8", "UInt16": "uint16", "Int16": "int16", "UInt32": "uint32",
           "Int32": "int32", "UInt64": "uint64", "Int64": "int64", "Float32": "float32", "Float64": "float64"}
 
 
-def tr(text: str) -> str:
-    return QCoreApplication.translate("RasterCheck", text)
+tr = translator("RasterCheck")
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qgis.core import Qgis, QgsMessageLog, QgsTask
-from qgis.PyQt.QtCore import QCoreApplication, pyqtSignal
+from qgis.PyQt.QtCore import pyqtSignal
 
 from tcd_qgis_plugin.core.launch import engine_command
+from tcd_qgis_plugin.core.texts import LOG_TAG, translator
 from tcd_qgis_plugin.engine.settings import Job
 from tcd_qgis_plugin.engine.worker import CANCEL, job_to_json
 from tcd_qgis_plugin.paths import PLUGIN_DIR
 
-LOG_TAG = "TCD"
 # After a cancel request the engine finishes the tile in progress; a worker that
 # takes longer than this is stopped with SIGTERM, then SIGKILL.
 CANCEL_GRACE_S = 60.0
@@ -37,8 +37,7 @@ KILL_GRACE_S = 5.0
 POLL_S = 0.1
 
 
-def tr(text: str) -> str:
-    return QCoreApplication.translate("PredictionTask", text)
+tr = translator("PredictionTask")
 
 
 def tiles_text(count: int) -> str:

@@ -35,16 +35,16 @@ from qgis.PyQt.QtWidgets import (
 from tcd_qgis_plugin.core.aoi import AoiError, extent_wkt, selection_wkt
 from tcd_qgis_plugin.core.rasters import raster_note, raster_problem, read_facts
 from tcd_qgis_plugin.core.runs import RunRegistry
+from tcd_qgis_plugin.engine.cache.manifest import MANIFEST_NAME
 from tcd_qgis_plugin.engine.cache.status import cache_status
 from tcd_qgis_plugin.engine.errors import TCDError
 from tcd_qgis_plugin.engine.models.spec import default_model_path, describe_model
-from tcd_qgis_plugin.engine.settings import BoxGeometry, Job, Output, VectorFormat, resolve_settings
+from tcd_qgis_plugin.engine.settings import BoxGeometry, Job, Output, VectorFormat, default_cache_dir, resolve_settings
 
 AREA_ALL, AREA_EXTENT, AREA_SELECTION = range(3)
 # ``Job.provider`` choices as the Processor list names them; None lets the engine pick.
 PROCESSOR_NAMES = {None: "Automatic", "cpu": "CPU", "cuda": "NVIDIA GPU (CUDA)", "tensorrt": "NVIDIA GPU (TensorRT)",
                    "directml": "GPU (DirectML)", "coreml": "Apple GPU (Core ML)"}
-MANIFEST = "tiles.jsonl"
 
 
 def raster_file(layer) -> Path | None:
@@ -53,11 +53,6 @@ def raster_file(layer) -> Path | None:
         return None
     path = Path(layer.source().split("|")[0])
     return path if path.is_file() else None
-
-
-def default_cache_dir(image: Path) -> Path:
-    """Beside the raster, named after it: ``ortho.tif`` → ``ortho_tcd``."""
-    return image.with_name(f"{image.stem}_tcd")
 
 
 class PredictDialog(QDialog):
@@ -443,7 +438,7 @@ class PredictDialog(QDialog):
             return self.tr("The output folder is a file; choose a folder."), True
         if not folder.exists() or not any(folder.iterdir()):
             return "", False
-        if not (folder / MANIFEST).is_file():
+        if not (folder / MANIFEST_NAME).is_file():
             return self.tr("The output folder holds other files; choose an empty or new folder."), True
         try:
             status = cache_status(folder)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtWidgets import QMessageBox
+
+from tcd_qgis_plugin.core.texts import translator
 
 RESUME, AFRESH, OTHER_FOLDER = "resume", "afresh", "other_folder"
 
 
-def tr(text: str) -> str:
-    return QCoreApplication.translate("MismatchChoice", text)
+tr = translator("MismatchChoice")
 
 
 def choice_box(parent, folder: Path, sentence: str, choices=(RESUME, AFRESH, OTHER_FOLDER)) -> QMessageBox:

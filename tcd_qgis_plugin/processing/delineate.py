@@ -41,19 +41,20 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.PyQt import sip
-from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from tcd_qgis_plugin import dependencies
 from tcd_qgis_plugin.core.aoi import AoiError, area_wkt
 from tcd_qgis_plugin.core.layers import layer_source
 from tcd_qgis_plugin.core.runs import RunRegistry
-from tcd_qgis_plugin.core.task import LOG_TAG, WorkerRun, tiles_text
+from tcd_qgis_plugin.core.task import WorkerRun, tiles_text
+from tcd_qgis_plugin.core.texts import LOG_TAG, translator
+from tcd_qgis_plugin.engine.cache.manifest import MANIFEST_NAME
 from tcd_qgis_plugin.engine.cache.status import cache_layers
 from tcd_qgis_plugin.engine.errors import TCDError
 from tcd_qgis_plugin.engine.models.spec import default_model_path, describe_model
-from tcd_qgis_plugin.engine.settings import Job, Output, VectorFormat, resolve_settings
-from tcd_qgis_plugin.gui.dialog import MANIFEST, default_cache_dir, raster_file
+from tcd_qgis_plugin.engine.settings import Job, Output, VectorFormat, default_cache_dir, resolve_settings
+from tcd_qgis_plugin.gui.dialog import raster_file
 from tcd_qgis_plugin.paths import icon_path, style_path
 
 # Parameter and output names: what qgis_process, processing.run() and models use.
@@ -74,8 +75,7 @@ OUTPUT_CHOICES = (Output.INSTANCES, Output.SEMANTIC)  # order of the OUTPUTS enu
 FORMAT_CHOICES = (VectorFormat.SHAPEFILE, VectorFormat.GEOPACKAGE)  # order of the VECTOR_FORMAT enum
 
 
-def tr(text: str) -> str:
-    return QCoreApplication.translate("DelineateCrownsAlgorithm", text)
+tr = translator("DelineateCrownsAlgorithm")
 
 
 class _Styler(QgsProcessingLayerPostProcessorInterface):
@@ -343,6 +343,6 @@ def _check_folder(folder: Path, image: Path) -> None:
     """Refuse a folder that is a file or holds something other than a TCD cache (never mixed into)."""
     if folder.exists() and not folder.is_dir():
         raise QgsProcessingException(tr("The cache folder {} is a file; choose a folder.").format(folder))
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / MANIFEST).is_file():
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / MANIFEST_NAME).is_file():
         raise QgsProcessingException(
             tr("The cache folder {} holds other files; choose an empty or new folder.").format(folder))

@@ -21,9 +21,9 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsVectorLayer,
 )
-from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
+from tcd_qgis_plugin.core.texts import translator
 from tcd_qgis_plugin.engine.errors import TCDError
 from tcd_qgis_plugin.engine.postprocess.heights import (
     HEIGHT_MAX,
@@ -41,8 +41,7 @@ OUTPUT = "OUTPUT"
 BATCH = 256  # crowns measured per call
 
 
-def tr(text: str) -> str:
-    return QCoreApplication.translate("CrownHeightsAlgorithm", text)
+tr = translator("CrownHeightsAlgorithm")
 
 
 def height_fields() -> QgsFields:
