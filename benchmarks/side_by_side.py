@@ -18,8 +18,9 @@ The engine runs ``python -m engine predict`` on the same raster and model and
 writes both caches (confidence GeoTIFFs + VRT, crown shapefile) as users run it.
 
 Each side runs in its own child process; its peak RSS is the child's own
-``ru_maxrss``. Time is measured inside each child from just before the model is
-loaded to the end of the run (QGIS start-up and Python's own start are left out
+(VmHWM, read by the child: ``ru_maxrss`` would carry over this parent's peak).
+Time is measured inside each child from just before the model is loaded to the
+end of the run (QGIS start-up and Python's own start are left out
 for both; the whole child's wall time is printed too). Sides are interleaved, and
 with ``--repeat N`` their order alternates and the median is printed.
 
@@ -149,6 +150,24 @@ def make_raster(path: Path, size: int, seed: int) -> Path:
 
 # --------------------------------------------------------------------------- children
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS since it started its program, in MB.
+
+    ``ru_maxrss`` is kept across exec, so a child started from a large parent would
+    report the parent's peak; /proc's VmHWM belongs to this program alone.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _child_deepness(args) -> None:
     """Runs in its own process: Deepness's segmentation task over the raster, as the plugin runs it."""
     sys.path.insert(0, args.deepness_src)
@@ -226,7 +245,7 @@ def _child_deepness(args) -> None:
     print("@@RESULT " + json.dumps({"seconds": seconds, "tiles": processor.x_bins_number * processor.y_bins_number,
                                     "tile_px": params.tile_size_px, "overlap_px": params.processing_overlap_px,
                                     "batch": batch_size, "tree_fraction": tree_fraction,
-                                    "features": n_features}), flush=True)
+                                    "features": n_features, "peak_mb": peak_rss_mb()}), flush=True)
     # Leave the way the plugin leaves: results stay in memory until QGIS closes.
     os._exit(0)
 
@@ -248,8 +267,10 @@ def _child_engine(args) -> None:
         from engine.status import cache_status
 
     status = cache_status(Path(args.out))
+    peak = peak_rss_mb()  # before the sanity read below
     print("@@RESULT " + json.dumps({"seconds": seconds, "tiles": status.total, "features": status.features,
-                                    "tree_fraction": _engine_tree_fraction(Path(args.out))}), flush=True)
+                                    "tree_fraction": _engine_tree_fraction(Path(args.out)), "peak_mb": peak}),
+          flush=True)
 
 
 def _engine_tree_fraction(cache: Path) -> float | None:
@@ -280,7 +301,8 @@ def run_child(cmd: list[str], env: dict, log: Path) -> dict:
         raise RuntimeError(f"{' '.join(cmd[:4])}... failed (exit {proc.returncode}); log {log}:\n{tail}")
     result = json.loads(lines[-1][len("@@RESULT "):])
     result["wall_s"] = wall
-    result["maxrss_mb"] = usage.ru_maxrss / 1024
+    # The child's own peak (VmHWM); ru_maxrss would include this parent's peak (kept across exec).
+    result["maxrss_mb"] = result.pop("peak_mb", usage.ru_maxrss / 1024)
     result["cpu_s"] = usage.ru_utime + usage.ru_stime  # the whole child, start-up included
     return result
 
