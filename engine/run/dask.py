@@ -123,6 +123,7 @@ _PROBE = _make_probe()
 
 # -- worker side ------------------------------------------------------------------------------
 
+_KEEP = 4  # runs and model sessions a worker keeps
 _lock = threading.Lock()
 _models: dict[tuple, OnnxModel] = {}
 _runs: dict[bytes, tuple[str, RunPlan]] = {}
@@ -166,6 +167,8 @@ def _model(plan: RunPlan, model_bytes: bytes) -> OnnxModel:
                 tmp.write_bytes(model_bytes)
                 os.replace(tmp, path)
             model = _models[key] = OnnxModel(path, threads=threads, provider=plan.provider)
+            while len(_models) > _KEEP:  # a long-lived worker serving many runs keeps the latest few
+                _models.pop(next(iter(_models)))
         return model
 
 
@@ -176,7 +179,7 @@ def _processor(run_blob: bytes, model_bytes: bytes) -> TileProcessor:
         if known is None:
             plan = _loads(run_blob)
             known = _runs[run_blob] = (hashlib.sha256(run_blob).hexdigest(), plan)
-            while len(_runs) > 4:
+            while len(_runs) > _KEEP:
                 _runs.pop(next(iter(_runs)))
     run_key, plan = known
     current = getattr(_threads, "current", None)
