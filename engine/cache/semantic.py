@@ -256,8 +256,10 @@ class GeotiffSemanticCache:
     def _start(self, first_bbox: Rect, through: int = 0) -> None:
         """Create the pyramid's empty level roots and a top VRT naming them, then the state."""
         x0, y0, x1, y1 = first_bbox
+        # Generations count on from the clock, so a rebuilt mosaic never reuses the name of an
+        # overview tile an earlier one left behind (Windows cannot delete a file QGIS holds open).
         self.state = MosaicState(mosaic_geometry(max(x1 - x0, y1 - y0)), (self.width, self.height),
-                                 len(self.class_names))
+                                 len(self.class_names), gen=int(time.time()))
         for level in range(len(self.sizes)):
             (self.cache_dir / MOSAIC_DIR / f"L{level}").mkdir(parents=True, exist_ok=True)
         for level in range(len(self.sizes) - 1, -1, -1):
