@@ -294,7 +294,7 @@ def test_a_new_users_path_through_the_dialog_a_run_and_a_cancel(tmp_path, deskto
     # 4: another run into a folder that holds one: the user is asked, answers Start afresh, then Yes.
     question, confirm = results["questions"]
     assert "OSBS_029_tcd already holds a run that this one cannot continue: This cache was made with other " \
-           "settings (tile size differ)." in question["text"]
+           "settings (tile size differs)." in question["text"]
     assert question["buttons"] == ["Cancel", "Choose another folder…", "Resume it as it was", "Start afresh…"]
     assert "Delete the run in" in confirm["text"] and confirm["buttons"] == ["No", "Yes"]
     assert results["tasks_after_afresh"] == [str(cache_dir)]
