@@ -1,6 +1,6 @@
 """Dask benchmarks (run on demand, never in the test suite).
 
-    .venv/bin/python benchmarks/dask_scaling.py [--models default,segformer] [--size 3584] [--quick]
+    .venv/bin/python -m benchmarks.dask_scaling [--models default,segformer] [--size 3584] [--quick]
 
 Prints, each measured in this one run:
 
@@ -31,13 +31,11 @@ import argparse
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from benchmarks.rasters import make_raster  # noqa: E402
 from engine.models.spec import default_model_path  # noqa: E402
@@ -197,9 +195,9 @@ def _time_parts(cache) -> dict:
 
         setattr(obj, attr, timed)
 
-    wrap(cache._semantic, "write_tile", "confidence file (write, fsync, rename)")
-    wrap(cache._vectors, "append", "crowns (append, sync)")
-    wrap(cache._manifest, "commit", "manifest line (append, fsync)")
+    wrap(cache._semantic, "write_tiles", "confidence files (write, fsync; one folder sync)")
+    wrap(cache._vectors, "append", "crowns (append, one sync)")
+    wrap(cache._manifest, "commit", "manifest lines (append, one fsync)")
     wrap(cache.summary, "add", "summary.json")
     wrap(cache._semantic, "refresh", "mosaic and overviews")
     return parts
@@ -296,7 +294,7 @@ def resume_million(tmp: Path, n_side: int = 1000) -> None:
         for record in batch:
             cache.records.append(record)
             cache.summary.summary.add_tile(record, [])
-        cache.summary.add(cache.records[-1], [])  # summary.json as a run leaves it (counts the last tile twice:
+        cache.summary.add([(cache.records[-1], [])])  # summary.json as a run leaves it (counts the last tile twice:
         cache.summary.summary.tiles_done = n  # fixed here, since only the count matters to a resume)
         from engine.cache.summary import write_summary
 

@@ -4,7 +4,7 @@ Runs the model through the engine's OnnxModel (onnxruntime, default threads
 unless --threads) on random tiles, after a warm-up run, and prints the median
 time per tile and the throughput. Run on demand on a quiet machine:
 
-    .venv/bin/python benchmarks/model_speed.py [MODEL] [--tile 1024] [--runs 5]
+    .venv/bin/python -m benchmarks.model_speed [MODEL] [--tile 1024] [--runs 5]
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.models.runner import OnnxModel
 from engine.models.spec import default_model_path

@@ -1,6 +1,6 @@
 """Engine benchmarks (run on demand, not in the test suite).
 
-    .venv/bin/python benchmarks/pipeline.py [--size 4096] [--quick]
+    .venv/bin/python -m benchmarks.pipeline [--size 4096] [--quick]
 
 Prints, each measured in this one run:
   1. end-to-end speed (both caches written) / model-only speed on the same tiles,
@@ -24,13 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 from benchmarks.rasters import make_raster
 from engine.models.runner import OnnxModel
 from engine.models.spec import default_model_path
 from tests.onnx_models import conv1x1_model
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_predict(image: Path, model: Path, cache: Path, **job_args) -> dict:
@@ -40,16 +39,16 @@ def run_predict(image: Path, model: Path, cache: Path, **job_args) -> dict:
     report this process's own peak (a heavy model run for the model-only figure).
     """
     code = (
-        "import json, resource, sys, time; sys.path.insert(0, %r)\n"
+        "import json, resource, sys, time\n"
         "from engine.run.predict import predict; from engine.settings import Job\n"
         "t = time.perf_counter()\n"
-        "r = predict(Job(image=%r, cache_dir=%r, model=%r, **%r))\n"
+        f"r = predict(Job(image={str(image)!r}, cache_dir={str(cache)!r}, model={str(model)!r}, **{job_args!r}))\n"
         "hwm = [int(x.split()[1]) for x in open('/proc/self/status') if x.startswith('VmHWM:')]\n"
         "peak = hwm[0] / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
         "print(json.dumps({'seconds': time.perf_counter() - t, 'done': r.done, 'features': r.features,"
         " 'maxrss_mb': peak}))\n"
-    ) % (str(ROOT), str(image), str(cache), str(model), job_args)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -1,6 +1,6 @@
 """How fast QGIS draws a cache's layers, and how fast the mosaic opens, as caches grow (run on demand).
 
-    .venv/bin/python benchmarks/render.py [--sizes 4096,16384,32768] [--million] [--workdir DIR]
+    .venv/bin/python -m benchmarks.render [--sizes 4096,16384,32768] [--million] [--workdir DIR]
 
 For each raster size (16 MP, 268 MP and 1 GP by default: synthetic forest-like
 RGB at 0.1 m from ``benchmarks/rasters.py``, bright discs of 1.5-4 m on dark
@@ -49,7 +49,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 IMAGE_PX = (1600, 1000)
 STYLES = ROOT / "resources" / "styles"

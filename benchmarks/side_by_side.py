@@ -1,6 +1,6 @@
 """Deepness and the engine side by side: same raster, same two models, one run.
 
-    .venv/bin/python benchmarks/side_by_side.py --deepness /path/to/qgis-plugin-deepness [--big]
+    .venv/bin/python -m benchmarks.side_by_side --deepness /path/to/qgis-plugin-deepness [--big]
 
 Deepness 0.6.5 (PUTvision/qgis-plugin-deepness; its source is not part of this
 repository: check it out anywhere and pass the folder with ``--deepness`` or
@@ -139,8 +139,7 @@ def build_green(path: Path) -> Path:
 
 
 def make_raster(path: Path, size: int, seed: int) -> Path:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from rasters import make_raster as forest_raster  # the engine benchmarks' forest-like raster
+    from benchmarks.rasters import make_raster as forest_raster  # the engine benchmarks' forest-like raster
 
     tmp = path.with_suffix(".part.tif")
     forest_raster(tmp, size, seed=seed)
@@ -170,7 +169,7 @@ def peak_rss_mb() -> float:
 
 def _child_deepness(args) -> None:
     """Runs in its own process: Deepness's segmentation task over the raster, as the plugin runs it."""
-    sys.path.insert(0, args.deepness_src)
+    sys.path.insert(0, args.deepness_src)  # where QGIS puts a plugin's folder
     from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
 
     qgs = QgsApplication([], False)
@@ -253,7 +252,7 @@ def _child_deepness(args) -> None:
 def _child_engine(args) -> None:
     """Runs in its own process: ``python -m engine predict`` (the CLI's main), timed from inside."""
     start = time.perf_counter()
-    sys.path.insert(0, args.engine_root)
+    sys.path.insert(0, args.engine_root)  # --engine-root: the checkout under test, e.g. an older commit
     from engine.cli import main
 
     argv = ["predict", args.raster, "--model", args.model, "--out", args.out, "--quiet"] + args.engine_args
@@ -381,7 +380,6 @@ def main() -> int:
             return 2
 
     engine_root = args.engine_root.resolve()
-    sys.path.insert(0, str(engine_root))
     models = {}
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         path = work / f"{name}_v{MODEL_VERSION}.onnx"

@@ -149,7 +149,7 @@ def main() -> int:
                     message=f"The Python package '{exc.name}' is missing; install the plugin's dependencies.",
                     details=traceback.format_exc())
         return 1
-    except Exception as exc:  # noqa: BLE001 - an engine bug: still reported as one event
+    except Exception as exc:
         events.send("error", type=type(exc).__name__, message=f"Unexpected {type(exc).__name__}: {exc}",
                     details=traceback.format_exc())
         return 1

@@ -8,18 +8,33 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsSettings  # noqa: E402
+import pytest
+from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsSettings
 
-from tests.onnx_models import canopy_centres_model, passthrough_model, slow_model  # noqa: E402
-from tests.rasters import crowns_image, write_raster  # noqa: E402
+from tests.onnx_models import canopy_centres_model, passthrough_model, slow_model
+from tests.rasters import crowns_image, write_raster
 
 # 40 crowns of 12 px (1.2 m) on a 320 x 320 px image at 0.1 m (band 1 canopy, band 2 a
 # dot at each crown's centre, for the crown test model): 64 px tiles with a 16 px
 # overlap give 7 x 7 = 49 tiles.
 SQUARES = [(10 + 40 * i, 12 + 40 * j, 12) for i in range(8) for j in range(5)]
+
+
+@pytest.fixture
+def per_tile_commits(monkeypatch):
+    """Commit every tile at once, here and in child processes, for tests that act after each tile.
+
+    Runs group the commits of fast tiles (see engine.cache.store.Cache.group_s); tests that
+    cancel or kill a run after n tiles need each tile committed (and reported) on its own.
+    """
+    from engine.cache import store
+    from tcd_qgis_plugin.engine.cache import store as plugin_store  # the same file under the plugin's name
+
+    monkeypatch.setattr(store.Cache, "group_s", 0.0)
+    monkeypatch.setattr(plugin_store.Cache, "group_s", 0.0)
+    monkeypatch.setenv("TCD_COMMIT_GROUP_S", "0")
 
 
 @pytest.fixture(scope="module")

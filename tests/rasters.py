@@ -37,6 +37,16 @@ def squares_image(width: int, height: int, squares, value=230, background=20, ba
     return img
 
 
+def speckled_image(n: int, seed: int, *, sizes=(8, 14), values=(150, 255), side: int = 300) -> np.ndarray:
+    """uint8 ``side`` x ``side`` image of ``n`` random squares, sizes and brightness drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    img = np.full((3, side, side), 15, np.uint8)
+    for _ in range(n):
+        c, r, s = rng.integers(0, side - 12), rng.integers(0, side - 12), rng.integers(*sizes)
+        img[:, r : r + s, c : c + s] = rng.integers(*values)
+    return img
+
+
 def crowns_image(width: int, height: int, squares, value=230, background=20, dot=3) -> np.ndarray:
     """Input for tests.onnx_models.canopy_centres_model: band 1 canopy squares, band 2 a centre dot in each.
 

@@ -18,7 +18,7 @@ from engine.cache.vrt import MosaicGeometry
 from engine.run.predict import predict
 from engine.settings import Job
 from tests.big_cache import semantic_cache, write_synthetic_cache
-from tests.rasters import overview_oracle, read_confidence, read_overviews, write_raster
+from tests.rasters import overview_oracle, read_confidence, read_overviews, speckled_image, write_raster
 
 TILE_PX = 16
 
@@ -34,11 +34,7 @@ def small_mosaic(monkeypatch):
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
     """300 x 300 px: 36 tiles with the 64 px / 16 px test model; five overview levels."""
-    rng = np.random.default_rng(3)
-    img = np.full((3, 300, 300), 15, np.uint8)
-    for _ in range(150):
-        c, r, s = rng.integers(0, 288), rng.integers(0, 288), rng.integers(6, 20)
-        img[:, r : r + s, c : c + s] = rng.integers(60, 255)
+    img = speckled_image(150, seed=3, sizes=(6, 20), values=(60, 255))
     return write_raster(tmp_path_factory.mktemp("img") / "img.tif", img)
 
 
@@ -80,6 +76,7 @@ def assert_same_mosaic(cache, clean) -> None:
     assert stored <= listed  # superseded overview tiles were deleted
 
 
+@pytest.mark.usefixtures("per_tile_commits")
 def test_overviews_hold_the_committed_tiles_after_every_refresh(tmp_path, image, model, small_mosaic):
     cache = tmp_path / "c"
     checked = []

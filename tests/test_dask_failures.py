@@ -47,6 +47,7 @@ def scene(tmp_path_factory):
     return SimpleNamespace(tmp=tmp, image=image, model=model, clean=snapshot(tmp / "clean"))
 
 
+@pytest.mark.usefixtures("per_tile_commits")
 def test_a_worker_killed_mid_run_loses_nothing(scene, tmp_path):
     from distributed import Client
 
@@ -94,6 +95,7 @@ def run_driver_and_kill(cache, scene, address, after_tiles):
     return last
 
 
+@pytest.mark.usefixtures("per_tile_commits")
 def test_the_committing_process_killed_resumes_on_the_cluster_or_locally(scene, tmp_path):
     cache = tmp_path / "c"
     with DaskCluster(tmp_path / "cluster") as cluster:

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 from engine.cache import manifest
@@ -21,18 +20,14 @@ from engine.run.predict import predict
 from engine.settings import Job
 from tests.clusters import ROOT
 from tests.onnx_models import passthrough_model
-from tests.rasters import assert_same_cache, snapshot, write_raster
+from tests.rasters import assert_same_cache, snapshot, speckled_image, write_raster
 
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     """36 tiles (12 skipped: a nodata band across the image), and the clean cache."""
     tmp = tmp_path_factory.mktemp("manifest")
-    rng = np.random.default_rng(3)
-    img = np.full((3, 300, 300), 15, np.uint8)
-    for _ in range(80):
-        c, r, s = rng.integers(0, 288), rng.integers(0, 288), rng.integers(8, 14)
-        img[:, r : r + s, c : c + s] = rng.integers(150, 255)
+    img = speckled_image(80, seed=3)
     img[:, 60:250, :] = 0  # nodata: whole tiles are skipped
     image = write_raster(tmp / "img.tif", img, nodata=0)
     model = passthrough_model(tmp / "m.onnx", tile_size_px=64, overlap_px=16)
@@ -119,7 +114,8 @@ DRIVER = textwrap.dedent(
     from engine.run.predict import predict
     from engine.settings import Job
     manifest.CHECKPOINT_EVERY, manifest.OFFSET_STRIDE = 3, 4
-    predict(Job(image=sys.argv[1], cache_dir=sys.argv[2], model=sys.argv[3]), progress=lambda p: print(p.done, flush=True))
+    predict(Job(image=sys.argv[1], cache_dir=sys.argv[2], model=sys.argv[3]),
+            progress=lambda p: print(p.done, flush=True))
     """
 )
 
@@ -143,6 +139,7 @@ def test_sigkill_between_checkpoints_then_resume_equals_a_clean_run(scene, tmp_p
     assert_same_cache(snapshot(cache), clean)
 
 
+@pytest.mark.usefixtures("per_tile_commits")
 def test_a_lost_confidence_file_under_a_checkpoint_is_still_found(scene, tmp_path, small_steps):
     tmp, image, model, clean = scene
     cache = tmp_path / "c"

@@ -213,6 +213,7 @@ def test_boxes_smaller_than_the_overlap_are_stored_once_across_seams(square_scen
     assert found == sorted((x, y, s) for x, y, s in SQUARES)
 
 
+@pytest.mark.usefixtures("per_tile_commits")
 def test_detector_cache_resumes_to_the_uninterrupted_result(square_scene, tmp_path):
     image, model = square_scene
     whole = tmp_path / "whole"

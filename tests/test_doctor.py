@@ -11,15 +11,15 @@ import onnxruntime as ort
 import pytest
 
 from engine import doctor
-from engine.doctor import providers
-from engine.doctor import Requirement, check, parse_requirements, satisfies, version_key
+from engine.doctor import Requirement, check, parse_requirements, providers, satisfies, version_key
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_doctor(code_before: str = "") -> subprocess.CompletedProcess:
     code = f"{code_before}\nimport sys\nfrom engine.cli import main\nsys.exit(main(['doctor']))"
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False, timeout=120)
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False,
+                          timeout=120)
 
 
 def test_cli_lists_every_requirement_numpy_gdal_and_cpu_provider():

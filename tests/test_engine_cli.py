@@ -44,7 +44,8 @@ def test_user_errors_are_one_line(tmp_path, image, model):
     fake.write_text("this is not a raster")
     assert_one_line_error(cli("predict", fake, "--model", model), "not a raster")
     no_crs = write_raster(tmp_path / "nocrs.tif", np.zeros((3, 10, 10), np.uint8), crs=None)
-    assert_one_line_error(cli("predict", no_crs, "--model", model), "no coordinate reference system. Give it one with --assign-crs")
+    assert_one_line_error(cli("predict", no_crs, "--model", model),
+                          "no coordinate reference system. Give it one with --assign-crs")
     bad_model = tmp_path / "bad.onnx"
     bad_model.write_bytes(b"\x08\x07garbage" * 10)
     assert_one_line_error(cli("predict", image, "--model", bad_model), "not a valid ONNX model")

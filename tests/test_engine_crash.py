@@ -18,7 +18,7 @@ from engine.cache.status import cache_status
 from engine.run.predict import predict
 from engine.settings import Job
 from tests.onnx_models import passthrough_model
-from tests.rasters import overview_oracle, read_confidence, read_overviews, snapshot, write_raster
+from tests.rasters import overview_oracle, read_confidence, read_overviews, snapshot, speckled_image, write_raster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -95,11 +95,7 @@ def assert_overviews_hold_the_committed_tiles(cache, image, model, fmt, scratch)
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("crash")
-    rng = np.random.default_rng(7)
-    img = np.full((3, 300, 300), 15, np.uint8)
-    for _ in range(120):
-        c, r, s = rng.integers(0, 288), rng.integers(0, 288), rng.integers(8, 14)
-        img[:, r : r + s, c : c + s] = rng.integers(150, 255)
+    img = speckled_image(120, seed=7)
     image = write_raster(tmp / "img.tif", img)
     model = passthrough_model(tmp / "m.onnx", tile_size_px=64, overlap_px=16)
     return tmp, image, model, DRIVER

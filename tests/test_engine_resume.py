@@ -34,6 +34,7 @@ def clean(tmp_path, image, model):
     return snapshot(tmp_path / "clean")
 
 
+@pytest.mark.usefixtures("per_tile_commits")
 def test_cancel_then_resume_predicts_only_missing_tiles(tmp_path, image, model, clean):
     seen = []
 
@@ -104,6 +105,7 @@ def test_uncommitted_writes_are_rolled_back(tmp_path, image, model, clean):
     assert_same_cache(snapshot(cache), clean)
 
 
+@pytest.mark.usefixtures("per_tile_commits")
 def test_garbage_manifest_lines_redo_the_tiles_after_them(tmp_path, image, model, clean):
     cache = tmp_path / "c"
     predict(Job(image=image, cache_dir=cache, model=model))
@@ -154,6 +156,7 @@ def _drop_plan_from_header(cache):
     (cache / "tiles.jsonl").write_text(json.dumps(header) + "\n" + "".join(lines[1:]))
 
 
+@pytest.mark.usefixtures("per_tile_commits")
 def test_cache_of_the_margin_plan_is_continued_with_its_own_plan(tmp_path, image, model, monkeypatch):
     import engine.run.predict as run_predict
     from engine.tiling.grid import PLAN_MARGIN
@@ -183,3 +186,43 @@ def test_cache_of_an_unknown_plan_is_refused(tmp_path, image, model):
     with pytest.raises(CacheMismatchError, match="another version of the tiling") as err:
         predict(Job(image=image, cache_dir=cache, model=model))
     assert err.value.what == "plan"
+
+
+def test_grouped_commits_make_the_same_cache_and_report_each_group(tmp_path, image, model, clean, monkeypatch):
+    from engine.cache.store import Cache
+
+    monkeypatch.setattr(Cache, "group_s", 3600.0)
+    monkeypatch.setattr(Cache, "group_tiles", 5)
+    reported = []
+    result = predict(Job(image=image, cache_dir=tmp_path / "c", model=model),
+                     progress=lambda p: p.tile_id and reported.append(p.tile_id))
+    assert result.state == "complete" and result.done == N_TILES
+    assert reported == [5, 10, 15, 16]  # groups of five, then the last tile flushed at the end
+    assert_same_cache(snapshot(tmp_path / "c"), clean)
+
+
+def test_failed_group_commit_keeps_earlier_groups_and_resumes(tmp_path, image, model, clean, monkeypatch):
+    from engine.cache.manifest import ManifestWriter
+    from engine.cache.store import Cache
+    from engine.errors import CacheWriteError
+
+    monkeypatch.setattr(Cache, "group_s", 3600.0)
+    monkeypatch.setattr(Cache, "group_tiles", 4)
+    real_commit, calls = ManifestWriter.commit, []
+
+    def commit_then_fail(self, records):
+        calls.append(len(records))
+        if len(calls) == 3:  # the third group's files are written, its manifest lines are not
+            raise CacheWriteError("Cannot write the manifest: No space left on device.", tmp_path / "c")
+        return real_commit(self, records)
+
+    monkeypatch.setattr(ManifestWriter, "commit", commit_then_fail)
+    with pytest.raises(CacheWriteError):
+        predict(Job(image=image, cache_dir=tmp_path / "c", model=model))
+    assert cache_status(tmp_path / "c").done == 8  # two groups of four committed, the third not
+    monkeypatch.setattr(ManifestWriter, "commit", real_commit)
+    resumed = []
+    second = predict(Job(image=image, cache_dir=tmp_path / "c", model=model),
+                     progress=lambda p: p.tile_id and resumed.append(p.tile_id))
+    assert second.state == "complete" and resumed[-1] == N_TILES
+    assert_same_cache(snapshot(tmp_path / "c"), clean)

@@ -26,6 +26,7 @@ def noisy_image(path, size=(3, 200, 200), seed=0, **kw):
     return write_raster(path, rng.integers(0, 256, size, dtype=np.uint8), **kw)
 
 
+@pytest.mark.usefixtures("per_tile_commits")
 def test_truncated_geotiff_fails_with_one_sentence_and_keeps_committed_tiles(tmp_path, model):
     path = noisy_image(tmp_path / "img.tif", (3, 400, 400))  # uncompressed, striped
     data = path.read_bytes()
@@ -141,6 +142,7 @@ def test_read_only_output_folder(tmp_path, model):
         subprocess.run(["umount", "-l", str(where)])
 
 
+@pytest.mark.usefixtures("per_tile_commits")
 def test_disk_full_mid_run_then_resume_elsewhere(tmp_path, model, small_disk):
     path = noisy_image(tmp_path / "img.tif", (3, 480, 480), seed=3)
     predict(Job(image=path, cache_dir=tmp_path / "clean", model=model))

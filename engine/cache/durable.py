@@ -17,7 +17,7 @@ def disk_error(what: str, exc: OSError | RuntimeError) -> CacheWriteError:
     return CacheWriteError(f"Cannot write {what}: {reason}.")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     # Some filesystems (and Windows) cannot open or fsync a directory; the rename is still done.
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -57,4 +57,4 @@ def write_atomic(path: Path, data: bytes, *, read_only: bool = False) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)

@@ -65,7 +65,9 @@ class CacheLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise CacheWriteError(f"Cannot create files in the cache folder {self.path.parent}: {exc.strerror}.") from exc
+            raise CacheWriteError(
+                f"Cannot create files in the cache folder {self.path.parent}: {exc.strerror}."
+            ) from exc
         if not _try_lock(fd):
             os.close(fd)
             raise CacheLockedError(

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal
 
-from .durable import _fsync_dir
+from .durable import fsync_dir
 from .manifest import TileRecord
 from .pyramid import Rect, grid_cells, halve_into, intersect, level1_of_tile, paste, shrink, union
 from .vrt import MOSAIC_DIR, Source, parse_sources
@@ -228,7 +228,7 @@ class MosaicPass:
             self.memo = {}
             for cell, array in sorted(computed.items()):
                 self._store(level, cell, array, gen)
-            _fsync_dir(self.cache.cache_dir / MOSAIC_DIR / f"L{level}")
+            fsync_dir(self.cache.cache_dir / MOSAIC_DIR / f"L{level}")
             changed = {cell: rect for cell, rect in changed.items() if cell[0] == level}
         self._write_vrts()
 
@@ -351,7 +351,7 @@ class MosaicPass:
             items = self.items[(level, node)]
             written.add(cache.write_vrt_file(level, node, [items[k] for k in sorted(items)], sync_dir=False).parent)
         for folder in written:  # the leaves are on disk before any node above names them
-            _fsync_dir(folder)
+            fsync_dir(folder)
         for level in sorted({level for level, _ in self.dirty}):
             tree = cache.tree(level)
             frontier = {node for lv, node in self.dirty if lv == level}

@@ -39,8 +39,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .durable import _fsync_dir, disk_error, write_atomic
-from .manifest import TileRecord
+from .durable import disk_error, fsync_dir
+from .manifest import TileRecord, TileRecords
 from .mosaic_pass import MosaicPass
 from .pyramid import Rect, level_sizes, row_major_span
 from .vrt import MOSAIC_DIR, VRT_NAME, LevelTree, MosaicGeometry, leaf0_px_for, vrt_xml
@@ -122,18 +122,32 @@ class GeotiffSemanticCache:
     def tile_name(tile_id: int) -> str:
         return f"{SEMANTIC_DIR}/tile_{tile_id:06d}.tif"
 
-    def write_tile(self, tile_id: int, encoded: bytes) -> str:
-        """Write a tile's encoded confidence GeoTIFF durably; returns its path relative to the cache."""
-        rel = self.tile_name(tile_id)
-        try:
-            write_atomic(self.cache_dir / rel, encoded)
-        except OSError as exc:
-            raise disk_error(f"the confidence tile {rel}", exc) from exc
-        return rel
+    def write_tiles(self, tiles: list[tuple[int, bytes]]) -> list[str]:
+        """Write tiles' encoded confidence GeoTIFFs durably; returns their paths relative to the cache.
+
+        Each file is written under its final name and fsynced, then the folder once:
+        a file of a tile whose manifest line never followed is deleted on the next
+        open (:meth:`rollback`), so no temporary name is needed, and a group of
+        tiles costs one folder sync.
+        """
+        rels = []
+        for tile_id, encoded in tiles:
+            rel = self.tile_name(tile_id)
+            try:
+                with open(self.cache_dir / rel, "wb") as f:
+                    f.write(encoded)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as exc:
+                raise disk_error(f"the confidence tile {rel}", exc) from exc
+            rels.append(rel)
+        if rels:
+            fsync_dir(self.dir)
+        return rels
 
     def rollback(self, committed: list[TileRecord]) -> int:
         """Delete tile files no committed record names; returns how many were removed."""
-        keep = {r.cache_files.get("semantic") for r in committed}
+        keep = {rel for _, rel in TileRecords.of(committed).semantic_files()}
         removed = 0
         if self.dir.is_dir():
             for p in self.dir.iterdir():
@@ -264,7 +278,7 @@ class GeotiffSemanticCache:
             (self.cache_dir / MOSAIC_DIR / f"L{level}").mkdir(parents=True, exist_ok=True)
         for level in range(len(self.sizes) - 1, -1, -1):
             self.write_vrt_file(level, self.tree(level).root, [])
-        _fsync_dir(self.cache_dir / MOSAIC_DIR)
+        fsync_dir(self.cache_dir / MOSAIC_DIR)
         self._save_state(self.state)
 
     def _rebuild(self, records: list[TileRecord]) -> None:
@@ -368,4 +382,4 @@ def write_file(path: Path, data: bytes, tmp_dir: Path, *, read_only: bool = Fals
         tmp.unlink(missing_ok=True)
         raise
     if sync_dir and durable:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)

@@ -3,11 +3,14 @@
 :meth:`Cache.open` takes the folder's lock, reads the manifest, refuses a cache
 made from another image, model or settings (:class:`CacheMismatchError`), and
 rolls back whatever a crash left after the last committed tile.
-:meth:`Cache.commit` then adds one tile's :class:`TileOutputs`, in plan order:
-the tile's confidence GeoTIFF is written and fsynced, its crowns appended and
-synced, and only then its manifest line is appended and fsynced. That line is
-the commit: a crash at any moment leaves a cache that opens to exactly the
-tiles committed before it.
+:meth:`Cache.commit` then takes each tile's :class:`TileOutputs`, in plan order,
+and commits them in groups: the group's confidence GeoTIFFs are written and
+fsynced, their crowns appended and synced, and only then their manifest lines
+are appended and fsynced. Those lines are the commit: a crash at any moment
+leaves a cache that opens to exactly the tiles committed before it. A group
+closes after :attr:`Cache.group_s` seconds or :attr:`Cache.group_tiles` tiles,
+so fast models pay a few fsyncs for many tiles and slow ones commit each tile
+at once.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +111,11 @@ def _first_lost_file(cache_dir: Path, tiles) -> int | None:
 class Cache:
     """A cache folder held for writing. Use :meth:`open`, then :meth:`commit` tiles in plan order, then close."""
 
+    group_tiles = 32  # most tiles committed under one manifest fsync
+    # A group waiting this long since the last commit is committed with the next tile; 0 commits
+    # every tile at once (TCD_COMMIT_GROUP_S sets it, e.g. for tests that act after each tile).
+    group_s = float(os.environ.get("TCD_COMMIT_GROUP_S", "0.5"))
+
     def __init__(self, cache_dir: Path, header: dict, lock: CacheLock, state: ManifestState,
                  semantic: GeotiffSemanticCache | None, vectors: VectorInstanceCache | None,
                  summary: SummaryKeeper):
@@ -120,6 +129,9 @@ class Cache:
         self._vectors = vectors
         self.summary = summary
         self._manifest = ManifestWriter(cache_dir, state, header)
+        self._pending: list[TileOutputs] = []
+        self._failed = False
+        self._last_commit = time.monotonic()
         if semantic is not None:
             semantic.open(self.records)
 
@@ -188,32 +200,68 @@ class Cache:
         """Committed tiles (tiles 1..done of the plan)."""
         return len(self.records)
 
-    def commit(self, outputs: TileOutputs) -> TileRecord:
-        """Make one tile's outputs durable, then append its manifest line: the tile is committed on return."""
-        files: dict[str, str] = {}
-        if outputs.confidence_tiff is not None:
-            files["semantic"] = self._semantic.write_tile(outputs.tile_id, outputs.confidence_tiff)
-        crowns = outputs.crowns
-        if crowns is not None and self._vectors is not None:
-            self._vectors.append(crowns, self.features_end + 1, outputs.tile_id)
-            files["instances"] = self._vectors.rel
-        n_new = len(crowns) if crowns else 0
-        record = TileRecord(outputs.tile_id, tuple(outputs.bbox_px), "skipped" if outputs.skipped else "done", files,
-                            n_new, self.features_end + n_new, outputs.area_m2, outputs.canopy_m2)
-        self._manifest.commit([record])
-        self.summary.add(record, crowns)
-        self.records.append(record)
-        self.features_end = record.features_end
-        if outputs.skipped:
-            self.skipped += 1
+    @property
+    def pending(self) -> int:
+        """Tiles taken by :meth:`commit` and not committed yet."""
+        return len(self._pending)
+
+    def commit(self, outputs: TileOutputs) -> list[TileRecord]:
+        """Take the next tile's outputs; returns the records committed by this call (often none yet).
+
+        The tile waits in the open group until the group is due; :meth:`flush`
+        (and a clean :meth:`close`) commits it at once.
+        """
+        self._pending.append(outputs)
+        due = len(self._pending) >= self.group_tiles or time.monotonic() - self._last_commit >= self.group_s
+        return self.flush() if due else []
+
+    def flush(self) -> list[TileRecord]:
+        """Commit every waiting tile: files durable first, then one manifest fsync. Returns their records."""
+        group, self._pending = self._pending, []
+        if not group:
+            return []
+        if self._failed:
+            raise CacheWriteError("An earlier write to this cache failed; resume the run to continue.", self.cache_dir)
+        self._failed = True  # until the group is committed: its files may be half written
+        rels = iter(self._semantic.write_tiles([(o.tile_id, o.confidence_tiff) for o in group
+                                                if o.confidence_tiff is not None]) if self._semantic else ())
+        records, appended, features_end = [], [], self.features_end
+        for outputs in group:
+            files: dict[str, str] = {}
+            if outputs.confidence_tiff is not None:
+                files["semantic"] = next(rels)
+            crowns = outputs.crowns
+            if crowns is not None and self._vectors is not None:
+                appended.append((outputs.tile_id, features_end + 1, crowns))
+                files["instances"] = self._vectors.rel
+            n_new = len(crowns) if crowns else 0
+            features_end += n_new
+            records.append(TileRecord(outputs.tile_id, tuple(outputs.bbox_px),
+                                      "skipped" if outputs.skipped else "done", files, n_new, features_end,
+                                      outputs.area_m2, outputs.canopy_m2))
+        if appended:
+            self._vectors.append(appended)
+        self._manifest.commit(records)
+        self._failed = False
+        self._last_commit = time.monotonic()
+        self.summary.add([(record, outputs.crowns) for record, outputs in zip(records, group)])
+        for record, outputs in zip(records, group):
+            self.records.append(record)
+            if outputs.skipped:
+                self.skipped += 1
+            if self._semantic is not None:
+                self._semantic.committed(record, outputs.confidence_tiff)
+        self.features_end = features_end
         if self._semantic is not None:
-            self._semantic.committed(record, outputs.confidence_tiff)
             self._semantic.refresh(force=False)
-        return record
+        return records
 
     def close(self, *, complete_mosaic: bool = True) -> None:
-        """Release the cache; ``complete_mosaic`` brings the mosaic and its overviews up to every committed tile."""
+        """Release the cache; ``complete_mosaic`` commits the waiting tiles and brings the mosaic and its
+        overviews up to every committed tile (after an error, waiting tiles are dropped: they are redone)."""
         try:
+            if complete_mosaic:
+                self.flush()
             if self._vectors is not None:
                 # Windows cannot delete a file another program holds open, and GDAL deletes the
                 # index on the next append: with QGIS showing a partial cache's crowns, resuming

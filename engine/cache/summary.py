@@ -354,13 +354,14 @@ class SummaryKeeper:
         self._started = time.monotonic()
         write_summary(self.cache_dir, summary)
 
-    def add(self, record: TileRecord, crowns) -> None:
-        """Count a tile just committed (``crowns``: its Crown records, or None) and rewrite the file.
+    def add(self, tiles: list[tuple[TileRecord, object]]) -> None:
+        """Count tiles just committed (``(record, crowns)``, crowns None for none) and rewrite the file once.
 
-        A failed write is logged, not raised: the tile is committed, and the
+        A failed write is logged, not raised: the tiles are committed, and the
         summary, now behind the manifest, is rebuilt when the cache is next opened.
         """
-        self.summary.add_tile(record, [c.attributes for c in crowns or ()])
+        for record, crowns in tiles:
+            self.summary.add_tile(record, [c.attributes for c in crowns or ()])
         if self._time_before is not None:
             self.summary.time_s = self._time_before + time.monotonic() - self._started
         try:

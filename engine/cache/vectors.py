@@ -23,7 +23,7 @@ from osgeo import gdal, ogr, osr
 from ..errors import CacheCorruptError, CacheWriteError
 from ..postprocess.vectorise import Crown
 from ..settings import CROWNS_STEM, VectorFormat
-from .durable import _fsync_dir, disk_error, fsync_path
+from .durable import disk_error, fsync_dir, fsync_path
 
 ogr.UseExceptions()
 osr.UseExceptions()
@@ -110,30 +110,35 @@ class VectorInstanceCache:
     def count(self) -> int:
         return self.layer.GetFeatureCount()
 
-    def append(self, crowns: list[Crown], first_id: int, tile_id: int) -> None:
+    def append(self, tiles: list[tuple[int, int, list[Crown]]]) -> None:
+        """Append tiles' crowns, given as ``(tile_id, first_id, crowns)``, and sync once for all of them."""
         try:
             self._begin()
-            for i, crown in enumerate(crowns):
-                feat = ogr.Feature(self.defn)
-                feat.SetField("id", first_id + i)
-                feat.SetField("score", round(crown.score, 5))
-                feat.SetField("class", crown.class_name)
-                feat.SetField("class_idx", crown.class_idx)
-                feat.SetField("tile_id", tile_id)
-                for name, value in crown.attributes.items():
-                    column = self.column(name)
-                    if column not in self._columns:
-                        continue
-                    if value is None:
-                        feat.SetFieldNull(column)
-                    else:
-                        feat.SetField(column, value)
-                feat.SetGeometry(ogr.CreateGeometryFromWkb(crown.wkb))
-                self.layer.CreateFeature(feat)
+            for tile_id, first_id, crowns in tiles:
+                for i, crown in enumerate(crowns):
+                    self.layer.CreateFeature(self._feature(crown, first_id + i, tile_id))
             self._commit()
             self.sync()
         except (RuntimeError, OSError) as exc:
             raise disk_error(f"crowns to {self.rel}", exc) from exc
+
+    def _feature(self, crown: Crown, crown_id: int, tile_id: int) -> ogr.Feature:
+        feat = ogr.Feature(self.defn)
+        feat.SetField("id", crown_id)
+        feat.SetField("score", round(crown.score, 5))
+        feat.SetField("class", crown.class_name)
+        feat.SetField("class_idx", crown.class_idx)
+        feat.SetField("tile_id", tile_id)
+        for name, value in crown.attributes.items():
+            column = self.column(name)
+            if column not in self._columns:
+                continue
+            if value is None:
+                feat.SetFieldNull(column)
+            else:
+                feat.SetField(column, value)
+        feat.SetGeometry(ogr.CreateGeometryFromWkb(crown.wkb))
+        return feat
 
     def _begin(self):
         pass
@@ -177,7 +182,7 @@ class ShapefileInstanceCache(VectorInstanceCache):
         qix, marker = self.path.with_suffix(".qix"), self.path.with_name(INDEX_MARKER)
         try:
             marker.touch()
-            _fsync_dir(self.cache_dir)
+            fsync_dir(self.cache_dir)
             self.layer.SyncToDisk()
             self.ds.ExecuteSQL(f"CREATE SPATIAL INDEX ON {self.layer.GetName()}")
             fsync_path(qix)
@@ -234,18 +239,18 @@ class ShapefileInstanceCache(VectorInstanceCache):
             marker.unlink()
         if n_records == 0:
             # Nothing committed: whatever exists may be half-created, so start the file afresh.
-            parts = [path] + [path.with_name(name) for name in VectorFormat.SHAPEFILE.sidecars]
-            existed = any(p.exists() for p in parts)
-            for p in parts:
-                p.unlink(missing_ok=True)
-            return existed
+            return _remove_with_sidecars(path, VectorFormat.SHAPEFILE)
         if not (shp.exists() and shx.exists() and dbf.exists()):
-            raise CacheCorruptError(f"Part of the crowns shapefile {path.name} is missing.", path.parent, start_afresh_fixes=True)
+            raise CacheCorruptError(
+                f"Part of the crowns shapefile {path.name} is missing.", path.parent, start_afresh_fixes=True
+            )
         changed = False
         with open(shx, "r+b") as fx, open(shp, "r+b") as fs, open(dbf, "r+b") as fd:
             shx_size = os.fstat(fx.fileno()).st_size
             if (shx_size - 100) // 8 < n_records:
-                raise CacheCorruptError(f"The crowns shapefile {path.name} lost committed crowns.", path.parent, start_afresh_fixes=True)
+                raise CacheCorruptError(
+                    f"The crowns shapefile {path.name} lost committed crowns.", path.parent, start_afresh_fixes=True
+                )
             if n_records:
                 fx.seek(100 + 8 * (n_records - 1))
                 offset_words, length_words = struct.unpack(">ii", fx.read(8))
@@ -253,16 +258,22 @@ class ShapefileInstanceCache(VectorInstanceCache):
             else:
                 shp_end = 100
             if os.fstat(fs.fileno()).st_size < shp_end:
-                raise CacheCorruptError(f"The crowns shapefile {path.name} lost committed crowns.", path.parent, start_afresh_fixes=True)
+                raise CacheCorruptError(
+                    f"The crowns shapefile {path.name} lost committed crowns.", path.parent, start_afresh_fixes=True
+                )
             fd.seek(4)
             dbf_header = fd.read(8)
             if len(dbf_header) < 8:
-                raise CacheCorruptError(f"The crowns shapefile {path.name} is damaged.", path.parent, start_afresh_fixes=True)
+                raise CacheCorruptError(
+                    f"The crowns shapefile {path.name} is damaged.", path.parent, start_afresh_fixes=True
+                )
             n_dbf, header_len, record_len = struct.unpack("<IHH", dbf_header)
             dbf_end = header_len + record_len * n_records
             dbf_size = os.fstat(fd.fileno()).st_size
             if dbf_size < dbf_end:
-                raise CacheCorruptError(f"The crowns shapefile {path.name} lost committed crowns.", path.parent, start_afresh_fixes=True)
+                raise CacheCorruptError(
+                    f"The crowns shapefile {path.name} lost committed crowns.", path.parent, start_afresh_fixes=True
+                )
             if shx_size != 100 + 8 * n_records or os.fstat(fs.fileno()).st_size != shp_end:
                 changed = True
                 fx.truncate(100 + 8 * n_records)
@@ -309,18 +320,16 @@ class GeoPackageInstanceCache(VectorInstanceCache):
     def truncate(path: Path, n_records: int) -> bool:
         if n_records == 0:
             # Nothing committed: a file killed while being created may not even open.
-            parts = [path] + [path.with_name(name) for name in VectorFormat.GEOPACKAGE.sidecars]
-            existed = any(p.exists() for p in parts)
-            for p in parts:
-                p.unlink(missing_ok=True)
-            return existed
+            return _remove_with_sidecars(path, VectorFormat.GEOPACKAGE)
         if not path.exists():
             raise CacheCorruptError(f"The crowns file {path.name} is missing.", path.parent, start_afresh_fixes=True)
         ds = ogr.Open(str(path), 1)
         layer = ds.GetLayerByName(LAYER_NAME)
         count = layer.GetFeatureCount() if layer is not None else 0
         if count < n_records:
-            raise CacheCorruptError(f"The crowns file {path.name} lost committed crowns.", path.parent, start_afresh_fixes=True)
+            raise CacheCorruptError(
+                f"The crowns file {path.name} lost committed crowns.", path.parent, start_afresh_fixes=True
+            )
         if count == n_records:
             return False
         ds.ExecuteSQL(f"DELETE FROM {LAYER_NAME} WHERE id > {int(n_records)}")
@@ -331,3 +340,12 @@ class GeoPackageInstanceCache(VectorInstanceCache):
 def instance_cache_class(vector_format: VectorFormat | str) -> type[VectorInstanceCache]:
     return {VectorFormat.SHAPEFILE: ShapefileInstanceCache,
             VectorFormat.GEOPACKAGE: GeoPackageInstanceCache}[VectorFormat(vector_format)]
+
+
+def _remove_with_sidecars(path: Path, fmt: VectorFormat) -> bool:
+    """Delete a crowns file and its format's sidecar files; returns whether any existed."""
+    parts = [path] + [path.with_name(name) for name in fmt.sidecars]
+    existed = any(p.exists() for p in parts)
+    for p in parts:
+        p.unlink(missing_ok=True)
+    return existed

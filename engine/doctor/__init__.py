@@ -125,7 +125,7 @@ def diagnose(requirements: list[Requirement] | None = None) -> Report:
         module = import_name(req)
         try:
             usable[req.name] = importlib.import_module(module)
-        except Exception as exc:  # noqa: BLE001 - a broken install fails in many ways
+        except Exception as exc:
             first_line = (str(exc).splitlines() or [""])[0]
             import_problems.append(
                 f"{req.name} {req.found_version} is installed but cannot be imported "

@@ -88,7 +88,7 @@ def check_provider(ort, provider: str) -> ProviderCheck:
 
     try:
         session, said = _output_while(start)
-    except Exception as exc:  # noqa: BLE001 - any failure means the provider cannot start
+    except Exception as exc:
         return ProviderCheck(
             provider, False, f"{provider} is installed but cannot start, so inference would fail on it.", str(exc)
         )

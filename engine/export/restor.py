@@ -117,7 +117,8 @@ def family_of_id(model_id: str) -> Family:
         return Family.UNET
     known = ", ".join(RESTOR_MODEL_IDS)
     raise ModelError(
-        f"'{model_id}' is not a folder here, and its name tells neither SegFormer nor UNet; Restor's models are {known}."
+        f"'{model_id}' is not a folder here, and its name tells neither SegFormer nor UNet; Restor's "
+        f"models are {known}."
     )
 
 
@@ -183,7 +184,8 @@ def _load_segformer(folder: Path | None, model_id: str | None) -> _Loaded:
         raise ModelError(f"Cannot load the SegFormer checkpoint in {folder}: {first_line(exc)}") from exc
     if model.config.num_labels != len(CLASS_NAMES):
         raise ModelError(
-            f"The SegFormer has {model.config.num_labels} classes; only background/tree models (2 classes) can be exported."
+            f"The SegFormer has {model.config.num_labels} classes; only background/tree models (2 "
+            f"classes) can be exported."
         )
     if model.config.num_channels != 3:
         raise ModelError(f"The SegFormer takes {model.config.num_channels} bands; only RGB models can be exported.")
@@ -215,7 +217,8 @@ def _load_unet(folder: Path | None, model_id: str | None) -> _Loaded:
             weights = Path(hub.hf_hub_download(model_id, "model.pt"))
         except Exception as exc:  # network, authentication and missing-file errors alike
             raise ModelError(
-                f"Cannot download {model_id}/model.pt from Hugging Face (the export needs internet once): {first_line(exc)}"
+                f"Cannot download {model_id}/model.pt from Hugging Face (the export needs internet "
+                f"once): {first_line(exc)}"
             ) from exc
         encoder = UNET_ENCODER_OF_ID.get(model_id)
         source = f"{model_id}/model.pt"

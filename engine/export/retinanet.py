@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .resnet import Bottleneck
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_SIZE, MAX_SIZE, SIZE_DIVISIBLE = 800, 1333, 32
@@ -55,28 +57,6 @@ class FrozenBatchNorm2d(nn.Module):
         return x * scale + bias
 
 
-class Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None, eps: float):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = FrozenBatchNorm2d(planes, eps)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = FrozenBatchNorm2d(planes, eps)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.bn3 = FrozenBatchNorm2d(planes * 4, eps)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
-
-
 class ResNet50Body(nn.Module):
     """torchvision's resnet50 up to layer4 (IntermediateLayerGetter returns layer2..4)."""
 
@@ -86,13 +66,17 @@ class ResNet50Body(nn.Module):
         self.bn1 = FrozenBatchNorm2d(64, eps)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+
+        def norm(channels: int) -> nn.Module:
+            return FrozenBatchNorm2d(channels, eps)
+
         inplanes = 64
         for index, (planes, blocks, stride) in enumerate(((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)), 1):
             downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride=stride, bias=False),
-                                       FrozenBatchNorm2d(planes * 4, eps))
-            layers = [Bottleneck(inplanes, planes, stride, downsample, eps)]
+                                       norm(planes * 4))
+            layers = [Bottleneck(inplanes, planes, stride, downsample, norm)]
             inplanes = planes * 4
-            layers += [Bottleneck(inplanes, planes, 1, None, eps) for _ in range(1, blocks)]
+            layers += [Bottleneck(inplanes, planes, 1, None, norm) for _ in range(1, blocks)]
             setattr(self, f"layer{index}", nn.Sequential(*layers))
 
     def forward(self, x):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
+from .resnet import Bottleneck
 
 # ResNet variants of torchvision (and so of smp's "resnetNN" encoders):
 # (bottleneck blocks, blocks per stage).
@@ -50,27 +51,6 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         return self.relu(out + identity)
 
-class Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, c_in, planes, stride, downsample):
-        super().__init__()
-        # Stride on the 3x3 conv: torchvision's "ResNet v1.5", which smp uses.
-        self.conv1 = nn.Conv2d(c_in, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * 4)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
 
 class ResNetEncoder(nn.Module):
     def __init__(self, bottleneck, blocks, in_channels):

@@ -42,9 +42,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
 
 from ..errors import ModelError
 from . import kinds
@@ -180,7 +180,8 @@ def spec_from_metadata(
         overlap_px = tile_px // 4
     if gsd_m <= 0 or tile_px <= 0 or overlap_px < 0 or overlap_px >= tile_px:
         raise ModelError(
-            f"The model's metadata gives an unusable tiling (gsd {gsd_m} m, tile {tile_px} px, overlap {overlap_px} px)."
+            f"The model's metadata gives an unusable tiling (gsd {gsd_m} m, tile {tile_px} px, "
+            f"overlap {overlap_px} px)."
         )
 
     bands = _json(meta, "bands")

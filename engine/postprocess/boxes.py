@@ -39,8 +39,8 @@ from scipy import ndimage
 from ..models.kinds import Instances
 from ..models.spec import ModelSpec
 from ..settings import BoxGeometry
-from ..tiling.grid import Tile, apply, invert
-from .vectorise import MIN_HOLE_AREA_M2, Crown, CrownGrid, _fill_small_holes, _map_coordinates, measure
+from ..tiling.grid import Tile, apply
+from .vectorise import MIN_HOLE_AREA_M2, Crown, CrownGrid, _fill_small_holes, _map_coordinates, core_holds, measure
 
 ELLIPSE_VERTICES = 48
 # A canopy region smaller than this share of the box's inscribed ellipse is not a crown
@@ -174,19 +174,6 @@ def box_confidence(shape: tuple[int, int], boxes: np.ndarray, scores: np.ndarray
     return probs
 
 
-def _core_holds(tile: Tile, grid: CrownGrid, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """Whether the tile's core holds each model-pixel point (its source pixel is in the core)."""
-    if tile.offset_px is not None:
-        sx, sy = xs + tile.offset_px[0], ys + tile.offset_px[1]
-    else:
-        wx, wy = apply(tile.transform, xs, ys)
-        if grid.to_src is not None:
-            wx, wy = grid.to_src(wx, wy)
-        sx, sy = apply(invert(grid.src_transform), np.asarray(wx), np.asarray(wy))
-    col, row, w, h = tile.core_px
-    return (sx >= col) & (sx < col + w) & (sy >= row) & (sy < row + h)
-
-
 def _to_source(points: np.ndarray, tile: Tile, grid: CrownGrid) -> tuple[np.ndarray, np.ndarray]:
     """Model-pixel points (..., 2) of the tile → source-CRS x and y arrays of the same leading shape."""
     xs, ys = apply(tile.transform, points[..., 0], points[..., 1])
@@ -225,7 +212,7 @@ def tile_box_crowns(spec: ModelSpec, inst: Instances, tile: Tile, grid: CrownGri
     if not len(boxes):
         return []
     cx, cy = box_centres(boxes)
-    keep = np.flatnonzero(_core_holds(tile, grid, cx, cy))
+    keep = np.flatnonzero(core_holds(tile, grid, cx, cy))
     if not keep.size:
         return []
     boxes = boxes[keep]

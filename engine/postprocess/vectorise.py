@@ -21,8 +21,8 @@ area) in a metric CRS even when the source CRS is geographic.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import numpy as np
 import rasterio
@@ -87,16 +87,21 @@ def _owned_labels(inst: Instances, tile: Tile, kind: OutputKind, grid: CrownGrid
             rows = np.bincount(flat, weights=np.repeat(np.arange(h, dtype=np.float64), w), minlength=n + 1)[1:]
             cx = (cols / counts + 0.5) * k
             cy = (rows / counts + 0.5) * k
-        if tile.offset_px is not None:
-            sx, sy = cx + tile.offset_px[0], cy + tile.offset_px[1]
-        else:
-            wx, wy = apply(tile.transform, cx, cy)
-            if grid.to_src is not None:
-                wx, wy = grid.to_src(wx, wy)
-            sx, sy = apply(invert(grid.src_transform), np.asarray(wx), np.asarray(wy))
-        col, row, w, h = tile.core_px
-        owned &= (sx >= col) & (sx < col + w) & (sy >= row) & (sy < row + h)
+        owned &= core_holds(tile, grid, cx, cy)
     return np.arange(1, n + 1)[owned]
+
+
+def core_holds(tile: Tile, grid: CrownGrid, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Whether the tile's core holds each point given in model pixels (its source pixel is in the core)."""
+    if tile.offset_px is not None:
+        sx, sy = xs + tile.offset_px[0], ys + tile.offset_px[1]
+    else:
+        wx, wy = apply(tile.transform, xs, ys)
+        if grid.to_src is not None:
+            wx, wy = grid.to_src(wx, wy)
+        sx, sy = apply(invert(grid.src_transform), np.asarray(wx), np.asarray(wy))
+    col, row, w, h = tile.core_px
+    return (sx >= col) & (sx < col + w) & (sy >= row) & (sy < row + h)
 
 
 def _fill_small_holes(polygons: np.ndarray, min_area: float) -> np.ndarray:

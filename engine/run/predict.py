@@ -9,6 +9,7 @@ writing anything, whether a job can continue the cache in its folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -165,11 +166,20 @@ def predict(job: Job, progress: Callable[[Progress], None] | None = None,
             results = executor_for(job, prepared).map(todo)
             try:
                 for outputs in results:
-                    cache.commit(outputs)
-                    report(outputs.tile_id)
+                    committed = cache.commit(outputs)
+                    if committed:
+                        report(committed[-1].tile_id)
                     if is_cancelled():
                         break
+            except BaseException:
+                # The tiles finished before the error are good: keep them (a failing flush is the
+                # error's own consequence; the error itself is what the caller needs to hear).
+                with contextlib.suppress(Exception):
+                    cache.flush()
+                raise
             finally:
                 results.close()
+            if cache.flush():  # the tiles still waiting in the last group
+                report(cache.records[-1].tile_id)
         state = "complete" if cache.done == total else "cancelled"
         return RunResult(state, cache.done, total, cache.skipped, cache.features_end, Path(job.cache_dir))

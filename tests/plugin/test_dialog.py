@@ -15,28 +15,18 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtTest import QSignalSpy, QTest
 from rasterio.transform import Affine
 
-from tcd_qgis_plugin.core.runs import RunRegistry
 from tcd_qgis_plugin.engine.settings import Output, VectorFormat
-from tcd_qgis_plugin.gui.dialog import PredictDialog
 from tests.onnx_models import passthrough_model
+from tests.plugin.dialogs import click_run, open_dialog
 from tests.rasters import crowns_image, write_raster
 
 
 @pytest.fixture
 def dialog(qgis_canvas, settings, raster_layer, model_path):
-    registry = RunRegistry()
-    registry.add_recent_model(model_path)
-    dialog = PredictDialog(registry, qgis_canvas)
-    dialog.set_raster(raster_layer)
-    dialog.select_model(model_path)
+    dialog = open_dialog(qgis_canvas, raster_layer, [model_path], selected=model_path)
     yield dialog
     dialog.deleteLater()
 
-
-def click_run(dialog) -> list:
-    spy = QSignalSpy(dialog.runRequested)
-    QTest.mouseClick(dialog.run_button, Qt.LeftButton)
-    return [args[0] for args in spy]
 
 
 def test_defaults_and_run_emit_the_job(dialog, raster_layer, raster_path, model_path):

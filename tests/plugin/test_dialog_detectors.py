@@ -1,12 +1,9 @@
 """The dialog with a detector: listed with the other models, its thresholds and geometry in Advanced."""
 
 import pytest
-from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtTest import QSignalSpy, QTest
 
-from tcd_qgis_plugin.core.runs import RunRegistry
 from tcd_qgis_plugin.engine.settings import BoxGeometry
-from tcd_qgis_plugin.gui.dialog import PredictDialog
+from tests.plugin.dialogs import click_run, open_dialog
 from tests.test_detectors import V5_ROWS, detector_model
 
 
@@ -18,19 +15,10 @@ def detector_path(tmp_path):
 
 @pytest.fixture
 def dialog(qgis_canvas, settings, raster_layer, model_path, detector_path):
-    registry = RunRegistry()
-    registry.add_recent_model(model_path)
-    registry.add_recent_model(detector_path)
-    dialog = PredictDialog(registry, qgis_canvas)
-    dialog.set_raster(raster_layer)
+    dialog = open_dialog(qgis_canvas, raster_layer, [model_path, detector_path])
     yield dialog
     dialog.deleteLater()
 
-
-def click_run(dialog) -> list:
-    spy = QSignalSpy(dialog.runRequested)
-    QTest.mouseClick(dialog.run_button, Qt.LeftButton)
-    return [args[0] for args in spy]
 
 
 def test_detector_thresholds_show_for_detectors_only_and_reach_the_job(dialog, model_path, detector_path):

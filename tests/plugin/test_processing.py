@@ -126,6 +126,7 @@ def test_a_folder_with_other_files_is_refused(processing, raster_path, model_pat
     assert sorted(p.name for p in folder.iterdir()) == ["holiday.jpg"]
 
 
+@pytest.mark.usefixtures("per_tile_commits")
 def test_cancel_stops_within_one_tile_then_resume(processing, tmp_path):
     # About 0.3 s of inference per tile: slow enough that the tile after the cancel has begun, fast enough
     # that the resume is quick. 160 px at 64 px tiles with a 16 px overlap: a few tiles a side.

@@ -3,6 +3,7 @@
 import json
 import time
 
+import pytest
 from qgis.core import QgsApplication, QgsProject
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtTest import QTest
@@ -73,6 +74,7 @@ def test_each_state(plugin, qgis_new_project, raster_path, big_raster_path, mode
     assert states(panel)["running"] == "partial"
 
 
+@pytest.mark.usefixtures("per_tile_commits")
 def test_resume_from_the_panel_after_a_restart(qgis_iface, settings, qgis_new_project, raster_path, model_path,
                                                tmp_path, wait_for_tasks):
     job = Job(image=raster_path, cache_dir=tmp_path / "ortho_tcd", model=model_path, tile_size_px=96,

@@ -128,6 +128,7 @@ def test_cancel_mid_run_leaves_a_resumable_cache(plugin, qgis_new_project, big_r
     assert cache_status(job.cache_dir).state == "complete"
 
 
+@pytest.mark.usefixtures("per_tile_commits")
 def test_a_killed_worker_fails_the_run_and_resume_finishes_it(plugin, qgis_new_project, big_raster_path,
                                                               slow_model_path, tmp_path, qgis_iface, wait_for_tasks):
     job = Job(image=big_raster_path, cache_dir=tmp_path / "killed_tcd", model=slow_model_path, threads=1)
