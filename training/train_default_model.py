@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.evaluate import DEFAULT_IOU_THRESH, Scores, label_boxes, score_boxes
-from engine.postprocess.crowns import delineate_crowns
+from engine.postprocess.crowns import block_mean, delineate_crowns
 from training import data
 from training.augment import Recipe, Sampler
 from training.net import CrownNet, ExportWrapper
@@ -51,6 +51,10 @@ RUNS = REPO / "training" / "runs"
 FOLDS_DIR = REPO / "training" / "folds"
 GSD_M = 0.1
 SEED = 20240611
+# Crowns are split on the network's native 1/4 grid, as the engine does for a model whose
+# metadata gives crown_stride_px (engine/models/kinds/canopy_centres.py): every score here
+# and every threshold choice goes through that same path (split_crowns).
+CROWN_STRIDE_PX = data.OUTPUT_STRIDE
 
 STRONG = dict(shadows=True, mosaic_p=0.2, surfaces_p=0.35, negative_scene_p=0.06, photometric="strong",
               snag_boost=2.0, scale_range=(0.5, 1.8), paste_overlap=0.3)
@@ -71,9 +75,9 @@ for _base in list(RECIPES):
 # Splitting parameters used while choosing the iteration, before the final search.
 PROBE_PARAMS = {"seg_thresh": 0.5, "centre_thresh": 0.2, "peak_min_distance_m": 1.5, "min_crown_area_m2": 3.0}
 SEARCH_GRID = {
-    "seg_thresh": (0.35, 0.45, 0.55, 0.65),
-    "centre_thresh": (0.1, 0.2, 0.3, 0.4),
-    "peak_min_distance_m": (1.0, 1.5, 2.0, 2.5, 3.0),
+    "seg_thresh": (0.25, 0.35, 0.45, 0.55, 0.65),
+    "centre_thresh": (0.05, 0.1, 0.2, 0.3, 0.4),
+    "peak_min_distance_m": (1.0, 1.5, 2.0, 3.0),
     "min_crown_area_m2": (1.0, 2.0, 3.0, 5.0, 8.0),
 }
 FLIP_CHOICES = (1, 2, 4)
@@ -110,24 +114,43 @@ def predict_probs(net: CrownNet, image: np.ndarray, mean, std, flips: int = 1) -
     return probs
 
 
-def crowns_boxes(probs: np.ndarray, params: dict) -> np.ndarray:
-    labels = delineate_crowns(probs[0], probs[1], gsd_m=GSD_M, **params)
-    return label_boxes(labels)
+def split_crowns(probs: np.ndarray, params: dict, stride: int = CROWN_STRIDE_PX) -> np.ndarray:
+    """Crown labels on the grid ``stride`` times coarser than ``probs``: the engine's split.
+
+    The same calls as ``CanopyCentres.instances``: block means of the (bilinearly
+    upsampled) maps give back the network's native grid, split there at ``gsd_m * stride``.
+    """
+    canopy, centres = probs[0], probs[1]
+    if stride > 1:
+        canopy, centres = block_mean(canopy, stride), block_mean(centres, stride)
+    return delineate_crowns(canopy, centres, gsd_m=GSD_M * stride, **params)
 
 
-def boxes_by_min_area(probs: np.ndarray, params: dict, areas) -> dict[float, np.ndarray]:
+def coarse_boxes(labels: np.ndarray, stride: int, shape: tuple[int, int]) -> np.ndarray:
+    """Pixel boxes (image resolution) of coarse labels, clipped to the image (edge blocks overhang)."""
+    boxes = label_boxes(labels) * stride
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, shape[1])
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, shape[0])
+    return boxes
+
+
+def crowns_boxes(probs: np.ndarray, params: dict, stride: int = CROWN_STRIDE_PX) -> np.ndarray:
+    return coarse_boxes(split_crowns(probs, params, stride), stride, probs.shape[1:])
+
+
+def boxes_by_min_area(probs: np.ndarray, params: dict, areas, stride: int = CROWN_STRIDE_PX) -> dict[float, np.ndarray]:
     """Crown boxes for each minimum crown area, from one delineation.
 
     ``delineate_crowns`` drops crowns under ``min_crown_area_m2`` as its last step
     (before renumbering), so delineating once with no minimum and filtering by pixel
     count gives exactly its result for every minimum, at the cost of one delineation.
     """
-    labels = delineate_crowns(probs[0], probs[1], gsd_m=GSD_M, **{**params, "min_crown_area_m2": 0.0})
+    labels = split_crowns(probs, {**params, "min_crown_area_m2": 0.0}, stride)
     counts = np.bincount(labels.ravel())
-    boxes = label_boxes(labels)  # label order: 1..n
+    boxes = coarse_boxes(labels, stride, probs.shape[1:])  # label order: 1..n
     out = {}
     for area in areas:
-        min_px = area / (GSD_M * GSD_M)
+        min_px = area / (GSD_M * stride) ** 2
         keep = counts[1:] >= min_px if min_px > 1 else np.ones(len(counts) - 1, bool)
         out[area] = boxes[keep[: len(boxes)]] if len(boxes) else boxes
     return out
@@ -234,8 +257,12 @@ def load_snapshot(directory: Path, iteration: int):
     return net, snap["mean"], snap["std"]
 
 
-def train(recipe: Recipe, part: str, args) -> Path:
-    """Train one part (a LOIO fold or the final model) of a recipe; resumable. Returns its run folder."""
+def train(recipe: Recipe, part: str, args, stop_at: int | None = None) -> Path:
+    """Train one part (a LOIO fold or the final model) of a recipe; resumable. Returns its run folder.
+
+    ``stop_at`` ends the run at that iteration of the same schedule (the learning rate still
+    follows the full run's one-cycle curve), so the final model stops where LOIO chose to.
+    """
     directory = run_dir(recipe.name, part)
     if (directory / "done.json").is_file():
         return directory
@@ -287,15 +314,15 @@ def train(recipe: Recipe, part: str, args) -> Path:
         torch.set_rng_state(state["torch_rng"])
         history, first, running = state["history"], state["iteration"] + 1, state["running"]
         ema_reset_at = state.get("ema_reset_at", 0)
-        if state.get("ema_warmup"):
+        if state.get("ema_warmup") and not args.restart_average:
             ema.state = state["ema"]
         else:
             # A checkpoint of the first runs, whose average had no warm-up (see Ema) and was
             # useless: restart the average from the current weights; the weights' own
             # trajectory is unaffected (the average never feeds back into training), and
             # snapshots up to here are not candidates for the LOIO choice.
-            ema_reset_at = state["iteration"]
-            say(f"average restarted from the weights of iteration {ema_reset_at} (no warm-up before)")
+            ema, ema_reset_at = Ema(net, args.ema), state["iteration"]
+            say(f"average restarted from the weights of iteration {ema_reset_at}")
         say(f"resumed at iteration {first}")
     else:
         say(f"recipe {recipe}")
@@ -304,7 +331,8 @@ def train(recipe: Recipe, part: str, args) -> Path:
     truth = None
     if heldout:
         truth = annotated[heldout]
-    for it in range(first, iterations + 1):
+    last = min(iterations, stop_at or iterations)
+    for it in range(first, last + 1):
         x, y, w = sampler.batch(args.batch, mean, std)
         logits = net(x)
         loss = canopy_loss(logits[:, 0], y[:, 0], w) + focal_centre_loss(logits[:, 1], y[:, 1], w)
@@ -314,7 +342,7 @@ def train(recipe: Recipe, part: str, args) -> Path:
         schedule.step()
         ema.update(net, it)
         running = 0.98 * running + 0.02 * loss.item() if it > 1 else loss.item()
-        if it % args.val_every == 0 or it == iterations:
+        if it % args.val_every == 0 or it == last:
             entry = {"iteration": it, "loss": round(running, 4), "minutes": round((time.time() - started) / 60, 1)}
             snap = {"ema": ema.state, "widths": list(recipe.widths), "mean": mean, "std": std, "iteration": it}
             torch.save(snap, directory / f"snap_{it:05d}.pt")
@@ -338,7 +366,7 @@ def train(recipe: Recipe, part: str, args) -> Path:
             (directory / "history.json").write_text(json.dumps(history, indent=1))
     (directory / "done.json").write_text(json.dumps({
         "recipe": recipe.name, "part": part, "train": list(names), "heldout": heldout, "seed": seed,
-        "iterations": iterations, "lr_max": lr, "batch": args.batch, "crop_px": args.crop_px,
+        "iterations": iterations, "stopped_at": last, "lr_max": lr, "batch": args.batch, "crop_px": args.crop_px,
         "mean": mean, "std": std, "ema_reset_at": ema_reset_at, "history": history}, indent=1))
     say("done")
     return directory
@@ -372,27 +400,40 @@ def scores_json(scores: Scores) -> dict:
 
 
 def select(recipe: Recipe, args) -> dict:
-    """Choose iteration, thresholds and flips of a recipe by the LOIO mean F1; export its fold models."""
+    """Choose iteration, thresholds and flips of a recipe by the LOIO mean F1; export its fold models.
+
+    Every snapshot both folds have (after any restart of the weight average) gets the full
+    threshold search with one pass; the iteration with the best mean F1 wins (ties: the later).
+    At that iteration the search is repeated with 2 and 4 test-time flips, which are kept only
+    if they gain :data:`FLIP_MIN_GAIN`. Crowns are split as the engine splits them
+    (:func:`split_crowns`, ``crown_stride_px`` :data:`CROWN_STRIDE_PX`).
+    """
     annotated = data.load_annotated(args.data_dir)
     folds = sorted(data.FOLDS)
     done = [json.loads((run_dir(recipe.name, f) / "done.json").read_text()) for f in folds]
-    curves = {}
+    eligible = None
     for run in done:
-        for e in run["history"]:
-            if e["iteration"] > run.get("ema_reset_at", 0):
-                curves.setdefault(e["iteration"], []).append(e["f1"])
-    curve = {it: sum(v) / len(v) for it, v in curves.items() if len(v) == len(folds)}
-    # Ties go to the later iteration (the one the schedule ends on).
-    iteration = max(curve, key=lambda it: (round(curve[it], 4), it))
+        its = {e["iteration"] for e in run["history"] if e["iteration"] > run.get("ema_reset_at", 0)}
+        eligible = its if eligible is None else eligible & its
     truths = [annotated[data.FOLDS[f][1]][1] for f in folds]
     images = [annotated[data.FOLDS[f][1]][0] for f in folds]
-    nets = [load_snapshot(run_dir(recipe.name, f), iteration) for f in folds]
-    by_flips = {}
-    for flips in FLIP_CHOICES:
-        probs = [predict_probs(net, image, mean, std, flips) for (net, mean, std), image in zip(nets, images)]
+    by_iteration = {}
+    for it in sorted(eligible):
+        nets = [load_snapshot(run_dir(recipe.name, f), it) for f in folds]
+        probs = [predict_probs(net, image, mean, std, 1) for (net, mean, std), image in zip(nets, images)]
         params, scores = search(probs, truths)
-        by_flips[flips] = (params, scores)
-        print(f"{recipe.name}: it {iteration}, {flips} flip(s): mean F1 {mean_f1(scores):.4f} {params}", flush=True)
+        by_iteration[it] = (params, scores)
+        print(f"{recipe.name}: it {it}, 1 flip: mean F1 {mean_f1(scores):.4f} "
+              f"({', '.join(f'{s.f1:.3f}' for s in scores)}) {params}", flush=True)
+    # Ties go to the later iteration (the one the schedule ends on).
+    iteration = max(by_iteration, key=lambda it: (round(mean_f1(by_iteration[it][1]), 4), it))
+    nets = [load_snapshot(run_dir(recipe.name, f), iteration) for f in folds]
+    by_flips = {1: by_iteration[iteration]}
+    for flips in FLIP_CHOICES[1:]:
+        probs = [predict_probs(net, image, mean, std, flips) for (net, mean, std), image in zip(nets, images)]
+        by_flips[flips] = search(probs, truths)
+        print(f"{recipe.name}: it {iteration}, {flips} flips: mean F1 {mean_f1(by_flips[flips][1]):.4f} "
+              f"{by_flips[flips][0]}", flush=True)
     flips = 1
     for more in FLIP_CHOICES[1:]:
         if mean_f1(by_flips[more][1]) >= mean_f1(by_flips[flips][1]) + FLIP_MIN_GAIN:
@@ -400,10 +441,15 @@ def select(recipe: Recipe, args) -> dict:
     params, scores = by_flips[flips]
     choice = {
         "recipe": recipe.name, "iteration": iteration, "flips": flips, "params": params,
+        "crown_stride_px": CROWN_STRIDE_PX,
         "loio_mean_f1": round(mean_f1(scores), 4),
         "loio": {data.FOLDS[f][1]: scores_json(s) for f, s in zip(folds, scores)},
-        "by_flips": {str(k): {"mean_f1": round(mean_f1(v[1]), 4), "params": v[0]} for k, v in by_flips.items()},
-        "probe_curve": {str(k): round(v, 4) for k, v in sorted(curve.items())},
+        "by_flips": {str(k): {"mean_f1": round(mean_f1(v[1]), 4), "params": v[0],
+                              "per_site": {data.FOLDS[f][1]: scores_json(s) for f, s in zip(folds, v[1])}}
+                     for k, v in by_flips.items()},
+        "by_iteration": {str(k): {"mean_f1": round(mean_f1(v[1]), 4), "params": v[0],
+                                  "f1": {data.FOLDS[f][1]: round(s.f1, 4) for f, s in zip(folds, v[1])}}
+                         for k, v in sorted(by_iteration.items())},
         "iterations": iterations_of(recipe, args),
     }
     (RUNS / recipe.name / "choice.json").write_text(json.dumps(choice, indent=1))
@@ -439,6 +485,7 @@ def model_metadata(recipe: Recipe, mean, std, params, hashes, provenance: dict) 
         "std": std,
         "output_activation": "none",
         **{k: float(v) for k, v in params.items()},
+        "crown_stride_px": CROWN_STRIDE_PX,
         "license": "MIT",
         "provenance": {
             "data": f"DeepForest {data.DEEPFOREST_VERSION} sample data (MIT, weecology/DeepForest), "
@@ -459,7 +506,7 @@ def final(recipe: Recipe, args) -> None:
     if choice["iterations"] != iterations_of(recipe, args):
         raise SystemExit(f"LOIO chose iteration {choice['iteration']} of {choice['iterations']}-iteration runs; "
                          "train the final model with as many iterations.")
-    directory = train(recipe, "final", args)
+    directory = train(recipe, "final", args, stop_at=choice["iteration"])
     net, mean, std = load_snapshot(directory, choice["iteration"])
     hashes = data.fetch_data(args.data_dir)
     annotated = data.load_annotated(args.data_dir)
@@ -523,11 +570,13 @@ def main() -> int:
     parser.add_argument("--recipe", default="aug", choices=sorted(RECIPES))
     parser.add_argument("--fold", choices=sorted(data.FOLDS))
     parser.add_argument("--resume", action="store_true", help="continue unfinished runs from their latest.pt")
+    parser.add_argument("--restart-average", action="store_true",
+                        help="with --resume: restart the weight average from the resumed weights")
     parser.add_argument("--data-dir", type=Path, default=data.DEFAULT_DATA_DIR)
     parser.add_argument("--runs-dir", type=Path, default=REPO / "training" / "runs")
     parser.add_argument("--out", type=Path, default=REPO / "resources" / "models" / "tcd_default.onnx")
     parser.add_argument("--iterations", type=int, default=2000)
-    parser.add_argument("--st-iterations", type=int, default=800,
+    parser.add_argument("--st-iterations", type=int, default=500,
                         help="fine-tuning iterations of a self-training (+st) student")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--crop-px", type=int, default=256)
