@@ -150,6 +150,34 @@ def constant_model(path, value: float, *, tile_size_px: int = 64, overlap_px: in
     return _save(graph, path, meta)
 
 
+def image_mean_model(path, *, tile_size_px: int = 256, overlap_px: int = 32, fixed_tile: bool = False) -> Path:
+    """Semantic model whose tree probability is the mean of band 1 / 255 over the whole input, everywhere.
+
+    Its output depends on every input pixel (context), so it tells what the model was shown
+    beyond the image: zeros, mirrored data, or nothing.
+    """
+    x, y = _io(3, 2, tile_size_px if fixed_tile else None)
+    nodes = [
+        helper.make_node("Slice", ["image", "s0", "s1", "ax"], ["first"]),
+        helper.make_node("ReduceMean", ["first"], ["mean"], axes=[2, 3], keepdims=1),
+        helper.make_node("Mul", ["first", "zero"], ["zeros"]),
+        helper.make_node("Add", ["zeros", "mean"], ["tree"]),
+        helper.make_node("Sub", ["one", "tree"], ["bg"]),
+        helper.make_node("Concat", ["bg", "tree"], ["probs"], axis=1),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([0], np.int64), "s0"),
+        numpy_helper.from_array(np.array([1], np.int64), "s1"),
+        numpy_helper.from_array(np.array([1], np.int64), "ax"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+    ]
+    graph = helper.make_graph(nodes, "image_mean", [x], [y], inits)
+    meta = {"name": "image mean", "output_kind": "semantic", "class_names": ["background", "tree"], "gsd_m": 0.1,
+            "tile_size_px": tile_size_px, "overlap_px": overlap_px, "scale": 1 / 255, "mean": 0.0, "std": 1.0}
+    return _save(graph, path, meta)
+
+
 def slow_model(path, *, size: int = 256, matmuls: int = 8) -> Path:
     """The passthrough model plus matrix products that depend on the input and add zero.
 

@@ -182,3 +182,26 @@ def test_mosaic_is_read_only_so_gdal_cannot_write_statistics_over_it(tmp_path, m
     # A resume rewrites the read-only mosaic without trouble.
     predict(Job(image=path, cache_dir=tmp_path / "cache", model=model, outputs={"semantic"}))
     assert vrt.is_file()
+
+
+@pytest.mark.parametrize(("width", "height"), [(96, 64), (70, 45)])
+def test_an_image_smaller_than_a_tile_is_all_the_model_sees(tmp_path, width, height):
+    """A model taking any input size is run on the image (mirrored up to a multiple of 32 px), not on a
+    tile of zeros around it; a model with a fixed input size still gets the whole tile."""
+    from tests.onnx_models import image_mean_model
+
+    rng = np.random.default_rng(5)
+    img = rng.integers(60, 200, (3, height, width)).astype(np.uint8)
+    image = write_raster(tmp_path / "small.tif", img)
+    predict(Job(image=image, cache_dir=tmp_path / "any", model=image_mean_model(tmp_path / "any.onnx")))
+    seen = read_confidence(tmp_path / "any")[0]
+    h32, w32 = -(-height // 32) * 32, -(-width // 32) * 32
+    mirrored = np.pad(img[0].astype(np.float64), ((0, h32 - height), (0, w32 - width)), mode="symmetric")
+    expected = np.round(mirrored.mean() / 255 * 255)
+    assert np.abs(seen.astype(float) - expected).max() <= 1
+
+    predict(Job(image=image, cache_dir=tmp_path / "fixed",
+                model=image_mean_model(tmp_path / "fixed.onnx", fixed_tile=True)))
+    diluted = read_confidence(tmp_path / "fixed")[0]
+    zeros_around = img[0].astype(float).sum() / (256 * 256)
+    assert np.abs(diluted.astype(float) - zeros_around).max() <= 1

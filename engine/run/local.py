@@ -115,12 +115,18 @@ class LocalExecutor:
                 while batch := next_batch():
                     if len(batch) == 1:
                         decoded = [processor.infer(batch[0][1], batch[0][2])]
-                    else:  # tiles with no valid pixel are skipped, never run (as in TileProcessor.infer)
-                        run = [i for i, (_, _, valid) in enumerate(batch) if valid.any()]
-                        outputs = processor.model.run_batch([batch[i][1] for i in run]) if run else []
+                    else:
+                        # Whole tiles run together; a tile with no valid pixel is skipped and one
+                        # run on its data's part goes alone (as TileProcessor.infer does both).
+                        whole = [i for i, (_, _, valid) in enumerate(batch)
+                                 if valid.any() and processor.data_extent(valid) is None]
+                        outputs = processor.model.run_batch([batch[i][1] for i in whole]) if whole else []
                         decoded = [None] * len(batch)
-                        for i, out in zip(run, outputs):
+                        for i, out in zip(whole, outputs):
                             decoded[i] = out
+                        for i, (_, raw, valid) in enumerate(batch):
+                            if i not in whole:
+                                decoded[i] = processor.infer(raw, valid)
                     for (tile, _, valid), out in zip(batch, decoded):
                         if not put(out_q, pool.submit(processor.postprocess, tile, valid, out)):
                             return
