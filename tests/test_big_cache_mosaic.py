@@ -93,6 +93,30 @@ def test_overviews_hold_the_committed_tiles_after_every_refresh(tmp_path, image,
     assert stored and stored <= listed
 
 
+@pytest.mark.usefixtures("per_tile_commits")
+@pytest.mark.parametrize("cap_bytes", [None, 1])
+def test_tiles_waiting_for_the_mosaic_are_bounded_in_memory(tmp_path, image, model, small_mosaic, monkeypatch,
+                                                            cap_bytes):
+    """However long the mosaic waits between refreshes by time, past ``pending_bytes_max`` of
+    decoded tiles it refreshes at once: the tiles waiting for it never pile up."""
+    monkeypatch.setattr(semantic.GeotiffSemanticCache, "refresh_interval_s", 1e9)
+    if cap_bytes is not None:
+        monkeypatch.setattr(semantic.GeotiffSemanticCache, "pending_bytes_max", cap_bytes)
+    cache, behind = tmp_path / "c", []
+
+    def check(progress):
+        if progress.tile_id is not None:
+            state_file = cache / "mosaic" / "state.json"
+            through = json.loads(state_file.read_text())["through"] if state_file.is_file() else 0
+            behind.append(progress.done - through)
+
+    predict(Job(image=image, cache_dir=cache, model=model, outputs={"semantic"}), progress=check)
+    if cap_bytes is None:  # time alone: no refresh until the run closes
+        assert max(behind) >= 30
+    else:  # every tile is over a 1-byte cap: the mosaic holds each committed tile at once
+        assert max(behind) == 0
+
+
 class Crash(BaseException):
     """Stands for a SIGKILL: nothing after it runs, and no code catches it."""
 
