@@ -138,6 +138,25 @@ def measure(polygons: np.ndarray, grid: CrownGrid) -> tuple[np.ndarray, np.ndarr
     return areas, perimeters, 2.0 * np.sqrt(areas / np.pi)
 
 
+def _polygons_of(labels: np.ndarray, transform: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Label values and polygons of the 4-connected regions of ``labels`` (0: none), in ``transform``'s space.
+
+    The rings rasterio traces become shapely polygons in one vectorised call: building them
+    one by one walked every coordinate in Python (a third of a semantic tile's vectorising).
+    """
+    values, rings, owners = [], [], []
+    for geom, value in shapes(labels, mask=labels > 0, connectivity=4, transform=rasterio.Affine(*transform)):
+        for ring in geom["coordinates"]:  # the shell first, then the holes
+            rings.append(np.asarray(ring, dtype=np.float64))
+            owners.append(len(values))
+        values.append(int(value))
+    if not values:
+        return np.zeros(0, int), np.zeros(0, dtype=object)
+    ring_of_point = np.repeat(np.arange(len(rings)), [len(r) for r in rings])
+    linear_rings = shapely.linearrings(np.concatenate(rings), indices=ring_of_point)
+    return np.asarray(values), shapely.polygons(linear_rings, indices=np.asarray(owners))
+
+
 def tile_crowns(spec: ModelSpec, inst: Instances, tile: Tile, grid: CrownGrid, min_area_px: float) -> list[Crown]:
     """The crowns this tile stores, in label order, as :class:`Crown` records in the source CRS."""
     if inst.boxes is not None:
@@ -168,13 +187,7 @@ def tile_crowns(spec: ModelSpec, inst: Instances, tile: Tile, grid: CrownGrid, m
                        np.array([row, row, row + h, row + h], float))
         core = shapely.Polygon(np.column_stack([xs, ys]))
 
-    values, polygons = [], []
-    for geom, value in shapes(kept, mask=kept > 0, connectivity=4, transform=rasterio.Affine(*window_t)):
-        rings = geom["coordinates"]
-        polygons.append(shapely.Polygon(rings[0], rings[1:]))
-        values.append(int(value))
-    values = np.asarray(values)
-    polygons = np.asarray(polygons, dtype=object)
+    values, polygons = _polygons_of(kept, window_t)
     if not kind.clips_to_core:
         # One polygon per crown: its largest part (a crown is one connected piece).
         order = np.lexsort((-shapely.area(polygons), values))
