@@ -98,7 +98,9 @@ class VectorInstanceCache:
         if self.layer is None:
             raise CacheCorruptError(f"The crowns file {self.path} holds no layer.", cache_dir, start_afresh_fixes=True)
         self.defn = self.layer.GetLayerDefn()
-        self._columns = {self.defn.GetFieldDefn(i).GetName() for i in range(self.defn.GetFieldCount())}
+        # Field indices by column name: setting a field by name makes OGR look the name up each
+        # time (most of an append's Python time).
+        self._columns = {self.defn.GetFieldDefn(i).GetName(): i for i in range(self.defn.GetFieldCount())}
 
     def column(self, name: str) -> str:
         """The layer's column for attribute ``name``."""
@@ -124,19 +126,20 @@ class VectorInstanceCache:
 
     def _feature(self, crown: Crown, crown_id: int, tile_id: int) -> ogr.Feature:
         feat = ogr.Feature(self.defn)
-        feat.SetField("id", crown_id)
-        feat.SetField("score", round(crown.score, 5))
-        feat.SetField("class", crown.class_name)
-        feat.SetField("class_idx", crown.class_idx)
-        feat.SetField("tile_id", tile_id)
+        index = self._columns
+        feat.SetField(index["id"], crown_id)
+        feat.SetField(index["score"], round(crown.score, 5))
+        feat.SetField(index["class"], crown.class_name)
+        feat.SetField(index["class_idx"], crown.class_idx)
+        feat.SetField(index["tile_id"], tile_id)
         for name, value in crown.attributes.items():
-            column = self.column(name)
-            if column not in self._columns:
+            i = index.get(self.column(name))
+            if i is None:
                 continue
             if value is None:
-                feat.SetFieldNull(column)
+                feat.SetFieldNull(i)
             else:
-                feat.SetField(column, value)
+                feat.SetField(i, value)
         feat.SetGeometry(ogr.CreateGeometryFromWkb(crown.wkb))
         return feat
 
