@@ -126,6 +126,13 @@ class PredictDialog(QDialog):
         self.scheduler_edit.setToolTip(self.tr(
             "Address of a running Dask scheduler (tcp://host:8786) to predict on its cluster; the workers must "
             "read the raster and have this engine (see Help). QGIS writes the results here as tiles come back."))
+        self.chm_combo = QgsMapLayerComboBox()
+        self.chm_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
+        self.chm_combo.setAllowEmptyLayer(True)
+        self.chm_combo.setLayer(None)
+        self.chm_combo.setToolTip(self.tr(
+            "Optional canopy height raster (CHM or nDSM, heights above ground in metres, any CRS and resolution): "
+            "each crown gets its highest and 95th-percentile height."))
         # Detectors only (shown when the model is one): thresholds and what each box is stored as.
         self.det_conf_spin = QDoubleSpinBox()
         self.det_iou_spin = QDoubleSpinBox()
@@ -167,6 +174,7 @@ class PredictDialog(QDialog):
         advanced_form.addRow(self.tr("Crown file format"), self.format_combo)
         advanced_form.addRow(self.tr("Processor"), self.processor_combo)
         advanced_form.addRow(self.tr("Dask scheduler"), self.scheduler_edit)
+        advanced_form.addRow(self.tr("Canopy heights from"), self.chm_combo)
         for label, widget in zip(self.detector_labels, self.detector_widgets):
             advanced_form.addRow(label, widget)
         advanced_form.addRow(self.tr("Area"), area_box)
@@ -204,7 +212,7 @@ class PredictDialog(QDialog):
                        self.format_combo.currentIndexChanged, self.processor_combo.currentIndexChanged,
                        self.det_conf_spin.valueChanged, self.det_iou_spin.valueChanged,
                        self.geometry_combo.currentIndexChanged, self.scheduler_edit.textChanged,
-                       self.area_group.buttonClicked):
+                       self.chm_combo.layerChanged, self.area_group.buttonClicked):
             signal.connect(self.validate)
         if canvas is not None:
             canvas.extentsChanged.connect(self._extent_changed)
@@ -358,6 +366,16 @@ class PredictDialog(QDialog):
         assign_crs = None if facts.has_crs else (raster.crs().authid() or raster.crs().toWkt())
         crs_note = "" if facts.has_crs else self.tr("{} has no CRS in the file: the layer's CRS, {}, is used.").format(
             image.name, raster.crs().authid() or raster.crs().description())
+        chm_layer = self.chm_combo.currentLayer()
+        canopy_height = None
+        if chm_layer is not None:
+            canopy_height = raster_file(chm_layer)
+            if canopy_height is None:
+                return None, self.tr("{} is not a raster file on disk; choose one that is for canopy heights.").format(
+                    chm_layer.name()), True
+            if Output.INSTANCES not in self.outputs():
+                return None, self.tr("Canopy heights are measured per crown: turn crowns on, or choose no canopy "
+                                     "height raster."), True
         try:
             aoi = self._aoi_wkt(raster)
             job = Job(
@@ -373,6 +391,7 @@ class PredictDialog(QDialog):
                 assign_crs=assign_crs,
                 provider=self.processor_combo.currentData(),
                 scheduler=self.scheduler_edit.text().strip() or None,
+                canopy_height=canopy_height,
                 **self._detector_choices(spec),
             )
             settings = resolve_settings(job, spec, work_crs="")

@@ -2,12 +2,14 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsFeature,
     QgsGeometry,
     QgsProject,
+    QgsRasterLayer,
     QgsRectangle,
     QgsVectorLayer,
 )
@@ -279,3 +281,21 @@ def test_the_processor_list_holds_what_starts_here(dialog):
     dialog.set_processors(["cpu"])  # the choice is kept only while it is offered
     (job,) = click_run(dialog)
     assert job.provider is None
+
+
+def test_a_canopy_height_raster_reaches_the_job(dialog, tmp_path):
+    assert dialog.chm_combo.currentLayer() is None  # optional: none until chosen
+    (job,) = click_run(dialog)
+    assert job.canopy_height is None
+
+    chm_path = write_raster(tmp_path / "chm.tif", np.full((1, 40, 40), 12, np.uint8))
+    chm = QgsRasterLayer(str(chm_path), "chm")
+    QgsProject.instance().addMapLayer(chm)
+    dialog.chm_combo.setLayer(chm)
+    (job,) = click_run(dialog)
+    assert job.canopy_height == chm_path
+
+    # Heights are measured per crown: without crowns the choice cannot run, and the dialog says why.
+    dialog.crowns_check.setChecked(False)
+    assert click_run(dialog) == []
+    assert "turn crowns on" in dialog.message_label.text()
