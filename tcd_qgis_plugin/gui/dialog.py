@@ -128,8 +128,8 @@ class PredictDialog(QDialog):
             "read the raster and have this engine (see Help). QGIS writes the results here as tiles come back."))
         self.chm_combo = QgsMapLayerComboBox()
         self.chm_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
-        self.chm_combo.setAllowEmptyLayer(True)
-        self.chm_combo.setLayer(None)
+        self.chm_combo.setAllowEmptyLayer(True, self.tr("None: no crown heights"))
+        self.chm_combo.setCurrentIndex(0)  # the empty item: no heights unless chosen (setLayer(None) shows a blank)
         self.chm_combo.setToolTip(self.tr(
             "Optional canopy height raster (CHM or nDSM, heights above ground in metres, any CRS and resolution): "
             "each crown gets its highest and 95th-percentile height."))
