@@ -124,14 +124,19 @@ def canopy_centres_model(path, *, gsd_m: float = 0.1, tile_size_px: int = 64, ov
     return _save(graph, path, meta)
 
 
-def constant_model(path, value: float, *, tile_size_px: int = 64, overlap_px: int = 16,
-                   extra_metadata: dict | None = None) -> Path:
-    """Semantic model whose tree probability is ``value`` everywhere (NaN allowed, for fault tests)."""
-    x, y = _io(3, 2, None)
+def _band1_then(path, name: str, value_nodes: list, value_inits: list, *, tile_size_px: int, overlap_px: int,
+                fixed_tile: bool = False, extra_metadata: dict | None = None) -> Path:
+    """Semantic model ["background", "tree"] whose tree probability is ``value`` everywhere.
+
+    ``value_nodes`` compute a tensor named ``value`` (from ``first``, band 1 of the input, if
+    they need it); the graph adds it to zeros of band 1's shape, so it fills the tile.
+    """
+    x, y = _io(3, 2, tile_size_px if fixed_tile else None)
     nodes = [
         helper.make_node("Slice", ["image", "s0", "s1", "ax"], ["first"]),
+        *value_nodes,
         helper.make_node("Mul", ["first", "zero"], ["zeros"]),
-        helper.make_node("Add", ["zeros", "val"], ["tree"]),
+        helper.make_node("Add", ["zeros", "value"], ["tree"]),
         helper.make_node("Sub", ["one", "tree"], ["bg"]),
         helper.make_node("Concat", ["bg", "tree"], ["probs"], axis=1),
     ]
@@ -140,14 +145,21 @@ def constant_model(path, value: float, *, tile_size_px: int = 64, overlap_px: in
         numpy_helper.from_array(np.array([1], np.int64), "s1"),
         numpy_helper.from_array(np.array([1], np.int64), "ax"),
         numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
-        numpy_helper.from_array(np.array(value, np.float32), "val"),
         numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        *value_inits,
     ]
-    graph = helper.make_graph(nodes, "constant", [x], [y], inits)
-    meta = {"name": "constant", "output_kind": "semantic", "class_names": ["background", "tree"], "gsd_m": 0.1,
+    graph = helper.make_graph(nodes, name.replace(" ", "_"), [x], [y], inits)
+    meta = {"name": name, "output_kind": "semantic", "class_names": ["background", "tree"], "gsd_m": 0.1,
             "tile_size_px": tile_size_px, "overlap_px": overlap_px, "scale": 1 / 255, "mean": 0.0, "std": 1.0}
     meta.update(extra_metadata or {})
     return _save(graph, path, meta)
+
+
+def constant_model(path, value: float, *, tile_size_px: int = 64, overlap_px: int = 16,
+                   extra_metadata: dict | None = None) -> Path:
+    """Semantic model whose tree probability is ``value`` everywhere (NaN allowed, for fault tests)."""
+    return _band1_then(path, "constant", [], [numpy_helper.from_array(np.array(value, np.float32), "value")],
+                       tile_size_px=tile_size_px, overlap_px=overlap_px, extra_metadata=extra_metadata)
 
 
 def image_mean_model(path, *, tile_size_px: int = 256, overlap_px: int = 32, fixed_tile: bool = False) -> Path:
@@ -156,26 +168,9 @@ def image_mean_model(path, *, tile_size_px: int = 256, overlap_px: int = 32, fix
     Its output depends on every input pixel (context), so it tells what the model was shown
     beyond the image: zeros, mirrored data, or nothing.
     """
-    x, y = _io(3, 2, tile_size_px if fixed_tile else None)
-    nodes = [
-        helper.make_node("Slice", ["image", "s0", "s1", "ax"], ["first"]),
-        helper.make_node("ReduceMean", ["first"], ["mean"], axes=[2, 3], keepdims=1),
-        helper.make_node("Mul", ["first", "zero"], ["zeros"]),
-        helper.make_node("Add", ["zeros", "mean"], ["tree"]),
-        helper.make_node("Sub", ["one", "tree"], ["bg"]),
-        helper.make_node("Concat", ["bg", "tree"], ["probs"], axis=1),
-    ]
-    inits = [
-        numpy_helper.from_array(np.array([0], np.int64), "s0"),
-        numpy_helper.from_array(np.array([1], np.int64), "s1"),
-        numpy_helper.from_array(np.array([1], np.int64), "ax"),
-        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
-        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
-    ]
-    graph = helper.make_graph(nodes, "image_mean", [x], [y], inits)
-    meta = {"name": "image mean", "output_kind": "semantic", "class_names": ["background", "tree"], "gsd_m": 0.1,
-            "tile_size_px": tile_size_px, "overlap_px": overlap_px, "scale": 1 / 255, "mean": 0.0, "std": 1.0}
-    return _save(graph, path, meta)
+    mean = helper.make_node("ReduceMean", ["first"], ["value"], axes=[2, 3], keepdims=1)
+    return _band1_then(path, "image mean", [mean], [], tile_size_px=tile_size_px, overlap_px=overlap_px,
+                       fixed_tile=fixed_tile)
 
 
 def slow_model(path, *, size: int = 256, matmuls: int = 8) -> Path:

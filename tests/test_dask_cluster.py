@@ -5,7 +5,6 @@ confidence. Workers read the raster themselves, from a shared path, an S3-compat
 server (moto) or an HTTP server; bad input gets the sentence it gets locally.
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -24,6 +23,7 @@ from engine.worker import job_to_json
 from tests.clusters import ROOT, DaskCluster, HttpServer, S3Server, free_port
 from tests.onnx_models import canopy_centres_model
 from tests.rasters import assert_same_cache, crowns_image, snapshot, write_raster
+from tests.worker_process import drive_worker
 
 SQUARES = [(10 + 40 * i, 12 + 40 * j, 12) for i in range(8) for j in range(5)]
 
@@ -184,23 +184,8 @@ def test_the_model_is_checked_by_its_sha256_on_the_worker(scene, cluster):
 
 def test_the_plugins_worker_drives_a_cluster_of_plain_engine_workers(scene, cluster):
     """The plugin's engine is tcd_qgis_plugin.engine, the workers' is engine: what travels names neither."""
-    from tcd_qgis_plugin.core.launch import engine_command
-
     out = scene.tmp / "plugin"
     job = Job(image=scene.image, cache_dir=out, model=scene.model, scheduler=cluster.address)
-    proc = subprocess.Popen(engine_command(sys.executable, "worker"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=scene.tmp)
-    proc.stdin.write(json.dumps(job_to_json(job)) + "\n")
-    proc.stdin.flush()
-    events = []
-    for line in proc.stdout:
-        events.append(json.loads(line))
-        if events[-1]["event"] in ("finished", "error"):
-            break
-    proc.stdin.close()
-    proc.wait(timeout=60)
-    stderr = proc.stderr.read()
-    proc.stdout.close()
-    proc.stderr.close()
+    events, stderr = drive_worker(job_to_json(job), cwd=scene.tmp)
     assert events[-1]["event"] == "finished", (events[-1], stderr)
     assert_same_cache(snapshot(out), scene.clean)

@@ -16,6 +16,7 @@ from tcd_qgis_plugin import dependencies
 from tcd_qgis_plugin.core.launch import engine_command
 from tcd_qgis_plugin.engine.settings import Job
 from tcd_qgis_plugin.engine.worker import job_to_json
+from tests.worker_process import drive_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 # Top-level names the plugin once leaked, plus names of the engine's own modules.
@@ -91,18 +92,8 @@ def test_the_worker_imports_only_the_plugin_and_ignores_decoys(tmp_path, raster_
     if with_decoys_on_pythonpath:
         env["PYTHONPATH"] = str(decoys) + ":" + env.get("PYTHONPATH", "")
     job = Job(image=raster_path, cache_dir=tmp_path / "cache", model=model_path)
-    proc = subprocess.Popen(engine_command(sys.executable, "worker"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=decoys, env=env)
-    proc.stdin.write(json.dumps(job_to_json(job)) + "\n")
-    proc.stdin.flush()  # kept open: end of input would mean the parent is gone, so cancel
-    events = []
-    for line in proc.stdout:
-        events.append(json.loads(line))
-        if events[-1]["event"] in ("finished", "error"):
-            break
-    proc.stdin.close()
-    proc.wait(timeout=60)
-    assert events[-1]["event"] == "finished", (events, proc.stderr.read())
+    events, stderr = drive_worker(job_to_json(job), cwd=decoys, env=env)
+    assert events[-1]["event"] == "finished", (events, stderr)
     assert events[-1]["state"] == "complete"
 
 
