@@ -119,14 +119,11 @@ class LocalExecutor:
                         # Whole tiles run together; a tile with no valid pixel is skipped and one
                         # run on its data's part goes alone (as TileProcessor.infer does both).
                         whole = [i for i, (_, _, valid) in enumerate(batch)
-                                 if valid.any() and processor.data_extent(valid) is None]
-                        outputs = processor.model.run_batch([batch[i][1] for i in whole]) if whole else []
-                        decoded = [None] * len(batch)
-                        for i, out in zip(whole, outputs):
-                            decoded[i] = out
-                        for i, (_, raw, valid) in enumerate(batch):
-                            if i not in whole:
-                                decoded[i] = processor.infer(raw, valid)
+                                 if valid.any() and processor.crop_of(valid) is None]
+                        outputs = dict(zip(whole, processor.model.run_batch([batch[i][1] for i in whole])
+                                           if whole else []))
+                        decoded = [outputs[i] if i in outputs else processor.infer(raw, valid)
+                                   for i, (_, raw, valid) in enumerate(batch)]
                     for (tile, _, valid), out in zip(batch, decoded):
                         if not put(out_q, pool.submit(processor.postprocess, tile, valid, out)):
                             return

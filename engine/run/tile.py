@@ -28,7 +28,7 @@ from ..tiling.grid import RasterInfo, Tile, apply
 from ..tiling.raster import point_mapper
 from ..tiling.reader import TileReader
 
-# Crops of a tile (TileProcessor.data_extent) are rounded up to this: the strides of common encoders divide it.
+# Crops of a tile (TileProcessor.crop_of) are rounded up to this: the strides of common encoders divide it.
 CROP_MULTIPLE_PX = 32
 
 
@@ -97,15 +97,14 @@ class TileProcessor:
         """The model's decoded outputs, or None for a tile with no valid pixel (skipped, never run).
 
         A tile whose data fills only its top-left part (an image smaller than a tile along an
-        axis) is run on that part when the model takes any input size (see :meth:`data_extent`).
+        axis) is run on that part when the model takes any input size (see :meth:`crop_of`).
         """
         if not valid.any():
             return None
-        extent = self.data_extent(valid)
-        if extent is None:
+        crop = self.crop_of(valid)
+        if crop is None:
             return self.model.run(raw)
-        h, w = extent
-        data_h, data_w = _extent_of(valid)
+        data_h, data_w, h, w = crop
         part = np.pad(raw[:, :data_h, :data_w], ((0, 0), (0, h - data_h), (0, w - data_w)), mode="symmetric")
         decoded = self.model.run(part)
         size_h, size_w = raw.shape[1:]
@@ -113,8 +112,9 @@ class TileProcessor:
                 if isinstance(value, np.ndarray) and value.ndim >= 2 and value.shape[-2:] == (h, w) else value
                 for name, value in decoded.items()}
 
-    def data_extent(self, valid: np.ndarray) -> tuple[int, int] | None:
-        """``(h, w)`` in model pixels to run the model on instead of the whole tile, or None for the whole tile.
+    def crop_of(self, valid: np.ndarray) -> tuple[int, int, int, int] | None:
+        """``(data_h, data_w, h, w)``: run the model on the tile's top-left ``h x w`` model pixels, the data
+        being its top-left ``data_h x data_w``; None to run it on the whole tile. ``valid`` has a valid pixel.
 
         When a tile's valid pixels lie in its top-left ``data_h x data_w`` and the model takes
         any input size, the model sees that part, padded by mirroring to a multiple of
@@ -124,11 +124,12 @@ class TileProcessor:
         """
         if self.plan.spec.fixed_input_px is not None:
             return None
-        data_h, data_w = _extent_of(valid)
+        data_h = int(np.flatnonzero(valid.any(axis=1))[-1]) + 1
+        data_w = int(np.flatnonzero(valid.any(axis=0))[-1]) + 1
         size_h, size_w = valid.shape
         h = min(size_h, -(-data_h // CROP_MULTIPLE_PX) * CROP_MULTIPLE_PX)
         w = min(size_w, -(-data_w // CROP_MULTIPLE_PX) * CROP_MULTIPLE_PX)
-        return None if (h, w) == (size_h, size_w) else (h, w)
+        return None if (h, w) == (size_h, size_w) else (data_h, data_w, h, w)
 
     def postprocess(self, tile: Tile, valid: np.ndarray, decoded: dict | None) -> TileOutputs:
         """Confidence GeoTIFF bytes, crowns and the core's areas of the tile, ready to commit."""
@@ -193,9 +194,3 @@ class TileProcessor:
             raster.close()
         self._height_rasters.clear()
         self._local = threading.local()
-
-
-def _extent_of(valid: np.ndarray) -> tuple[int, int]:
-    """Rows and columns from the tile's top-left corner to its last valid pixel."""
-    rows, cols = np.flatnonzero(valid.any(axis=1)), np.flatnonzero(valid.any(axis=0))
-    return int(rows[-1]) + 1, int(cols[-1]) + 1
