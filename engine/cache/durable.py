@@ -39,6 +39,15 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def write_synced(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` (created or truncated) and, if ``durable``, fsync it before returning."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        if durable:
+            os.fsync(f.fileno())
+
+
 def write_atomic(path: Path, data: bytes, *, read_only: bool = False) -> None:
     """Replace ``path`` with ``data`` so readers see the old file or the new one, never half.
 
@@ -47,10 +56,7 @@ def write_atomic(path: Path, data: bytes, *, read_only: bool = False) -> None:
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write_synced(tmp, data)
         if read_only and os.name == "posix":
             os.chmod(tmp, 0o444)
         os.replace(tmp, path)

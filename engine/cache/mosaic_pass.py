@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal
 
-from .durable import fsync_dir
+from .durable import fsync_dir, write_synced
 from .manifest import TileRecord
 from .pyramid import Rect, grid_cells, halve_into, intersect, level1_of_tile, paste, shrink, union
 from .vrt import MOSAIC_DIR, Source, parse_sources
@@ -86,10 +86,7 @@ def write_geotiff(path: Path, array: np.ndarray, block_px: int) -> None:
             gdal.VSIFCloseL(f)
     finally:
         gdal.Unlink(name)
-    with open(path, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
+    write_synced(path, data)
 
 
 class MosaicPass:

@@ -39,7 +39,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .durable import disk_error, fsync_dir
+from .durable import disk_error, fsync_dir, write_synced
 from .manifest import TileRecord, TileRecords
 from .mosaic_pass import MosaicPass
 from .pyramid import Rect, level_sizes, row_major_span
@@ -140,10 +140,7 @@ class GeotiffSemanticCache:
         for tile_id, encoded in tiles:
             rel = self.tile_name(tile_id)
             try:
-                with open(self.cache_dir / rel, "wb") as f:
-                    f.write(encoded)
-                    f.flush()
-                    os.fsync(f.fileno())
+                write_synced(self.cache_dir / rel, encoded)
             except OSError as exc:
                 raise disk_error(f"the confidence tile {rel}", exc) from exc
             rels.append(rel)
@@ -377,11 +374,7 @@ def write_file(path: Path, data: bytes, tmp_dir: Path, *, read_only: bool = Fals
     tmp_dir.mkdir(parents=True, exist_ok=True)
     tmp = tmp_dir / f"{path.name}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
+        write_synced(tmp, data, durable=durable)
         if read_only:
             os.chmod(tmp, 0o444)
         if os.name == "nt" and path.exists():

@@ -200,11 +200,6 @@ class Cache:
         """Committed tiles (tiles 1..done of the plan)."""
         return len(self.records)
 
-    @property
-    def pending(self) -> int:
-        """Tiles taken by :meth:`commit` and not committed yet."""
-        return len(self._pending)
-
     def commit(self, outputs: TileOutputs) -> list[TileRecord]:
         """Take the next tile's outputs; returns the records committed by this call (often none yet).
 
