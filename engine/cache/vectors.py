@@ -100,7 +100,7 @@ class VectorInstanceCache:
         self.defn = self.layer.GetLayerDefn()
         # Field indices by column name: setting a field by name makes OGR look the name up each
         # time (most of an append's Python time).
-        self._columns = {self.defn.GetFieldDefn(i).GetName(): i for i in range(self.defn.GetFieldCount())}
+        self._field_index = {self.defn.GetFieldDefn(i).GetName(): i for i in range(self.defn.GetFieldCount())}
 
     def column(self, name: str) -> str:
         """The layer's column for attribute ``name``."""
@@ -126,7 +126,7 @@ class VectorInstanceCache:
 
     def _feature(self, crown: Crown, crown_id: int, tile_id: int) -> ogr.Feature:
         feat = ogr.Feature(self.defn)
-        index = self._columns
+        index = self._field_index
         feat.SetField(index["id"], crown_id)
         feat.SetField(index["score"], round(crown.score, 5))
         feat.SetField(index["class"], crown.class_name)
