@@ -13,7 +13,9 @@ Prints, each measured in this one run:
    model: a worker's ``TileProcessor.process`` with a one-thread session; the bytes a
    tile sends back; and what the committer spends on it: Dask's round trip per task
    (submit, schedule, gather a result of that size: measured with tasks that do
-   nothing else), unpickling, and ``Cache.commit`` (writes and fsyncs). Their ratio is
+   nothing else), shared by the tiles a task carries (``tiles_per_task``), unpickling,
+   and ``Cache.commit`` (writes and fsyncs), once on one thread and once with the
+   overviews on the mosaic's own thread, as a cluster run commits. Their ratio is
    the number of workers at which the committer saturates;
 3. the alternative split, shards merged in order: each worker writes its own
    crash-safe sub-cache and one process merges them in plan order. The merge still
@@ -138,7 +140,7 @@ def dask_round_trip_s(blob_bytes: int, tasks: int = 400) -> float:
 def committer(tmp: Path, name: str, image: Path, model: Path) -> dict:
     """Per tile: a worker's time, the bytes sent back, and the committing side's costs."""
     from engine.cache.store import Cache
-    from engine.run.dask import _dumps, _loads
+    from engine.run.dask import _dumps, _loads, tiles_per_task
     from engine.run.predict import prepare
     from engine.run.tile import TileProcessor
     from engine.settings import Job
@@ -155,26 +157,57 @@ def committer(tmp: Path, name: str, image: Path, model: Path) -> dict:
         worker_s.append(time.perf_counter() - t)
         blobs.append(_dumps(("ok", outputs)))
     processor.close()
-    unpickle_s, commit_s = [], []
-    cache = Cache.open(job.cache_dir, prepared.header, prepared.plan.info)
-    parts = _time_parts(cache)
+    unpickle_s = []
+    outputs_all = []
     for blob in blobs:
         t = time.perf_counter()
         _, outputs = _loads(blob)
         unpickle_s.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        cache.commit(outputs)
-        commit_s.append(time.perf_counter() - t)
+        outputs_all.append(outputs)
+    # One thread, the parts of a commit timed (the mosaic's refreshes included) ...
+    cache = Cache.open(job.cache_dir, prepared.header, prepared.plan.info)
+    parts = _time_parts(cache)
     t = time.perf_counter()
+    for outputs in outputs_all:
+        cache.commit(outputs)
     cache.close()  # the mosaic's last refresh: its work is per tile too, done every few seconds in a long run
-    commit_s.append(time.perf_counter() - t)
+    one_thread_s = (time.perf_counter() - t) / len(blobs)
+    # ... and as a cluster run commits: the overviews on the mosaic's own thread.
+    shutil.rmtree(job.cache_dir)
+    cache = Cache.open(job.cache_dir, prepared.header, prepared.plan.info, mosaic_thread=True)
+    mosaic_s = _time_background(cache)
+    t = time.perf_counter()
+    for outputs in outputs_all:
+        cache.commit(outputs)
+    cache.close()
+    two_threads_s = (time.perf_counter() - t) / len(blobs)
     size = statistics.mean(len(b) for b in blobs)
-    round_trip = dask_round_trip_s(int(size))
+    worker = statistics.mean(worker_s[1:] or worker_s)
+    per_task = tiles_per_task(worker)
+    round_trip = dask_round_trip_s(int(size * per_task)) / per_task
     merge_s = merge_cost(tmp, name, job.cache_dir, prepared)
-    return {"worker": statistics.mean(worker_s[1:] or worker_s), "bytes": size,
-            "unpickle": statistics.mean(unpickle_s), "commit": sum(commit_s) / len(blobs),
+    return {"worker": worker, "bytes": size, "per_task": per_task,
+            "unpickle": statistics.mean(unpickle_s), "commit": one_thread_s, "commit_2t": two_threads_s,
+            "mosaic_thread": sum(mosaic_s) / len(blobs),
             "round_trip": round_trip, "merge": merge_s, "tiles": len(tiles),
             "parts": {k: sum(v) / len(blobs) for k, v in parts.items()}}
+
+
+def _time_background(cache) -> list:
+    """Seconds of each refresh the mosaic's thread runs."""
+    seconds = []
+    semantic = cache._semantic
+    inner = semantic._refresh_in_background
+
+    def timed(*args):
+        t = time.perf_counter()
+        try:
+            return inner(*args)
+        finally:
+            seconds.append(time.perf_counter() - t)
+
+    semantic._refresh_in_background = timed
+    return seconds
 
 
 def _time_parts(cache) -> dict:
@@ -242,16 +275,21 @@ def merge_cost(tmp: Path, name: str, shard: Path, prepared) -> float:
 
 def print_committer(rows: dict) -> None:
     print("\n[committer] per tile, the committing process against one single-threaded worker (commit: every"
-          " commit and the closing mosaic refresh, over the tiles)")
-    print("| model | worker s/tile | bytes/tile | Dask round trip s | unpickle s | commit s | committer s/tile |"
-          " workers at saturation | shard merge s/tile | workers at saturation (shards) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          " commit and the closing mosaic refresh, over the tiles; Dask's round trip shared by the tiles of a task)")
+    print("| model | worker s/tile | bytes/tile | tiles/task | Dask round trip | unpickle | commit, one thread |"
+          " commit, overviews on their thread (that thread's busy time) | committer s/tile |"
+          " workers at saturation (one thread) | workers at saturation | shard merge s/tile |"
+          " workers at saturation (shards) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
-        cost = r["round_trip"] + r["unpickle"] + r["commit"]
+        one = r["round_trip"] + r["unpickle"] + r["commit"]
+        cost = r["round_trip"] + r["unpickle"] + r["commit_2t"]
         merge = r["round_trip"] + r["merge"]  # a shard's tile still costs its task's round trip
-        print(f"| {name} | {r['worker']:.3f} | {r['bytes'] / 1024:.0f} KiB | {r['round_trip'] * 1000:.1f} ms | "
-              f"{r['unpickle'] * 1000:.2f} ms | {r['commit'] * 1000:.1f} ms | {cost * 1000:.1f} ms | "
-              f"{r['worker'] / cost:.0f} | {r['merge'] * 1000:.1f} ms | {r['worker'] / merge:.0f} |")
+        print(f"| {name} | {r['worker']:.3f} | {r['bytes'] / 1024:.0f} KiB | {r['per_task']} | "
+              f"{r['round_trip'] * 1000:.1f} ms | {r['unpickle'] * 1000:.2f} ms | {r['commit'] * 1000:.1f} ms | "
+              f"{r['commit_2t'] * 1000:.1f} ms ({r['mosaic_thread'] * 1000:.1f} ms) | {cost * 1000:.1f} ms | "
+              f"{r['worker'] / one:.0f} | {r['worker'] / cost:.0f} | {r['merge'] * 1000:.1f} ms | "
+              f"{r['worker'] / merge:.0f} |")
 
 
 def resume_million(tmp: Path, n_side: int = 1000) -> None:

@@ -260,3 +260,62 @@ def test_a_torn_mosaic_file_is_rebuilt(tmp_path, image, model, clean, small_mosa
     state_path.write_text(json.dumps(state))
     predict(job, cancelled=lambda: True)
     assert_same_mosaic(cache, clean)
+
+
+def commit_run(cache_dir, image, model, *, mosaic_thread: bool, each=None) -> None:
+    """Commit a run's tiles as a cluster's committing process does (outputs made beforehand)."""
+    from engine.cache.store import Cache
+    from engine.run.predict import prepare
+    from engine.run.tile import TileProcessor
+
+    prepared = prepare(Job(image=image, cache_dir=cache_dir, model=model, outputs={"semantic"}))
+    processor = TileProcessor(prepared.plan, prepared.model)
+    outputs = [processor.process(tile) for tile in prepared.tiles]
+    processor.close()
+    with Cache.open(cache_dir, prepared.header, prepared.plan.info, mosaic_thread=mosaic_thread) as cache:
+        for out in outputs:
+            cache.commit(out)
+            if each is not None:
+                each(cache)
+
+
+@pytest.mark.usefixtures("per_tile_commits")
+def test_overviews_kept_on_their_own_thread_are_the_same(tmp_path, image, model, clean):
+    """A cluster's committing process keeps the overviews on a second thread: refreshes overlap commits
+    (and are skipped while one runs), and the closed mosaic is the one a single thread writes."""
+    import threading
+
+    seen = set()
+    commit_run(tmp_path / "c", image, model, mosaic_thread=True,
+               each=lambda cache: seen.update(t.name for t in threading.enumerate()))
+    assert "tcd-mosaic" in seen
+    assert_same_mosaic(tmp_path / "c", clean)
+    assert_overviews_hold_committed_tiles(tmp_path / "c")
+    listed, stored = listed_and_stored(tmp_path / "c")
+    assert stored and stored <= listed
+
+
+@pytest.mark.usefixtures("per_tile_commits")
+def test_a_failed_background_refresh_stops_the_run_with_one_sentence(tmp_path, image, model, clean, monkeypatch):
+    """The disk fills while the mosaic's thread writes: the committing thread raises it, and the next
+    run repairs the mosaic."""
+    import errno
+    import threading
+
+    import engine.cache.mosaic_pass as mosaic_pass
+    from engine.errors import CacheWriteError
+
+    write_geotiff = mosaic_pass.write_geotiff
+
+    def full_disk_on_the_mosaic_thread(*args, **kwargs):
+        if threading.current_thread().name == "tcd-mosaic":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_geotiff(*args, **kwargs)
+
+    monkeypatch.setattr(mosaic_pass, "write_geotiff", full_disk_on_the_mosaic_thread)
+    with pytest.raises(CacheWriteError) as caught:
+        commit_run(tmp_path / "c", image, model, mosaic_thread=True)
+    assert str(caught.value).startswith("The disk is full"), str(caught.value)
+    monkeypatch.setattr(mosaic_pass, "write_geotiff", write_geotiff)
+    predict(Job(image=image, cache_dir=tmp_path / "c", model=model, outputs={"semantic"}))
+    assert_same_mosaic(tmp_path / "c", clean)

@@ -176,8 +176,8 @@ def test_the_model_is_checked_by_its_sha256_on_the_worker(scene, cluster):
     damaged[-1] ^= 0xFF
     with Client(cluster.address, set_as_default=False) as client:
         blob = client.submit(cluster_run._TASK, cluster_run._dumps(prepared.plan), bytes(damaged),
-                             cluster_run._tile_args(prepared.tiles[0]), __version__, pure=False).result()
-    kind, error = cluster_run._loads(blob)
+                             [cluster_run._tile_args(prepared.tiles[0])], __version__, pure=False).result()
+    kind, error, _ = cluster_run._loads(blob)
     assert kind == "error" and isinstance(error, ModelError)
     assert "is not the one this run uses (its SHA-256 differs)" in str(error)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from .vrt import MOSAIC_DIR, Source, parse_sources
 TILE_BLOCK_PX = 256  # block size of the tiles' GeoTIFFs (engine.postprocess.confidence) and overview tiles
 _TILE_ID = re.compile(r"tile_(\d+)\.tif$")
 _OV_CELL = re.compile(r"t(\d+)_(\d+)\.g\d+\.tif$")
-MEMO_ARRAYS = 64  # overview tiles kept decoded during a pass (each at most 512 x 512 x bands bytes)
+TILES_DECODED = 64  # committed tiles kept decoded during a recovery
 RECENT_ARRAYS = 32  # and between passes (see GeotiffSemanticCache.recent)
 _names = itertools.count()
 
@@ -102,7 +103,7 @@ class MosaicPass:
         self.dirty: set[tuple] = set()  # (level, leaf node)
         self.new: dict[tuple, Source | None] = {}  # (level, ix, iy) -> new overview tile, None: no longer exists
         self.memo: dict[tuple, np.ndarray] = {}
-        self.pending: list[tuple[TileRecord, np.ndarray]] = []
+        self.pending: list[tuple[TileRecord, tuple | None]] = []  # (tile, its level-1 pixels)
         self.recovering = False
         self._tiles: dict[str, np.ndarray] = {}  # decoded tile GeoTIFFs (recovery)
         for node in leaves0:
@@ -110,21 +111,20 @@ class MosaicPass:
             self.dirty.add((0, node))
 
     @classmethod
-    def update(cls, cache, pending: list[tuple[TileRecord, bytes]]) -> MosaicPass:
-        tiles = [(record, decode_geotiff(data)) for record, data in pending]
+    def update(cls, cache, pending: list[tuple[TileRecord, tuple | None]]) -> MosaicPass:
+        """Tiles just committed, each with its level-1 pixels (``level1_of_tile``; None if it owns none)."""
         tree0 = cache.tree(0)
         cells: dict[int, set] = {k: set() for k in range(1, len(cache.sizes))}
         leaves0 = set()
-        for record, data in tiles:
+        for record, owned in pending:
             leaves0.update(tree0.leaves(record.bbox))
-            owned = level1_of_tile(data, record.bbox)
             if owned is not None and cells:
                 cells[1].update(grid_cells(owned[0], cache.state.geometry.tile_px))
         for k in range(2, len(cache.sizes)):  # exactly the tiles above those that change
             cells[k] = {(cx // 2, cy // 2) for cx, cy in cells[k - 1]}
-        p = cls(cache, cells, leaves0, tiles[-1][0].tile_id)
-        p.pending = tiles
-        for record, _ in tiles:
+        p = cls(cache, cells, leaves0, pending[-1][0].tile_id)
+        p.pending = pending
+        for record, _ in pending:
             for node in tree0.leaves(record.bbox):
                 p.items[(0, node)][record.tile_id] = tile_source(record)
         return p
@@ -223,32 +223,42 @@ class MosaicPass:
         for level in range(1, len(self.sizes)):
             computed = self._level1(changed) if level == 1 else self._level_up(level, changed)
             self.memo = {}
-            for cell, array in sorted(computed.items()):
-                self._store(level, cell, array, gen)
+            cells = sorted(computed.items())
+            paths = [self._store(level, cell, array, gen) for cell, array in cells]
+            block = min(TILE_BLOCK_PX, self.geometry.tile_px)
+            files = [(self.cache.cache_dir / path, array, block) for path, (_, array) in zip(paths, cells) if path]
+            threads = min(self.cache.encode_threads, len(files))
+            if threads > 1:  # GDAL lets go of the GIL while it compresses
+                with ThreadPoolExecutor(threads, thread_name_prefix="tcd-overviews") as pool:
+                    for _ in pool.map(lambda f: write_geotiff(*f), files):
+                        pass
+            else:
+                for f in files:
+                    write_geotiff(*f)
             fsync_dir(self.cache.cache_dir / MOSAIC_DIR / f"L{level}")
             changed = {cell: rect for cell, rect in changed.items() if cell[0] == level}
         self._write_vrts()
 
-    def _store(self, level: int, cell: tuple[int, int], array: np.ndarray | None, gen: int) -> None:
+    def _store(self, level: int, cell: tuple[int, int], array: np.ndarray | None, gen: int) -> str | None:
+        """List an overview tile's new version (None: the tile no longer exists); returns the path to write."""
         key = (level, *cell)
         leaf = self._leaf(level, self._cell_leaf(cell))
         self.dirty.add((level, self._cell_leaf(cell)))
         if array is None:
             self.new[key] = None
             leaf.pop(cell, None)
-            return
+            return None
         path = f"{MOSAIC_DIR}/L{level}/t{cell[0]}_{cell[1]}.g{gen}.tif"
         block = min(TILE_BLOCK_PX, self.geometry.tile_px)
-        write_geotiff(self.cache.cache_dir / path, array, block)
         rect = self._cell_rect(level, cell)
         src = Source(path, rect, (rect[2] - rect[0], rect[3] - rect[1]), (block, block))
         self.new[key] = leaf[cell] = src
-        if len(self.memo) < MEMO_ARRAYS:
-            self.memo[key] = array
+        self.memo[key] = array  # the level above reads it (the pass holds the whole level anyway)
         recent = self.cache.recent
         recent[path] = array
         while len(recent) > RECENT_ARRAYS:
             recent.popitem(last=False)
+        return path
 
     def _zeros(self, level: int, cell: tuple[int, int]) -> np.ndarray:
         x0, y0, x1, y1 = self._cell_rect(level, cell)
@@ -263,8 +273,7 @@ class MosaicPass:
                 if array is not None:
                     changed[(1, *cell)] = self._cell_rect(1, cell)
             return out
-        for record, data in self.pending:
-            owned = level1_of_tile(data, record.bbox)
+        for _, owned in self.pending:
             if owned is None:
                 continue
             rect1, values = owned
@@ -303,7 +312,7 @@ class MosaicPass:
     def _tile_data(self, src: Source) -> np.ndarray:
         cache = self._tiles
         if src.path not in cache:
-            if len(cache) >= MEMO_ARRAYS:
+            if len(cache) >= TILES_DECODED:
                 cache.clear()
             cache[src.path] = read_raster(self.cache.cache_dir / src.path)
         return cache[src.path]

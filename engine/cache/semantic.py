@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -41,8 +42,8 @@ from pathlib import Path
 
 from .durable import disk_error, fsync_dir, write_synced
 from .manifest import TileRecord, TileRecords
-from .mosaic_pass import MosaicPass
-from .pyramid import Rect, level_sizes, row_major_span
+from .mosaic_pass import MosaicPass, decode_geotiff
+from .pyramid import Rect, level1_of_tile, level_sizes, row_major_span
 from .vrt import MOSAIC_DIR, VRT_NAME, LevelTree, MosaicGeometry, leaf0_px_for, vrt_xml
 
 logger = logging.getLogger(__name__)
@@ -94,11 +95,17 @@ class GeotiffSemanticCache:
 
     refresh_interval_s = 2.0
     refresh_share = 0.05
-    # Tiles waiting for the mosaic are decoded together by the next refresh: past this many
-    # decoded bytes it comes at once, whatever the time share, so memory stays flat however
-    # long refreshes of a big mosaic take (they grow with it, and so did the wait): green model,
-    # 4096² -> 16384², peak RSS +53 % with no cap, +8 % with this one, at the same speed.
+    # Tiles wait for the next refresh as their level-1 pixels: past this many bytes of them it
+    # comes at once, whatever the time share, so memory stays flat however long refreshes of a
+    # big mosaic take (they grow with it, and so did the wait): green model, 4096² -> 16384²,
+    # peak RSS +53 % with no cap, +8 % with a cap of 8 MB (then of decoded tiles, decoded at
+    # once by the refresh; now of level-1 pixels, a quarter of a tile, so 4 times the tiles).
     pending_bytes_max = 8 * 2**20
+    # With refreshes on their own thread (a cluster's committing process), tiles come faster
+    # than one refresh every 8 MB keeps up with: an overview tile a refresh leaves partly filled
+    # is encoded again by the next, so larger refreshes encode fewer times per tile.
+    background_pending_bytes_max = 32 * 2**20
+    encode_threads = 1  # overview tiles a refresh encodes at once (more on the mosaic's own thread)
 
     def __init__(self, cache_dir: Path, width: int, height: int, crs_wkt: str, transform, class_names):
         self.cache_dir = Path(cache_dir)
@@ -108,12 +115,15 @@ class GeotiffSemanticCache:
         self.transform = transform
         self.class_names = tuple(class_names)
         self.state: MosaicState | None = None
-        self._pending: list[tuple[TileRecord, bytes]] = []
+        self._pending: list[tuple[TileRecord, tuple | None]] = []  # (record, its level-1 pixels)
         self._pending_bytes = 0  # decoded size of the pending tiles
         self._done = 0  # committed tiles: 1.._done
         self._last_bbox: Rect | None = None
         self._last_flush = 0.0
         self._flush_s = 0.0  # how long the last refresh took
+        self._background = False  # refresh on a thread (start_background)
+        self._thread: threading.Thread | None = None  # the last background refresh
+        self._failure: BaseException | None = None  # what the last background refresh raised
         # Overview tiles as last written, by path (a path names one content forever): the few a
         # refresh rewrites are mostly those the previous one did.
         self.recent: OrderedDict[str, object] = OrderedDict()
@@ -201,13 +211,19 @@ class GeotiffSemanticCache:
         except OSError as exc:
             raise disk_error(f"the mosaic {VRT_NAME}", exc) from exc
 
-    def committed(self, record: TileRecord, encoded: bytes | None) -> None:
-        """Note a tile just committed (its line is in the manifest); the next refresh adds it to the mosaic."""
+    def committed(self, record: TileRecord, encoded: bytes | None, overview: tuple | None = None) -> None:
+        """Note a tile just committed (its line is in the manifest); the next refresh adds it to the mosaic.
+
+        ``overview`` is the tile's level-1 pixels (see :class:`~.store.TileOutputs`); without
+        it the refresh decodes ``encoded``. Only the level-1 pixels wait, a quarter of the tile.
+        """
         self._done, self._last_bbox = record.tile_id, tuple(record.bbox)
         if encoded is not None and record.cache_files.get("semantic"):
-            self._pending.append((record, encoded))
-            x0, y0, x1, y1 = record.bbox
-            self._pending_bytes += (x1 - x0) * (y1 - y0) * len(self.class_names)
+            if overview is None:
+                overview = level1_of_tile(decode_geotiff(encoded), record.bbox)
+            self._pending.append((record, overview))
+            if overview is not None:
+                self._pending_bytes += overview[1].nbytes
 
     def refresh(self, *, force: bool = True) -> None:
         """Add the tiles committed since the last refresh to the mosaic.
@@ -215,32 +231,79 @@ class GeotiffSemanticCache:
         Unless ``force``, at most every :attr:`refresh_interval_s`, and never more
         than :attr:`refresh_share` of the time: a refresh writes a few files
         however many tiles it adds, so on a slow disk refreshes come less often.
+        With :attr:`background` set, a refresh that is not forced runs on the
+        mosaic's own thread and this call returns at once (it waits only when a
+        previous one is still running and twice :attr:`background_pending_bytes_max` wait);
+        a forced one first waits for it. A background refresh's error is raised by
+        the next call.
         """
+        self._join(block=force)
         now = time.monotonic()
         wait_s = max(self.refresh_interval_s, self._flush_s / self.refresh_share)
-        if not force and now - self._last_flush < wait_s and self._pending_bytes < self.pending_bytes_max:
+        cap = self.background_pending_bytes_max if self._background else self.pending_bytes_max
+        if not force and now - self._last_flush < wait_s and self._pending_bytes < cap:
             return
+        if self._background and not force:
+            if self._thread is not None and self._thread.is_alive():
+                if self._pending_bytes < 2 * cap:
+                    return
+                self._join(block=True)
+            job = (self._take_pending(), self._done, self._last_bbox)
+            self._thread = threading.Thread(target=self._refresh_in_background, args=job,
+                                            name="tcd-mosaic", daemon=True)
+            self._thread.start()
+            return
+        self._refresh_now(self._take_pending(), self._done, self._last_bbox)
+
+    def start_background(self) -> None:
+        """Refresh on a thread of the mosaic's own from now on (see :meth:`refresh`): for a committing process
+        whose commits come faster than one thread can both commit and keep the overviews."""
+        self._background = True
+        self.encode_threads = max(1, min(4, os.cpu_count() or 1))
+
+    def _take_pending(self) -> list:
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        return pending
+
+    def _refresh_now(self, pending: list, done: int, last_bbox: Rect | None) -> None:
+        started = time.monotonic()
         try:
-            if self._pending:
-                pending, self._pending, self._pending_bytes = self._pending, [], 0
+            if pending:
                 if self.state is None:
                     self._start(pending[0][0].bbox)
-                self._run(MosaicPass.update(self, pending), through=self._done, bbox=self._last_bbox)
-            elif self.state is not None and self.state.through != self._done:
-                self._save_state(replace(self.state, through=self._done, upto=self._done, upto_bbox=self._last_bbox))
+                self._run(MosaicPass.update(self, pending), through=done, bbox=last_bbox)
+            elif self.state is not None and self.state.through != done:
+                self._save_state(replace(self.state, through=done, upto=done, upto_bbox=last_bbox))
         except OSError as exc:
             raise disk_error(f"the mosaic {VRT_NAME}", exc) from exc
         self._last_flush = time.monotonic()
-        self._flush_s = self._last_flush - now
+        self._flush_s = self._last_flush - started
+
+    def _refresh_in_background(self, pending: list, done: int, last_bbox: Rect | None) -> None:
+        try:
+            self._refresh_now(pending, done, last_bbox)
+        except BaseException as exc:  # raised again by the committing thread (_join)
+            self._failure = exc
+
+    def _join(self, *, block: bool) -> None:
+        """Wait for a background refresh if ``block``; raise the error a finished one left."""
+        if self._thread is not None and block:
+            self._thread.join()
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
 
     def close(self, *, flush: bool = True) -> None:
         """Refresh the mosaic with every committed tile (unless ``flush`` is False) and delete superseded files."""
-        if flush:
-            self.refresh()
-            try:
-                self._collect(everything=True)
-            except OSError as exc:
-                raise disk_error(f"the mosaic {VRT_NAME}", exc) from exc
+        if not flush:
+            if self._thread is not None:
+                self._thread.join()  # a refresh under way finishes its files (or a crash leaves them to repair)
+            return
+        self.refresh()
+        try:
+            self._collect(everything=True)
+        except OSError as exc:
+            raise disk_error(f"the mosaic {VRT_NAME}", exc) from exc
 
     # -- building blocks ---------------------------------------------------------------------
 

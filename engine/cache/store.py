@@ -19,8 +19,10 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import CacheWriteError
 from ..postprocess.vectorise import Crown
@@ -53,6 +55,10 @@ class TileOutputs:
     ``crowns`` the crowns the tile owns (None when the run writes no instances).
     ``area_m2`` is the core's area of valid pixels and ``canopy_m2`` the part of it
     where the canopy confidence is at least 0.5 (both 0 for a skipped tile).
+    ``overview`` is the tile's pixels of the mosaic's first overview level, as
+    :func:`~engine.cache.pyramid.level1_of_tile` gives them (rectangle in level-1
+    pixels, uint8 array), computed where the tile was made so that the committing
+    process need not decode its GeoTIFF again; None to have the mosaic decode it.
     """
 
     tile_id: int
@@ -62,6 +68,8 @@ class TileOutputs:
     crowns: tuple[Crown, ...] | None = None
     area_m2: float = 0.0
     canopy_m2: float = 0.0
+    # Derived from confidence_tiff (which equality compares): arrays have no plain ==.
+    overview: tuple[tuple[int, int, int, int], np.ndarray] | None = field(default=None, compare=False, repr=False)
 
 
 def clear_cache(cache_dir: Path) -> None:
@@ -137,12 +145,14 @@ class Cache:
 
     @classmethod
     def open(cls, cache_dir: Path, header: dict, info: RasterInfo, *, overwrite: bool = False,
-             crown_fields: tuple[CrownField, ...] = MEASUREMENT_FIELDS) -> Cache:
+             crown_fields: tuple[CrownField, ...] = MEASUREMENT_FIELDS, mosaic_thread: bool = False) -> Cache:
         """Hold ``cache_dir`` for a run whose new-cache header is ``header``.
 
         An existing cache is continued with its own header once it is found
         compatible; ``overwrite`` discards it first. Raises CacheLockedError while
-        another process writes the folder.
+        another process writes the folder. ``mosaic_thread`` keeps the mosaic's
+        overviews on a thread of their own (see :meth:`GeotiffSemanticCache.refresh`),
+        for a process that only commits (a cluster's tiles).
         """
         cache_dir = Path(cache_dir)
         try:
@@ -171,7 +181,10 @@ class Cache:
             state = cls._rollback(cache_dir, state, semantic, vector_cls)
             summary = SummaryKeeper(cache_dir, header, state.tiles)  # before the crowns file is held open
             vectors = vector_cls(cache_dir, info.crs_wkt, crown_fields) if vector_cls is not None else None
-            return cls(cache_dir, header, lock, state, semantic, vectors, summary)
+            cache = cls(cache_dir, header, lock, state, semantic, vectors, summary)
+            if semantic is not None and mosaic_thread:
+                semantic.start_background()
+            return cache
         except BaseException:
             lock.__exit__(None, None, None)
             raise
@@ -245,7 +258,7 @@ class Cache:
             if outputs.skipped:
                 self.skipped += 1
             if self._semantic is not None:
-                self._semantic.committed(record, outputs.confidence_tiff)
+                self._semantic.committed(record, outputs.confidence_tiff, outputs.overview)
         self.features_end = features_end
         if self._semantic is not None:
             self._semantic.refresh(force=False)

@@ -10,15 +10,17 @@ which holds only bytes and records (the encoded confidence GeoTIFF, the crowns'
 geometry). The process that called :meth:`DaskExecutor.map` is the only writer: it
 commits outputs in plan order with the same :class:`~engine.cache.store.Cache` as a
 single-process run, so the cache is the same file for file, and crash safety is the
-same protocol. At most :meth:`window` tiles are submitted and not yet committed, and
-results that arrive early wait in a reorder buffer of at most that many tiles, so
-memory stays flat however large the raster.
+same protocol. Tiles travel in tasks of a few consecutive tiles (:func:`tiles_per_task`: about
+a second of work), so Dask's cost per task is shared by light tiles. At most
+two tasks per worker thread are submitted and not yet committed, and results that
+arrive early wait in a reorder buffer of at most that many, so memory stays flat
+however large the raster.
 
 Data. Workers open the raster themselves (a shared path, or any GDAL path such as
 ``/vsis3/bucket/ortho.tif``): pixels never travel from this process. The model's
 bytes are scattered once to every worker and checked against their SHA-256 there;
 each worker keeps one model session per model and thread settings, and each of its
-threads one open raster per run (:func:`run_tile`).
+threads one open raster per run (:func:`run_tiles`).
 
 Failures. A worker that dies loses nothing: the scheduler runs its tiles again
 elsewhere, and a tile's outputs do not depend on where it ran. Losing the scheduler
@@ -60,6 +62,10 @@ _PACKAGE = __name__.rsplit(".run.", 1)[0]  # "engine", or "tcd_qgis_plugin.engin
 _ENGINE_NAMES = ("tcd_qgis_plugin.engine", "engine")
 _POLL_S = 0.5  # how often a waiting committer looks at the cluster (workers left, scheduler there)
 _NO_WORKERS_S = 120.0  # a cluster without workers for this long stops the run
+# A task's work, about: Dask's round trip costs the committing process ~3 ms a task, as much
+# as the rest of a light tile's commit; a killed worker's tasks are redone, so they stay short.
+TASK_S = 1.0
+MAX_TILES_PER_TASK = 16
 
 
 # -- transport: pickles that read under either name of the engine ---------------------------
@@ -85,7 +91,7 @@ def _loads(data: bytes):
 def _make_task():
     """The task Dask ships to workers: by value (it is a local function), so it names no engine module."""
 
-    def tcd_tile(run_blob: bytes, model_bytes: bytes, tile: tuple, version: str) -> bytes:
+    def tcd_tiles(run_blob: bytes, model_bytes: bytes, tiles: list, version: str) -> bytes:
         import importlib
 
         for name in ("engine", "tcd_qgis_plugin.engine"):
@@ -96,10 +102,10 @@ def _make_task():
                 if not (name == missing or name.startswith(missing + ".") or missing.startswith(name + ".")):
                     raise  # a package the engine needs is missing, not the engine
                 continue
-            return module.run_tile(run_blob, model_bytes, tile, version)
+            return module.run_tiles(run_blob, model_bytes, tiles, version)
         raise ModuleNotFoundError("this Dask worker cannot import the tree crown delineation engine", name="engine")
 
-    return tcd_tile
+    return tcd_tiles
 
 
 def _make_probe():
@@ -193,17 +199,28 @@ def _processor(run_blob: bytes, model_bytes: bytes) -> TileProcessor:
     return processor
 
 
-def run_tile(run_blob: bytes, model_bytes: bytes, tile: tuple, version: str) -> bytes:
-    """On a worker: one tile's outputs, pickled; an engine error is returned (pickled) to be raised by the caller."""
+def run_tiles(run_blob: bytes, model_bytes: bytes, tiles: list, version: str) -> bytes:
+    """On a worker: the outputs of consecutive tiles, pickled with the seconds they took; an engine error is
+    returned (pickled) to be raised by the caller."""
     try:
         if version != __version__:
             address = _worker_address()
             raise ClusterError(f"The Dask worker at {address} runs version {__version__} of the engine and "
                                f"this run version {version}.", "engine", address)
-        outputs = _processor(run_blob, model_bytes).process(Tile(*tile))
-        return _dumps(("ok", outputs))
+        started = time.perf_counter()
+        processor = _processor(run_blob, model_bytes)
+        outputs = [processor.process(Tile(*tile)) for tile in tiles]
+        return _dumps(("ok", outputs, time.perf_counter() - started))
     except TCDError as exc:
-        return _dumps(("error", exc))
+        return _dumps(("error", exc, 0.0))
+
+
+def tiles_per_task(seconds_per_tile: float | None) -> int:
+    """Tiles a task carries: enough for about :data:`TASK_S` of work, so that Dask's cost per task (a few
+    ms on the committing side) is shared by light tiles; one tile until a task's time is known."""
+    if not seconds_per_tile:
+        return 1
+    return max(1, min(MAX_TILES_PER_TASK, round(TASK_S / seconds_per_tile)))
 
 
 # -- the committing side ----------------------------------------------------------------------
@@ -275,13 +292,13 @@ class DaskExecutor:
                 raise ClusterError(f"The Dask worker at {address} runs version {version} of the engine and this "
                                    f"run version {__version__}.", "engine", address)
 
-    def window(self, client) -> int:
-        """Tiles submitted and not yet committed: twice the cluster's threads, so none idles between tiles."""
+    def threads(self, client) -> int:
+        """The cluster's worker threads (looked up every few seconds: workers come and go)."""
         now = time.monotonic()
         if now - self._threads_checked > 2.0:
             self._threads_total = sum(client.nthreads().values())
             self._threads_checked = now
-        return max(4, 2 * self._threads_total)
+        return max(1, self._threads_total)
 
     # -- running ------------------------------------------------------------------------------
 
@@ -301,25 +318,33 @@ class DaskExecutor:
             run_f = client.scatter(self._run_blob, broadcast=True, hash=True)
             model_f = client.scatter(model_bytes, broadcast=True, hash=True)
             del model_bytes
-            ready: dict[int, bytes] = {}  # the reorder buffer: results that came before their turn
+            ready: dict[int, bytes] = {}  # the reorder buffer: tasks' results that came before their turn
             n, submitted, yielded = len(tiles), 0, 0
+            seconds_per_tile = None  # a worker's, over the tasks so far
             while yielded < n:
-                limit = self.window(client)
+                threads = self.threads(client)
+                per_task = tiles_per_task(seconds_per_tile)
+                limit = max(4, 2 * threads * per_task)
                 while submitted < n and submitted - yielded < limit:
-                    tile = tiles[submitted]
-                    future = client.submit(_TASK, run_f, model_f, _tile_args(tile), __version__,
-                                           key=f"tcd-tile-{tile.tile_id}-{self._token}", pure=False)
+                    # The last tiles go one task per thread at least, so no thread idles at the end.
+                    k = max(1, min(per_task, (n - submitted) // threads))
+                    batch = tiles[submitted:submitted + k]
+                    future = client.submit(_TASK, run_f, model_f, [_tile_args(t) for t in batch], __version__,
+                                           key=f"tcd-tile-{batch[0].tile_id}-{batch[-1].tile_id}-{self._token}",
+                                           pure=False)
                     in_flight[future] = submitted
-                    submitted += 1
+                    submitted += k
                 if yielded not in ready:
                     for future, blob in self._collect(client, in_flight):
                         ready[in_flight.pop(future)] = blob
                 while yielded in ready:
-                    kind, value = _loads(ready.pop(yielded))
+                    kind, value, seconds = _loads(ready.pop(yielded))
                     if kind == "error":
                         raise value
-                    yield value
-                    yielded += 1
+                    mean = seconds / len(value)
+                    seconds_per_tile = mean if seconds_per_tile is None else 0.8 * seconds_per_tile + 0.2 * mean
+                    yield from value
+                    yielded += len(value)
         finally:
             for future in in_flight:
                 future.cancel()
@@ -365,10 +390,11 @@ class DaskExecutor:
             if future.status == "cancelled":
                 raise self._lost(None)
             exc = future.exception()
-            tile_id = future.key.split("-")[2]
+            first, last = future.key.split("-")[2:4]
             if isinstance(exc, KilledWorker):
-                raise ClusterError(f"Tile {tile_id} was running on each of the Dask workers that died while "
-                                   f"predicting it, too many times in a row.", "workers", self.scheduler,
+                what = f"Tile {first} was" if first == last else f"Tiles {first} to {last} were"
+                raise ClusterError(f"{what} running on each of the Dask workers that died while predicting "
+                                   f"them, too many times in a row.", "workers", self.scheduler,
                                    resume_fixes=True) from exc
             if isinstance(exc, ModuleNotFoundError):
                 what = ("the tree crown delineation engine" if exc.name == "engine"

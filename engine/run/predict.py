@@ -153,8 +153,11 @@ def predict(job: Job, progress: Callable[[Progress], None] | None = None,
     total = len(prepared.tiles)
     fields = MEASUREMENT_FIELDS + (HEIGHT_FIELDS if prepared.plan.settings.canopy_height else ())
     fields += BOX_FIELDS if prepared.plan.spec.kind.detects_boxes else ()
+    # A cluster's tiles reach this process faster than one thread commits them and keeps the
+    # overviews (default model: 12 ms a tile against 135 ms of one worker's time): two threads.
+    on_cluster = job.workers is not None or job.scheduler is not None
     with Cache.open(job.cache_dir, prepared.header, prepared.plan.info, overwrite=job.overwrite,
-                    crown_fields=fields) as cache:
+                    crown_fields=fields, mosaic_thread=on_cluster) as cache:
 
         def report(tile_id: int | None) -> None:
             if progress is not None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from rasterio.crs import CRS
 
+from ..cache.pyramid import level1_of_tile
 from ..cache.store import TileOutputs
 from ..models.runner import OnnxModel
 from ..models.spec import ModelSpec
@@ -140,16 +141,17 @@ class TileProcessor:
         probs = kind.probabilities(plan.spec, decoded, valid)
         confidence = semantic_core(probs, tile, plan.info.transform, self._src_crs, self._work_crs)
         area_m2, canopy_m2 = self._core_areas(tile, valid, confidence)
-        tiff = None
+        tiff = overview = None
         if plan.writes_semantic:
             tiff = encode_geotiff(confidence, tile, plan.info.transform, plan.info.crs_wkt, plan.spec.class_names)
+            overview = level1_of_tile(confidence, tuple(tile.bbox_px))
         crowns = None
         if plan.writes_instances:
             instances = kind.instances(plan.spec, decoded, probs, valid, plan.settings.gsd_m)
             crowns = tuple(tile_crowns(plan.spec, instances, tile, self._grid, self._min_area_px))
             if plan.settings.canopy_height and crowns:
                 crowns = self._with_heights(crowns)
-        return TileOutputs(tile.tile_id, tuple(tile.bbox_px), False, tiff, crowns, area_m2, canopy_m2)
+        return TileOutputs(tile.tile_id, tuple(tile.bbox_px), False, tiff, crowns, area_m2, canopy_m2, overview)
 
     def _core_areas(self, tile: Tile, valid: np.ndarray, confidence: np.ndarray) -> tuple[float, float]:
         """The core's valid area and the part of it whose canopy confidence (any class) is >= 0.5, in m².
