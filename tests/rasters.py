@@ -169,29 +169,33 @@ def overview_oracle(full: np.ndarray, cores, tile_px: int) -> list[np.ndarray]:
     """The overview levels the mosaic must hold, worked out from scratch from the full-resolution
     confidence ``full`` (bands, rows, cols) and the committed tiles' cores ``[x0, y0, x1, y1]``.
 
-    Level 1: each pixel is the rounded mean of its 2 x 2 source pixels that lie in the core of
-    the tile owning its top-left source pixel (0 where no committed tile owns it). Level k >= 2:
-    the rounded mean of its 2 x 2 pixels of level k - 1 that lie inside the raster. Levels go on
-    until one fits in ``tile_px`` x ``tile_px``.
+    Levels 1 and 2: a pixel's owner is the tile whose core holds its top-left source pixel;
+    its value is the rounded mean of its 2 x 2 pixels of the level below that the same tile
+    owns (0 where no committed tile owns it). Level k >= 3: the rounded mean of its 2 x 2
+    pixels of level k - 1 that lie inside the raster. Levels go on until one fits in
+    ``tile_px`` x ``tile_px``.
     """
     bands, height, width = full.shape
     owner = np.full((height, width), -1, np.int64)
     for i, (x0, y0, x1, y1) in enumerate(cores):
         owner[y0:y1, x0:x1] = i
     levels: list[np.ndarray] = []
-    if max(height, width) <= tile_px:
-        return levels
-    top_left = owner[0::2, 0::2]
-    total = np.zeros((bands, *top_left.shape), np.int64)
-    count = np.zeros(top_left.shape, np.int64)
-    for dy in (0, 1):
-        for dx in (0, 1):
-            part, part_owner = full[:, dy::2, dx::2], owner[dy::2, dx::2]
-            h, w = part_owner.shape
-            same = (part_owner == top_left[:h, :w]) & (top_left[:h, :w] >= 0)
-            total[:, :h, :w] += part * same
-            count[:h, :w] += same
-    levels.append(((total + count // 2) // np.maximum(count, 1)).astype(np.uint8))
+    values = full.astype(np.int64)
+    for _ in range(2):  # the levels whose pixels each belong to one tile
+        if max(values.shape[1:]) <= tile_px:
+            return levels
+        top_left = owner[0::2, 0::2]
+        total = np.zeros((bands, *top_left.shape), np.int64)
+        count = np.zeros(top_left.shape, np.int64)
+        for dy in (0, 1):
+            for dx in (0, 1):
+                part, part_owner = values[:, dy::2, dx::2], owner[dy::2, dx::2]
+                h, w = part_owner.shape
+                same = (part_owner == top_left[:h, :w]) & (top_left[:h, :w] >= 0)
+                total[:, :h, :w] += part * same
+                count[:h, :w] += same
+        levels.append(((total + count // 2) // np.maximum(count, 1)).astype(np.uint8))
+        values, owner = levels[-1].astype(np.int64), top_left
     while max(levels[-1].shape[1:]) > tile_px:
         prev = levels[-1].astype(np.int64)
         h, w = prev.shape[1:]

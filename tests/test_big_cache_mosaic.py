@@ -125,7 +125,8 @@ class Crash(BaseException):
 @pytest.mark.parametrize("crash_at", [1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144])
 def test_a_crash_at_any_write_of_the_mosaic_is_repaired_when_the_cache_opens(tmp_path, image, model, clean,
                                                                              monkeypatch, crash_at):
-    """Crash at the n-th file the mosaic writes (its state, an overview tile, a VRT), then open and resume."""
+    """Crash at the n-th file the mosaic writes (its state, a tile's level-1 file, an overview tile, a VRT),
+    then open and resume."""
     import engine.cache.mosaic_pass as mosaic_pass
 
     writes = []
@@ -141,6 +142,7 @@ def test_a_crash_at_any_write_of_the_mosaic_is_repaired_when_the_cache_opens(tmp
 
     monkeypatch.setattr(semantic, "write_file", crashing(semantic.write_file))
     monkeypatch.setattr(mosaic_pass, "write_geotiff", crashing(mosaic_pass.write_geotiff))
+    monkeypatch.setattr(mosaic_pass, "write_synced", crashing(mosaic_pass.write_synced))  # level-1 files
     job = Job(image=image, cache_dir=tmp_path / "c", model=model, outputs={"semantic"})
     with pytest.raises(Crash):
         predict(job)

@@ -7,11 +7,12 @@ Level 0 is the source grid (the tiles' cores). Level ``k`` halves level ``k - 1`
 Every overview pixel is a fixed function of the committed tiles, so building it
 tile by tile, as tiles commit, and rebuilding it from scratch give the same bytes:
 
-* **level 1** — the rounded mean of the pixel's 2 × 2 source pixels that lie in the
-  core of its *owner*, the tile whose core holds source pixel ``(2i, 2j)``; each
-  level-1 pixel thus depends on one tile only, and a tile's level-1 pixels are
-  computed from that tile alone (:func:`level1_of_tile`);
-* **level k ≥ 2** — the rounded mean of the pixel's 2 × 2 level ``k - 1`` pixels
+* **levels 1 and 2** (:data:`OWNED_LEVELS`) — a pixel's *owner* is the tile whose
+  core holds its top-left source pixel (``(2^k i, 2^k j)``); its value is the rounded
+  mean of its 2 × 2 pixels of level ``k - 1`` that the same tile owns. Each such
+  pixel thus depends on one tile only, and a tile's pixels of these levels are
+  computed from that tile alone (:func:`owned_pixels`), where the tile is made;
+* **level k ≥ 3** — the rounded mean of the pixel's 2 × 2 level ``k - 1`` pixels
   (:func:`halve`), where pixels no tile has reached yet are 0.
 
 Rectangles are ``(x0, y0, x1, y1)``, half-open, in pixels of the level named.
@@ -23,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 Rect = tuple[int, int, int, int]
+
+OWNED_LEVELS = 2  # overview levels whose pixels each belong to one tile (see the module docstring)
 
 
 def level_sizes(width: int, height: int, tile_px: int) -> list[tuple[int, int]]:
@@ -76,11 +79,12 @@ def halve(src: np.ndarray) -> np.ndarray:
 
 
 def level1_of_tile(data: np.ndarray, bbox: Rect) -> tuple[Rect, np.ndarray] | None:
-    """The level-1 pixels a tile owns and their values; None if it owns none.
+    """The pixels one level up that a tile owns and their values; None if it owns none.
 
-    ``data`` is the tile's core ``(bands, y1 - y0, x1 - x0)`` and ``bbox`` the core
-    in source pixels. The tile owns level-1 pixel ``i`` when source column ``2i`` is
-    in its core; the pixel's value uses the core's columns ``2i`` and ``2i + 1``.
+    ``data`` is what the tile owns at some level ``(bands, y1 - y0, x1 - x0)`` (at
+    level 0: its core) and ``bbox`` that part in pixels of the level. The tile owns
+    pixel ``i`` one level up when column ``2i`` is in ``bbox``; the pixel's value uses
+    the columns ``2i`` and ``2i + 1`` it owns.
     """
     x0, y0, x1, y1 = bbox
     i0, j0 = -(-x0 // 2), -(-y0 // 2)
@@ -89,6 +93,16 @@ def level1_of_tile(data: np.ndarray, bbox: Rect) -> tuple[Rect, np.ndarray] | No
     owned = data[:, 2 * j0 - y0 :, 2 * i0 - x0 :]
     values = halve(owned)
     return (i0, j0, i0 + values.shape[2], j0 + values.shape[1]), values
+
+
+def owned_pixels(core: np.ndarray, bbox: Rect, levels: int = OWNED_LEVELS) -> list:
+    """A tile's pixels at levels 1 .. ``levels``: ``[(rect, values) or None, ...]`` (None: it owns none)."""
+    out = []
+    owned = (bbox, core)
+    for _ in range(levels):
+        owned = level1_of_tile(owned[1], owned[0]) if owned is not None else None
+        out.append(owned)
+    return out
 
 
 def paste(dst: np.ndarray, dst_rect: Rect, src: np.ndarray, src_rect: Rect) -> Rect | None:

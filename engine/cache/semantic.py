@@ -6,8 +6,9 @@ The mosaic ``confidence.vrt`` is derived from the committed tiles and kept by
 :class:`GeotiffSemanticCache` as tiles commit (at most every couple of seconds,
 and on close):
 
-* **overviews**: a pyramid of small overview GeoTIFFs under ``mosaic/L{k}/``
-  (:mod:`.pyramid`), each level a raster GDAL and QGIS use as the mosaic's overview;
+* **overviews**: a pyramid of small GeoTIFFs under ``mosaic/L{k}/`` (:mod:`.pyramid`;
+  level 1 one per tile, made with the tile, :mod:`.mosaic_pass`), each level a raster
+  GDAL and QGIS use as the mosaic's overview;
 * **VRT trees**: each level is a tree of small VRTs (:mod:`.vrt`), so opening the
   mosaic reads one small file, and a refresh rewrites the few files the new
   tiles touch (their leaves, their overview tiles and those above them) however
@@ -42,8 +43,8 @@ from pathlib import Path
 
 from .durable import disk_error, fsync_dir, write_synced
 from .manifest import TileRecord, TileRecords
-from .mosaic_pass import MosaicPass, decode_geotiff
-from .pyramid import Rect, level1_of_tile, level_sizes, row_major_span
+from .mosaic_pass import MosaicPass, TileOverview, decode_geotiff, tile_overview
+from .pyramid import Rect, level_sizes, row_major_span
 from .vrt import MOSAIC_DIR, VRT_NAME, LevelTree, MosaicGeometry, leaf0_px_for, vrt_xml
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ SEMANTIC_DIR = "semantic"
 STATE_PATH = f"{MOSAIC_DIR}/state.json"
 TMP_DIR = f"{MOSAIC_DIR}/.tmp"
 STATE_FORMAT = "tcd-mosaic"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: level 1 is one file per tile (a mosaic of version 1 is rebuilt)
 
 
 def mosaic_geometry(core_px: int) -> MosaicGeometry:
@@ -95,11 +96,11 @@ class GeotiffSemanticCache:
 
     refresh_interval_s = 2.0
     refresh_share = 0.05
-    # Tiles wait for the next refresh as their level-1 pixels: past this many bytes of them it
-    # comes at once, whatever the time share, so memory stays flat however long refreshes of a
-    # big mosaic take (they grow with it, and so did the wait): green model, 4096² -> 16384²,
-    # peak RSS +53 % with no cap, +8 % with a cap of 8 MB (then of decoded tiles, decoded at
-    # once by the refresh; now of level-1 pixels, a quarter of a tile, so 4 times the tiles).
+    # Tiles wait for the next refresh as their TileOverview (level-1 file, level-2 pixels): past
+    # this many bytes of them it comes at once, whatever the time share, so memory stays flat
+    # however long refreshes of a big mosaic take (they grow with it, and so did the wait): green
+    # model, 4096² -> 16384², peak RSS +53 % with no cap, +8 % with a cap of 8 MB (then of decoded
+    # tiles, decoded at once by the refresh).
     pending_bytes_max = 8 * 2**20
     # With refreshes on their own thread (a cluster's committing process), tiles come faster
     # than one refresh every 8 MB keeps up with: an overview tile a refresh leaves partly filled
@@ -115,7 +116,7 @@ class GeotiffSemanticCache:
         self.transform = transform
         self.class_names = tuple(class_names)
         self.state: MosaicState | None = None
-        self._pending: list[tuple[TileRecord, tuple | None]] = []  # (record, its level-1 pixels)
+        self._pending: list[tuple[TileRecord, TileOverview | None]] = []
         self._pending_bytes = 0  # decoded size of the pending tiles
         self._done = 0  # committed tiles: 1.._done
         self._last_bbox: Rect | None = None
@@ -211,19 +212,19 @@ class GeotiffSemanticCache:
         except OSError as exc:
             raise disk_error(f"the mosaic {VRT_NAME}", exc) from exc
 
-    def committed(self, record: TileRecord, encoded: bytes | None, overview: tuple | None = None) -> None:
+    def committed(self, record: TileRecord, encoded: bytes | None, overview: TileOverview | None = None) -> None:
         """Note a tile just committed (its line is in the manifest); the next refresh adds it to the mosaic.
 
-        ``overview`` is the tile's level-1 pixels (see :class:`~.store.TileOutputs`); without
-        it the refresh decodes ``encoded``. Only the level-1 pixels wait, a quarter of the tile.
+        ``overview`` is the tile's share of the overviews (:func:`~.mosaic_pass.tile_overview`),
+        made with the tile; without it, it is made here from ``encoded``.
         """
         self._done, self._last_bbox = record.tile_id, tuple(record.bbox)
         if encoded is not None and record.cache_files.get("semantic"):
             if overview is None:
-                overview = level1_of_tile(decode_geotiff(encoded), record.bbox)
+                overview = tile_overview(decode_geotiff(encoded), record.bbox)
             self._pending.append((record, overview))
             if overview is not None:
-                self._pending_bytes += overview[1].nbytes
+                self._pending_bytes += overview.nbytes
 
     def refresh(self, *, force: bool = True) -> None:
         """Add the tiles committed since the last refresh to the mosaic.

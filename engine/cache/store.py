@@ -22,8 +22,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import CacheWriteError
 from ..postprocess.vectorise import Crown
 from ..settings import Output, VectorFormat
@@ -39,6 +37,7 @@ from .manifest import (
     TileRecords,
     read_manifest,
 )
+from .mosaic_pass import TileOverview
 from .semantic import MOSAIC_DIR, SEMANTIC_DIR, VRT_NAME, GeotiffSemanticCache
 from .summary import SUMMARY_NAME, SummaryKeeper
 from .vectors import MEASUREMENT_FIELDS, CrownField, VectorInstanceCache, instance_cache_class
@@ -55,10 +54,11 @@ class TileOutputs:
     ``crowns`` the crowns the tile owns (None when the run writes no instances).
     ``area_m2`` is the core's area of valid pixels and ``canopy_m2`` the part of it
     where the canopy confidence is at least 0.5 (both 0 for a skipped tile).
-    ``overview`` is the tile's pixels of the mosaic's first overview level, as
-    :func:`~engine.cache.pyramid.level1_of_tile` gives them (rectangle in level-1
-    pixels, uint8 array), computed where the tile was made so that the committing
-    process need not decode its GeoTIFF again; None to have the mosaic decode it.
+    ``overview`` is the tile's share of the mosaic's overviews
+    (:func:`~engine.cache.mosaic_pass.tile_overview`: its level-1 file, its level-2
+    pixels), made where the tile was made, so that the committing process neither
+    decodes its GeoTIFF again nor compresses at that level; None to have the mosaic
+    make it from ``confidence_tiff``.
     """
 
     tile_id: int
@@ -68,8 +68,8 @@ class TileOutputs:
     crowns: tuple[Crown, ...] | None = None
     area_m2: float = 0.0
     canopy_m2: float = 0.0
-    # Derived from confidence_tiff (which equality compares): arrays have no plain ==.
-    overview: tuple[tuple[int, int, int, int], np.ndarray] | None = field(default=None, compare=False, repr=False)
+    # Derived from confidence_tiff (which equality compares); arrays have no plain ==.
+    overview: TileOverview | None = field(default=None, compare=False, repr=False)
 
 
 def clear_cache(cache_dir: Path) -> None:

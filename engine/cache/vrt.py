@@ -1,11 +1,12 @@
 """The mosaic's VRT files: a tree of small VRTs per pyramid level, so no file lists many sources.
 
-Each level of the pyramid (level 0: the tile GeoTIFFs; level k: the overview
-tiles, see :mod:`.pyramid`) is one raster made of a tree of VRT files:
+Each level of the pyramid (level 0: the tile GeoTIFFs; level 1: a small GeoTIFF per
+tile; level k ≥ 2: the overview tiles, see :mod:`.pyramid`) is one raster made of a
+tree of VRT files:
 
 * a **leaf** covers a square block of the level (``leaf_px`` pixels a side) and
-  lists the rasters that meet it (level 0: the tiles' GeoTIFFs, placed at their
-  cores; level k: the overview tiles of the block);
+  lists the rasters that meet it (levels 0 and 1: the tiles' files, placed at the
+  pixels each tile owns; level k: the overview tiles of the block);
 * an **inner node** at height ``h`` covers ``fanout`` × ``fanout`` nodes of height
   ``h - 1`` and lists those that exist;
 * the **root** is the one node covering the whole level: ``confidence.vrt`` for
@@ -48,7 +49,10 @@ class MosaicGeometry:
     fanout: int = 16
 
     def leaf_px(self, level: int) -> int:
-        return self.leaf0_px if level == 0 else self.tile_px * self.leaf_tiles
+        """Side of a leaf in pixels of ``level``: levels 0 and 1 list one file per tile, as many a leaf."""
+        if level <= 1:
+            return self.leaf0_px >> level
+        return self.tile_px * self.leaf_tiles
 
     def to_json(self) -> dict:
         return asdict(self)

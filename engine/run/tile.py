@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from rasterio.crs import CRS
 
-from ..cache.pyramid import level1_of_tile
+from ..cache.mosaic_pass import tile_overview
 from ..cache.store import TileOutputs
 from ..models.runner import OnnxModel
 from ..models.spec import ModelSpec
@@ -144,7 +144,7 @@ class TileProcessor:
         tiff = overview = None
         if plan.writes_semantic:
             tiff = encode_geotiff(confidence, tile, plan.info.transform, plan.info.crs_wkt, plan.spec.class_names)
-            overview = level1_of_tile(confidence, tuple(tile.bbox_px))
+            overview = tile_overview(confidence, tuple(tile.bbox_px))
         crowns = None
         if plan.writes_instances:
             instances = kind.instances(plan.spec, decoded, probs, valid, plan.settings.gsd_m)
