@@ -34,8 +34,12 @@ class Semantic(OutputKind):
     def instances(self, spec, decoded, probs, valid, gsd_m):
         from scipy import ndimage
 
+        if probs.shape[0] == 1:  # one class (most canopy models): its regions are the labels as they come
+            comp, n = ndimage.label(probs[0] > spec.seg_thresh)
+            return Instances(comp, np.concatenate([np.zeros(1), _region_means(comp, n, probs[0])]),
+                             np.zeros(n + 1, np.int64))
         labels = np.zeros(valid.shape, np.int32)
-        best = np.argmax(probs, axis=0) if probs.shape[0] > 1 else np.zeros(valid.shape, np.int64)
+        best = np.argmax(probs, axis=0)
         scores, classes = [np.zeros(1)], [np.zeros(1, np.int64)]
         count = 0
         for i in range(probs.shape[0]):
@@ -43,13 +47,17 @@ class Semantic(OutputKind):
             comp, n = ndimage.label(mask)
             if not n:
                 continue
-            # Mean probability per region by bincount: a noisy mask has thousands of
-            # one-pixel regions, for which ndimage.mean is far slower.
-            flat = comp.ravel()
-            sums = np.bincount(flat, weights=probs[i].ravel(), minlength=n + 1)[1:]
-            scores.append(sums / np.bincount(flat, minlength=n + 1)[1:])
+            scores.append(_region_means(comp, n, probs[i]))
             inside = comp > 0
             labels[inside] = comp[inside] + count
             classes.append(np.full(n, i, np.int64))
             count += n
         return Instances(labels, np.concatenate(scores), np.concatenate(classes))
+
+
+def _region_means(comp: np.ndarray, n: int, values: np.ndarray) -> np.ndarray:
+    """Mean of ``values`` over each of the ``n`` labelled regions of ``comp`` (by bincount: a noisy mask
+    has thousands of one-pixel regions, for which ndimage.mean is far slower)."""
+    flat = comp.ravel()
+    sums = np.bincount(flat, weights=values.ravel(), minlength=n + 1)[1:]
+    return sums / np.bincount(flat, minlength=n + 1)[1:]
