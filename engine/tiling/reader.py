@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.warp import reproject
 from rasterio.windows import Window
@@ -38,6 +38,8 @@ class TileReader:
         self._env = rasterio.Env(GDAL_CACHEMAX=64 * 1024 * 1024)
         self._env.__enter__()
         self.src = open_raster(info.path)
+        # No nodata, alpha or mask band: every pixel is valid, and no mask need be read or applied.
+        self.all_valid = all(flags == [MaskFlags.all_valid] for flags in self.src.mask_flag_enums)
         self.src_crs = self.src.crs
         self.work_crs = CRS.from_wkt(work_crs)
         self.to_src = point_mapper(work_crs, info.crs_wkt)
@@ -57,7 +59,10 @@ class TileReader:
         """Bands and validity of an in-image window (window already clipped)."""
         try:
             data = self.src.read(self.bands, window=window, out_dtype="float32")
-            valid = self.src.dataset_mask(window=window) > 0
+            if self.all_valid:
+                valid = np.ones(data.shape[1:], bool)
+            else:
+                valid = self.src.dataset_mask(window=window) > 0
         except RasterioIOError as exc:
             raise RasterError(
                 f"Reading {Path(self.info.path).name} failed at pixels {int(window.col_off)},{int(window.row_off)}:"
@@ -68,13 +73,19 @@ class TileReader:
     def read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
         """``(raw, valid)``: raw (bands, T, T) float32 source values, valid (T, T) bool."""
         n, size = len(self.bands), self.size
-        raw = np.zeros((n, size, size), np.float32)
-        valid = np.zeros((size, size), bool)
         W, H = self.info.width, self.info.height
         if tile.offset_px is not None:
             col, row = tile.offset_px
             c0, r0 = max(col, 0), max(row, 0)
             c1, r1 = min(col + size, W), min(row + size, H)
+            if (c0, r0, c1, r1) == (col, row, col + size, row + size):  # inside the image: read as it comes
+                raw, valid = self._read_window(Window(c0, r0, size, size))
+                if not self.all_valid:
+                    raw[:, ~valid] = 0
+                return raw, valid
+        raw = np.zeros((n, size, size), np.float32)
+        valid = np.zeros((size, size), bool)
+        if tile.offset_px is not None:
             if c1 > c0 and r1 > r0:
                 data, mask = self._read_window(Window(c0, r0, c1 - c0, r1 - r0))
                 raw[:, r0 - row : r1 - row, c0 - col : c1 - col] = data
