@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from scipy.optimize import linear_sum_assignment
 
 from .errors import InputError
 
@@ -150,6 +149,8 @@ def match_boxes(pred: np.ndarray, truth: np.ndarray, iou_thresh: float = DEFAULT
         return np.zeros((0, 2), np.int64)
     # Pairs below the threshold are worth nothing, so they never displace a valid pair.
     gain = np.where(iou >= iou_thresh, iou, 0.0)
+    from scipy.optimize import linear_sum_assignment  # here: the CLI imports this module for every command
+
     rows, cols = linear_sum_assignment(gain, maximize=True)
     keep = gain[rows, cols] > 0
     return np.stack([rows[keep], cols[keep]], axis=1).astype(np.int64)
