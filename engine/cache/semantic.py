@@ -102,10 +102,6 @@ class GeotiffSemanticCache:
     # model, 4096² -> 16384², peak RSS +53 % with no cap, +8 % with a cap of 8 MB (then of decoded
     # tiles, decoded at once by the refresh).
     pending_bytes_max = 8 * 2**20
-    # With refreshes on their own thread (a cluster's committing process), tiles come faster
-    # than one refresh every 8 MB keeps up with: an overview tile a refresh leaves partly filled
-    # is encoded again by the next, so larger refreshes encode fewer times per tile.
-    background_pending_bytes_max = 32 * 2**20
     encode_threads = 1  # overview tiles a refresh encodes at once (more on the mosaic's own thread)
 
     def __init__(self, cache_dir: Path, width: int, height: int, crs_wkt: str, transform, class_names):
@@ -117,7 +113,7 @@ class GeotiffSemanticCache:
         self.class_names = tuple(class_names)
         self.state: MosaicState | None = None
         self._pending: list[tuple[TileRecord, TileOverview | None]] = []
-        self._pending_bytes = 0  # decoded size of the pending tiles
+        self._pending_bytes = 0  # bytes of the pending tiles' TileOverviews
         self._done = 0  # committed tiles: 1.._done
         self._last_bbox: Rect | None = None
         self._last_flush = 0.0
@@ -232,21 +228,20 @@ class GeotiffSemanticCache:
         Unless ``force``, at most every :attr:`refresh_interval_s`, and never more
         than :attr:`refresh_share` of the time: a refresh writes a few files
         however many tiles it adds, so on a slow disk refreshes come less often.
-        With :attr:`background` set, a refresh that is not forced runs on the
+        After :meth:`start_background`, a refresh that is not forced runs on the
         mosaic's own thread and this call returns at once (it waits only when a
-        previous one is still running and twice :attr:`background_pending_bytes_max` wait);
+        previous one is still running and twice :attr:`pending_bytes_max` wait);
         a forced one first waits for it. A background refresh's error is raised by
         the next call.
         """
         self._join(block=force)
         now = time.monotonic()
         wait_s = max(self.refresh_interval_s, self._flush_s / self.refresh_share)
-        cap = self.background_pending_bytes_max if self._background else self.pending_bytes_max
-        if not force and now - self._last_flush < wait_s and self._pending_bytes < cap:
+        if not force and now - self._last_flush < wait_s and self._pending_bytes < self.pending_bytes_max:
             return
         if self._background and not force:
             if self._thread is not None and self._thread.is_alive():
-                if self._pending_bytes < 2 * cap:
+                if self._pending_bytes < 2 * self.pending_bytes_max:
                     return
                 self._join(block=True)
             job = (self._take_pending(), self._done, self._last_bbox)

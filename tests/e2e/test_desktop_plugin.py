@@ -250,7 +250,9 @@ def test_a_new_users_path_through_the_dialog_a_run_and_a_cancel(tmp_path, deskto
         gray = write_raster(tmp_path / "gray.tif", src.read(1), crs=src.crs, transform=src.transform)
     cache_dir = tmp_path / "OSBS_029_tcd"
     config = {"image": str(image), "gray": str(gray), "cache_dir": str(cache_dir), "max_polls": 2400,
-              "slow_model": str(slow_model(tmp_path / "models" / "slow.onnx")),
+              # Tens of ms a tile: the run must outlast its first commit (commits are grouped up to
+              # 0.5 s) and the cancel; with the default 8 small products the 64 tiles took 0.4 s.
+              "slow_model": str(slow_model(tmp_path / "models" / "slow.onnx", size=384, matmuls=16)),
               "slow_cache_dir": str(tmp_path / "slow_tcd")}
     run = desktop_qgis(tmp_path, DRIVER, config, name="e2e_desktop_plugin", env=venv_env, timeout_s=400)
     results = run.results
