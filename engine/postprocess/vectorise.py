@@ -75,7 +75,7 @@ def _owned_labels(inst: Instances, tile: Tile, kind: OutputKind, grid: CrownGrid
     n = inst.count
     k = inst.stride
     flat = labels.ravel()
-    counts = np.bincount(flat, minlength=n + 1)[1:]
+    counts = (inst.pixels if inst.pixels is not None else np.bincount(flat, minlength=n + 1))[1:]
     owned = counts > 0
     if not kind.filters_small:
         owned &= counts * (k * k) >= min_area_px

@@ -45,6 +45,8 @@ class Instances:
     pixel in model pixels: labels on a grid ``stride`` times coarser than the tile,
     from its top-left corner (a model's native grid, ``crown_stride_px``).
 
+    ``pixels`` (count + 1,), when given, is each label's number of pixels in ``labels``.
+
     ``boxes``, given by detectors, is (count + 1, 5) float64: each instance's box
     ``(xmin, ymin, xmax, ymax, angle)`` in model pixels of the tile (pixel edges,
     y down) with its rotation about the box centre in radians (0 for axis-aligned
@@ -59,6 +61,7 @@ class Instances:
     attributes: Mapping[str, np.ndarray] = field(default_factory=dict)
     stride: int = 1
     boxes: np.ndarray | None = None
+    pixels: np.ndarray | None = None  # label pixels per label value, when the kind counted them anyway
 
     @property
     def count(self) -> int:

@@ -36,8 +36,9 @@ class Semantic(OutputKind):
 
         if probs.shape[0] == 1:  # one class (most canopy models): its regions are the labels as they come
             comp, n = ndimage.label(probs[0] > spec.seg_thresh)
-            return Instances(comp, np.concatenate([np.zeros(1), _region_means(comp, n, probs[0])]),
-                             np.zeros(n + 1, np.int64))
+            means, pixels = _region_means(comp, n, probs[0])
+            return Instances(comp, np.concatenate([np.zeros(1), means]), np.zeros(n + 1, np.int64),
+                             pixels=np.concatenate([[comp.size - pixels.sum()], pixels]))
         labels = np.zeros(valid.shape, np.int32)
         best = np.argmax(probs, axis=0)
         scores, classes = [np.zeros(1)], [np.zeros(1, np.int64)]
@@ -47,7 +48,7 @@ class Semantic(OutputKind):
             comp, n = ndimage.label(mask)
             if not n:
                 continue
-            scores.append(_region_means(comp, n, probs[i]))
+            scores.append(_region_means(comp, n, probs[i])[0])
             inside = comp > 0
             labels[inside] = comp[inside] + count
             classes.append(np.full(n, i, np.int64))
@@ -55,9 +56,10 @@ class Semantic(OutputKind):
         return Instances(labels, np.concatenate(scores), np.concatenate(classes))
 
 
-def _region_means(comp: np.ndarray, n: int, values: np.ndarray) -> np.ndarray:
-    """Mean of ``values`` over each of the ``n`` labelled regions of ``comp`` (by bincount: a noisy mask
-    has thousands of one-pixel regions, for which ndimage.mean is far slower)."""
+def _region_means(comp: np.ndarray, n: int, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of ``values`` over each of the ``n`` labelled regions of ``comp``, and their pixel counts (by
+    bincount: a noisy mask has thousands of one-pixel regions, for which ndimage.mean is far slower)."""
     flat = comp.ravel()
     sums = np.bincount(flat, weights=values.ravel(), minlength=n + 1)[1:]
-    return sums / np.bincount(flat, minlength=n + 1)[1:]
+    pixels = np.bincount(flat, minlength=n + 1)[1:]
+    return sums / pixels, pixels
