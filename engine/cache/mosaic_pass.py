@@ -128,7 +128,7 @@ class TileOverview:
 def tile_overview(core: np.ndarray, bbox: Rect) -> TileOverview | None:
     """A tile's :class:`TileOverview` from its core's confidence (bands, rows, cols) at ``bbox`` (source pixels);
     None if it owns no level-1 pixel."""
-    level1, level2 = owned_pixels(core, bbox, 2)
+    level1, level2 = owned_pixels(core, bbox)  # levels 1 and 2: OWNED_LEVELS
     if level1 is None:
         return None
     return TileOverview(level1[0], encode_overview(level1[1], level1_block_px(level1[0])), level2)
@@ -276,7 +276,7 @@ class MosaicPass:
         paths = list(self.dropped)
         orphans = []
         for record in self.level1_tiles:
-            paths += [src.path for src in self._level1_sources(record.tile_id)]
+            paths += [items[record.tile_id].path for items in self._level1_items() if record.tile_id in items]
             if writing is not None:
                 orphans.append(level1_path(record.tile_id, writing))
         for k, cells in self.cells.items():
@@ -286,15 +286,12 @@ class MosaicPass:
                     paths.append(src.path)
                 if self.recovering and writing is not None:
                     orphans.append(f"{MOSAIC_DIR}/L{k}/t{cell[0]}_{cell[1]}.g{writing}.tif")
-        seen = set(paths)
-        for orphan in orphans:
-            if orphan not in seen and (self.cache.cache_dir / orphan).exists():
-                paths.append(orphan)
-                seen.add(orphan)
+        paths += [orphan for orphan in orphans if (self.cache.cache_dir / orphan).exists()]
         return list(dict.fromkeys(paths))
 
-    def _level1_sources(self, tile_id: int) -> list[Source]:
-        return [items[tile_id] for (level, _), items in self.items.items() if level == 1 and tile_id in items]
+    def _level1_items(self) -> list[dict]:
+        """The level-1 leaves this pass has read, as {tile id: Source}."""
+        return [items for (level, _), items in self.items.items() if level == 1]
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -305,12 +302,9 @@ class MosaicPass:
         for level in range(2, len(self.sizes)):
             computed = self._level2(changed) if level == 2 else self._level_up(level, changed)
             self.memo = {}
-            cells = sorted(computed.items())
-            paths = [self._store(level, cell, array, gen) for cell, array in cells]
-            block = min(TILE_BLOCK_PX, self.geometry.tile_px)
+            stored = [(self._store(level, cell, array, gen), array) for cell, array in sorted(computed.items())]
             self._in_parallel(lambda f: write_geotiff(*f),
-                              [(self.cache.cache_dir / path, array, block)
-                               for path, (_, array) in zip(paths, cells) if path])
+                              [(self.cache.cache_dir / src.path, array, src.block[0]) for src, array in stored if src])
             fsync_dir(self.cache.cache_dir / MOSAIC_DIR / f"L{level}")
             changed = {cell: rect for cell, rect in changed.items() if cell[0] == level}
         self._write_vrts()
@@ -338,7 +332,7 @@ class MosaicPass:
             overviews = self.pending
         files = []
         for record, overview in overviews:
-            for items in [items for (level, _), items in self.items.items() if level == 1]:
+            for items in self._level1_items():
                 items.pop(record.tile_id, None)
             if overview is None:
                 continue
@@ -351,8 +345,8 @@ class MosaicPass:
         if files:
             fsync_dir(self.cache.cache_dir / MOSAIC_DIR / "L1")
 
-    def _store(self, level: int, cell: tuple[int, int], array: np.ndarray | None, gen: int) -> str | None:
-        """List an overview tile's new version (None: the tile no longer exists); returns the path to write."""
+    def _store(self, level: int, cell: tuple[int, int], array: np.ndarray | None, gen: int) -> Source | None:
+        """List an overview tile's new version (None: the tile no longer exists); returns it, to be written."""
         key = (level, *cell)
         leaf = self._leaf(level, self._cell_leaf(cell))
         self.dirty.add((level, self._cell_leaf(cell)))
@@ -370,7 +364,7 @@ class MosaicPass:
         recent[path] = array
         while len(recent) > RECENT_ARRAYS:
             recent.popitem(last=False)
-        return path
+        return src
 
     def _zeros(self, level: int, cell: tuple[int, int]) -> np.ndarray:
         x0, y0, x1, y1 = self._cell_rect(level, cell)
@@ -412,7 +406,7 @@ class MosaicPass:
                     sources[tile_id] = src
         array, any_owned = None, False
         for _, src in sorted(sources.items()):
-            owned = owned_pixels(self._tile_data(src), src.rect, 2)[1]
+            owned = owned_pixels(self._tile_data(src), src.rect)[1]  # its level-2 pixels
             if owned is None or intersect(owned[0], (x0, y0, x1, y1)) is None:
                 continue
             if array is None:

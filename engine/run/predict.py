@@ -116,9 +116,14 @@ def prepare(job: Job, plan_version: int | None = None) -> Prepared:
     return Prepared(plan, tiles, header, model)
 
 
+def on_cluster(job: Job) -> bool:
+    """Whether the job's tiles run on a Dask cluster (it names a scheduler or local workers)."""
+    return job.scheduler is not None or job.workers is not None
+
+
 def executor_for(job: Job, prepared: Prepared):
     """This process's threads, or a Dask cluster when the job names one (Dask is imported only then)."""
-    if job.scheduler is None and job.workers is None:
+    if not on_cluster(job):
         return LocalExecutor(TileProcessor(prepared.plan, prepared.model))
     from .dask import DaskExecutor
 
@@ -155,9 +160,8 @@ def predict(job: Job, progress: Callable[[Progress], None] | None = None,
     fields += BOX_FIELDS if prepared.plan.spec.kind.detects_boxes else ()
     # A cluster's tiles reach this process faster than one thread commits them and keeps the
     # overviews (default model: 12 ms a tile against 135 ms of one worker's time): two threads.
-    on_cluster = job.workers is not None or job.scheduler is not None
     with Cache.open(job.cache_dir, prepared.header, prepared.plan.info, overwrite=job.overwrite,
-                    crown_fields=fields, mosaic_thread=on_cluster) as cache:
+                    crown_fields=fields, mosaic_thread=on_cluster(job)) as cache:
 
         def report(tile_id: int | None) -> None:
             if progress is not None:
