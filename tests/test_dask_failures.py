@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from types import SimpleNamespace
 
@@ -57,17 +58,28 @@ def test_a_worker_killed_mid_run_loses_nothing(scene, tmp_path):
         cluster.wait_for_workers(2)
         with Client(cluster.address, set_as_default=False) as client:
             address = next(a for a, w in client.scheduler_info()["workers"].items() if w["name"] == "victim")
-            held = []
+            held, done, finished = [], [0], threading.Event()
 
-            def kill_while_it_holds_tiles(p):
-                if not held and p.done >= 5:  # once: then the scheduler forgets the worker
-                    tiles = [k for k in client.processing(workers=[address]).get(address, ()) if "tcd-tile" in k]
-                    if tiles:
-                        held.extend(tiles)
-                        os.killpg(victim.pid, signal.SIGKILL)
+            def kill_while_it_holds_tiles():
+                # Polled, not from the progress callback: tasks carry several tiles and commits
+                # come in plan order, so commits can jump past a task the victim has just finished.
+                while not finished.is_set():
+                    if done[0] >= 5:
+                        tiles = [k for k in client.processing(workers=[address]).get(address, ()) if "tcd-tile" in k]
+                        if tiles:  # once: then the scheduler forgets the worker
+                            held.extend(tiles)
+                            os.killpg(victim.pid, signal.SIGKILL)
+                            return
+                    time.sleep(0.02)
 
-            result = predict(Job(image=scene.image, cache_dir=tmp_path / "c", model=scene.model,
-                                 scheduler=cluster.address), progress=kill_while_it_holds_tiles)
+            killer = threading.Thread(target=kill_while_it_holds_tiles)
+            killer.start()
+            try:
+                result = predict(Job(image=scene.image, cache_dir=tmp_path / "c", model=scene.model,
+                                     scheduler=cluster.address), progress=lambda p: done.__setitem__(0, p.done))
+            finally:
+                finished.set()
+                killer.join()
             survivors = len(client.nthreads())
     assert held, "the victim was never caught holding a tile"
     assert victim.wait(timeout=10) == -signal.SIGKILL
