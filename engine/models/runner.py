@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
+from .graph_tail import softmax_, without_channel_softmax
 from .onnx_meta import file_sha256, read_onnx_metadata
 from .spec import spec_from_metadata
 
@@ -68,8 +69,14 @@ class OnnxModel:
         # cores, about a third of a light model's CPU time).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         wanted = choose_providers(ort, provider)
+        source: str | bytes = str(path)
+        self.taken_softmax = ()
+        if wanted[0] == "CPUExecutionProvider":  # a GPU's Softmax is cheap, and numpy would run beside it
+            edited = without_channel_softmax(path.read_bytes())
+            if edited is not None:
+                source, self.taken_softmax = edited
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+            self.session = ort.InferenceSession(source, sess_options=options, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelError(f"onnxruntime cannot load {path.name}: {_first_line(exc)}") from exc
         self.provider = self.session.get_providers()[0]
@@ -90,6 +97,8 @@ class OnnxModel:
         out_shape = outputs[0].shape
         n_out = out_shape[1] if len(out_shape) == 4 and isinstance(out_shape[1], int) else None
         self.output_names = [o.name for o in outputs]
+        for taken in self.taken_softmax:  # the kinds know the outputs by the names the model gives them
+            self.output_names[taken.index] = taken.name
         self.spec = spec_from_metadata(
             meta, path=str(path), sha256=file_sha256(path), input_shape=shape, n_output_channels=n_out
         )
@@ -110,10 +119,16 @@ class OnnxModel:
         if self.input_type == "tensor(float16)":
             x = x.astype(np.float16)
         try:
-            results = self.session.run(None, {self.input_name: x})
+            results = self._activated(self.session.run(None, {self.input_name: x}))
         except Exception as exc:
             raise ModelError(f"The model failed on a {x.shape[2]}x{x.shape[3]} px tile: {_first_line(exc)}") from exc
         return self.kind.decode(self.spec, dict(zip(self.output_names, results)), raw.shape[1:])
+
+    def _activated(self, results: list) -> list:
+        """The session's outputs with the softmax taken out of the graph (:mod:`.graph_tail`) applied."""
+        for taken in self.taken_softmax:
+            results[taken.index] = softmax_(np.asarray(results[taken.index], np.float32), taken.axis)
+        return results
 
     @property
     def batch_size(self) -> int:
@@ -132,7 +147,7 @@ class OnnxModel:
         if self.input_type == "tensor(float16)":
             x = x.astype(np.float16)
         try:
-            results = self.session.run(None, {self.input_name: x})
+            results = self._activated(self.session.run(None, {self.input_name: x}))
         except Exception as exc:
             raise ModelError(f"The model failed on {len(raws)} tiles of {x.shape[2]}x{x.shape[3]} px: "
                              f"{_first_line(exc)}") from exc

@@ -21,12 +21,14 @@ area) in a metric CRS even when the source CRS is geographic.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import rasterio
 import shapely
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import shapes
 
 from ..models.kinds import Instances, OutputKind
@@ -37,6 +39,11 @@ from ..tiling.grid import Tile, apply, invert, window_transform
 # below the threshold inside a crown), not gaps in the canopy: they are filled.
 MIN_HOLE_AREA_M2 = 2.0
 MEASUREMENTS = ("area_m2", "perimeter_m", "diam_m")
+
+# shapes() hides its in-memory rasters' NotGeoreferencedWarning with warnings.catch_warnings(),
+# which is not thread-safe: beside another post-processing thread's, the warning leaks out
+# although every tile gives its transform.
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rasterio.features")
 
 
 @dataclass(frozen=True)
