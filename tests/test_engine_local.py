@@ -1,12 +1,16 @@
 """The local executor: tiles in plan order, and batches of tiles giving exactly the outputs of one-by-one runs."""
 
+import os
+import sys
+import threading
+
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from engine.models.runner import OnnxModel
-from engine.run.local import LocalExecutor
+from engine.run.local import POST_NICE, LocalExecutor
 from engine.run.predict import prepare
 from engine.run.tile import TileProcessor
 from engine.settings import Job
@@ -61,3 +65,22 @@ def test_models_with_a_fixed_batch_axis_run_tile_by_tile(tmp_path):
 def test_cpu_runs_one_tile_per_call(tmp_path):
     model = OnnxModel(batch_conv_model(tmp_path / "m.onnx"))
     assert model.batchable and model.batch_size == 1  # batches pay on a GPU, not on 2 CPU cores
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own priority is a Linux feature")
+def test_post_processing_runs_at_the_lowest_priority_and_the_rest_keeps_its_own(tmp_path, image):
+    prepared = prepare(Job(image=image, cache_dir=tmp_path / "c", model=conv1x1_model(tmp_path / "m.onnx")))
+    processor = TileProcessor(prepared.plan, prepared.model)
+    seen = []
+    postprocess = processor.postprocess
+
+    def recording(*args):
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return postprocess(*args)
+
+    processor.postprocess = recording
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    outputs = list(LocalExecutor(processor).map(prepared.tiles))
+    assert len(outputs) == len(prepared.tiles) == len(seen)
+    assert set(seen) == {POST_NICE}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine  # the caller's thread is untouched
