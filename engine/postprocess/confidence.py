@@ -15,8 +15,10 @@ from ..tiling.grid import Tile, window_transform
 
 
 def to_uint8(probs: np.ndarray) -> np.ndarray:
-    """Probabilities 0..1 → confidence 0..255, rounded half up."""
-    return np.floor(probs * 255.0 + 0.5).astype(np.uint8)
+    """Probabilities 0..1 → confidence 0..255, rounded half up (the cast truncates: the floor of a value >= 0)."""
+    scaled = np.multiply(probs, np.float32(255.0), dtype=np.float32)
+    scaled += np.float32(0.5)
+    return scaled.astype(np.uint8)
 
 
 def semantic_core(probs: np.ndarray, tile: Tile, src_transform, src_crs: CRS, work_crs: CRS) -> np.ndarray:

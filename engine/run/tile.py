@@ -161,9 +161,13 @@ class TileProcessor:
         """
         plan = self.plan
         col, row, w, h = tile.core_px
-        valid_core = semantic_core(valid[None].astype(np.float32), tile, plan.info.transform, self._src_crs,
-                                   self._work_crs)[0] >= 128
-        canopy_core = valid_core & (confidence.max(axis=0) >= 128)
+        if tile.offset_px is not None:  # aligned grids: the core is a window of the tile
+            valid_core = valid[row - tile.offset_px[1] : row - tile.offset_px[1] + h,
+                               col - tile.offset_px[0] : col - tile.offset_px[0] + w]
+        else:
+            valid_core = semantic_core(valid[None].astype(np.float32), tile, plan.info.transform, self._src_crs,
+                                       self._work_crs)[0] >= 128
+        canopy_core = valid_core & ((confidence[0] if len(confidence) == 1 else confidence.max(axis=0)) >= 128)
         xs, ys = apply(plan.info.transform, np.array([col, col + w, col + w, col], float),
                        np.array([row, row, row + h, row + h], float))
         if self._grid.to_work is not None:

@@ -35,8 +35,9 @@ class Semantic(OutputKind):
         from scipy import ndimage
 
         if probs.shape[0] == 1:  # one class (most canopy models): its regions are the labels as they come
-            comp, n = ndimage.label(probs[0] > spec.seg_thresh)
-            means, pixels = _region_means(comp, n, probs[0])
+            mask = probs[0] > spec.seg_thresh
+            comp, n = ndimage.label(mask)
+            means, pixels = _region_means(comp, mask, n, probs[0])
             return Instances(comp, np.concatenate([np.zeros(1), means]), np.zeros(n + 1, np.int64),
                              pixels=np.concatenate([[comp.size - pixels.sum()], pixels]))
         labels = np.zeros(valid.shape, np.int32)
@@ -48,7 +49,7 @@ class Semantic(OutputKind):
             comp, n = ndimage.label(mask)
             if not n:
                 continue
-            scores.append(_region_means(comp, n, probs[i])[0])
+            scores.append(_region_means(comp, mask, n, probs[i])[0])
             inside = comp > 0
             labels[inside] = comp[inside] + count
             classes.append(np.full(n, i, np.int64))
@@ -56,10 +57,14 @@ class Semantic(OutputKind):
         return Instances(labels, np.concatenate(scores), np.concatenate(classes))
 
 
-def _region_means(comp: np.ndarray, n: int, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean of ``values`` over each of the ``n`` labelled regions of ``comp``, and their pixel counts (by
-    bincount: a noisy mask has thousands of one-pixel regions, for which ndimage.mean is far slower)."""
-    flat = comp.ravel()
-    sums = np.bincount(flat, weights=values.ravel(), minlength=n + 1)[1:]
-    pixels = np.bincount(flat, minlength=n + 1)[1:]
+def _region_means(comp: np.ndarray, mask: np.ndarray, n: int, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of ``values`` over each of the ``n`` regions ``comp`` labels in ``mask``, and their pixel counts.
+
+    By bincount (a noisy mask has thousands of one-pixel regions, for which ndimage.mean is far
+    slower) over the mask's pixels only: canopy is often a small part of a tile (1.4 instead of
+    10 ms on a 1024 px tile with 5 % canopy), and the sums are the same, added in the same order.
+    """
+    region_of = comp[mask]
+    sums = np.bincount(region_of, weights=values[mask], minlength=n + 1)[1:]
+    pixels = np.bincount(region_of, minlength=n + 1)[1:]
     return sums / pixels, pixels
