@@ -31,16 +31,23 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import rasterio
 import shapely
-from rasterio.features import shapes
 from scipy import ndimage
 
 from ..models.kinds import Instances
 from ..models.spec import ModelSpec
 from ..settings import BoxGeometry
 from ..tiling.grid import Tile, apply
-from .vectorise import MIN_HOLE_AREA_M2, Crown, CrownGrid, _fill_small_holes, _map_coordinates, core_holds, measure
+from .vectorise import (
+    MIN_HOLE_AREA_M2,
+    Crown,
+    CrownGrid,
+    _fill_small_holes,
+    _map_coordinates,
+    core_holds,
+    label_polygons,
+    measure,
+)
 
 ELLIPSE_VERTICES = 48
 # A canopy region smaller than this share of the box's inscribed ellipse is not a crown
@@ -188,15 +195,9 @@ def _region_polygons(labels: np.ndarray, wanted: np.ndarray, tile: Tile, grid: C
     lut = np.zeros(max(int(labels.max()), int(wanted.max())) + 1, np.int32)
     lut[wanted] = wanted
     kept = lut[labels]
-    values, polygons = [], []
-    for geom, value in shapes(kept, mask=kept > 0, connectivity=4, transform=rasterio.Affine(*tile.transform)):
-        rings = geom["coordinates"]
-        polygons.append(shapely.Polygon(rings[0], rings[1:]))
-        values.append(int(value))
-    if not values:
+    values, polygons = label_polygons(kept, tile.transform)
+    if not len(values):
         return {}
-    values = np.asarray(values)
-    polygons = np.asarray(polygons, dtype=object)
     order = np.lexsort((-shapely.area(polygons), values))
     first = np.ones(order.size, bool)
     first[1:] = values[order][1:] != values[order][:-1]

@@ -21,15 +21,12 @@ area) in a metric CRS even when the source CRS is geographic.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-import rasterio
 import shapely
-from rasterio.errors import NotGeoreferencedWarning
-from rasterio.features import shapes
+from osgeo import gdal, ogr
 
 from ..models.kinds import Instances, OutputKind
 from ..models.spec import ModelSpec
@@ -40,10 +37,8 @@ from ..tiling.grid import Tile, apply, invert, window_transform
 MIN_HOLE_AREA_M2 = 2.0
 MEASUREMENTS = ("area_m2", "perimeter_m", "diam_m")
 
-# shapes() hides its in-memory rasters' NotGeoreferencedWarning with warnings.catch_warnings(),
-# which is not thread-safe: beside another post-processing thread's, the warning leaks out
-# although every tile gives its transform.
-warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rasterio.features")
+gdal.UseExceptions()
+ogr.UseExceptions()
 
 
 @dataclass(frozen=True)
@@ -145,23 +140,38 @@ def measure(polygons: np.ndarray, grid: CrownGrid) -> tuple[np.ndarray, np.ndarr
     return areas, perimeters, 2.0 * np.sqrt(areas / np.pi)
 
 
-def _polygons_of(labels: np.ndarray, transform: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """Label values and polygons of the 4-connected regions of ``labels`` (0: none), in ``transform``'s space.
+def label_polygons(labels: np.ndarray, transform: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Label values and polygons of the 4-connected regions of int32 ``labels`` (0: none), in ``transform``'s
+    space, ordered by value, then by their top and left edges.
 
-    The rings rasterio traces become shapely polygons in one vectorised call: building them
-    one by one walked every coordinate in Python (a third of a semantic tile's vectorising).
+    Traced by GDAL's Polygonize through GDAL's own bindings, which release the GIL while it
+    runs: rasterio's ``shapes`` holds it while tracing and while building every vertex as a
+    Python tuple, which was half of all the GIL a light model's run held and kept its two
+    post-processing threads from running at once. Polygons come back as WKB and are
+    normalised (each ring in a fixed orientation from a fixed vertex), so neither GDAL's
+    version nor the order in which it walks the rings changes a crown.
     """
-    values, rings, owners = [], [], []
-    for geom, value in shapes(labels, mask=labels > 0, connectivity=4, transform=rasterio.Affine(*transform)):
-        for ring in geom["coordinates"]:  # the shell first, then the holes
-            rings.append(np.asarray(ring, dtype=np.float64))
-            owners.append(len(values))
-        values.append(int(value))
+    h, w = labels.shape
+    raster = gdal.GetDriverByName("MEM").Create("", w, h, 1, gdal.GDT_Int32)
+    a, b, c, d, e, f = transform
+    raster.SetGeoTransform((c, a, b, f, d, e))
+    band = raster.GetRasterBand(1)
+    band.WriteArray(labels)
+    source = ogr.GetDriverByName("Memory").CreateDataSource("")
+    layer = source.CreateLayer("regions", geom_type=ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("value", ogr.OFTInteger))
+    gdal.Polygonize(band, band, layer, 0, [])  # the band is its own mask: label 0 is left out
+    values, wkbs = [], []
+    for feature in layer:
+        values.append(feature.GetField(0))
+        wkbs.append(bytes(feature.GetGeometryRef().ExportToWkb()))
     if not values:
         return np.zeros(0, int), np.zeros(0, dtype=object)
-    ring_of_point = np.repeat(np.arange(len(rings)), [len(r) for r in rings])
-    linear_rings = shapely.linearrings(np.concatenate(rings), indices=ring_of_point)
-    return np.asarray(values), shapely.polygons(linear_rings, indices=np.asarray(owners))
+    values = np.asarray(values)
+    polygons = shapely.normalize(shapely.from_wkb(wkbs))
+    bounds = shapely.bounds(polygons)
+    order = np.lexsort((bounds[:, 0], -bounds[:, 3] if e < 0 else bounds[:, 1], values))
+    return values[order], polygons[order]
 
 
 def tile_crowns(spec: ModelSpec, inst: Instances, tile: Tile, grid: CrownGrid, min_area_px: float) -> list[Crown]:
@@ -194,7 +204,7 @@ def tile_crowns(spec: ModelSpec, inst: Instances, tile: Tile, grid: CrownGrid, m
                        np.array([row, row, row + h, row + h], float))
         core = shapely.Polygon(np.column_stack([xs, ys]))
 
-    values, polygons = _polygons_of(kept, window_t)
+    values, polygons = label_polygons(kept, window_t)
     if not kind.clips_to_core:
         # One polygon per crown: its largest part (a crown is one connected piece).
         order = np.lexsort((-shapely.area(polygons), values))
