@@ -81,3 +81,21 @@ def test_a_gpu_keeps_the_softmax_and_a_file_that_is_not_a_model_is_left_alone(tm
     if "CUDAExecutionProvider" in ort.get_available_providers():  # pragma: no cover - no GPU in CI
         assert OnnxModel(path, provider="cuda").taken_softmax == ()
     assert OnnxModel(path, provider="cpu").taken_softmax != ()
+
+
+def test_two_softmax_outputs_of_the_same_logits_take_only_the_first(tmp_path):
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, "h", "w"])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2, "h", "w"]) for n in ("p1", "p2")]
+    nodes = [helper.make_node("Conv", ["image", "w"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["p1"], axis=1),
+             helper.make_node("Softmax", ["logits"], ["p2"], axis=1)]
+    weights = numpy_helper.from_array(np.ones((2, 3, 1, 1), np.float32), "w")
+    model = helper.make_model(helper.make_graph(nodes, "twice", [x], outs, [weights]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "twice.onnx"
+    onnx.save(model, str(path))
+    edited, taken = without_channel_softmax(path.read_bytes())
+    assert taken == (TakenSoftmax(0, "p1", 1),)  # renaming p2 to "logits" as well would clash
+    session = ort.InferenceSession(edited, providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "p2"]

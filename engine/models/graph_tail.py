@@ -183,8 +183,8 @@ def _without_channel_softmax(model: bytes) -> tuple[bytes, tuple[TakenSoftmax, .
                 or node.axis != CHANNEL_AXIS or len(node.inputs) != 1 or name in read):
             continue
         logits = node.inputs[0]
-        if logits in output_names or logits in graph_inputs:
-            continue
+        if logits in output_names or logits in graph_inputs or logits in renamed.values():
+            continue  # the renamed output would clash with another
         dropped.add(node_start)
         renamed[start] = logits
         taken.append(TakenSoftmax(index, name, CHANNEL_AXIS))

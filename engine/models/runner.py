@@ -69,16 +69,22 @@ class OnnxModel:
         # cores, about a third of a light model's CPU time).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         wanted = choose_providers(ort, provider)
-        source: str | bytes = str(path)
         self.taken_softmax = ()
+        self.session = None
         if wanted[0] == "CPUExecutionProvider":  # a GPU's Softmax is cheap, and numpy would run beside it
             edited = without_channel_softmax(path.read_bytes())
             if edited is not None:
-                source, self.taken_softmax = edited
-        try:
-            self.session = ort.InferenceSession(source, sess_options=options, providers=wanted)
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise ModelError(f"onnxruntime cannot load {path.name}: {_first_line(exc)}") from exc
+                try:
+                    self.session = ort.InferenceSession(edited[0], sess_options=options, providers=wanted)
+                    self.taken_softmax = edited[1]
+                except Exception as exc:  # the edit is at fault, or the model: the model as written says which
+                    logger.debug("%s without its last Softmax does not load (%s); running it as written",
+                                 path.name, _first_line(exc))
+        if self.session is None:
+            try:
+                self.session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+            except Exception as exc:  # onnxruntime raises its own untyped errors
+                raise ModelError(f"onnxruntime cannot load {path.name}: {_first_line(exc)}") from exc
         self.provider = self.session.get_providers()[0]
         if self.provider != wanted[0]:
             logger.warning("%s could not start; %s runs the model instead", wanted[0], self.provider)
