@@ -99,3 +99,15 @@ def test_two_softmax_outputs_of_the_same_logits_take_only_the_first(tmp_path):
     assert taken == (TakenSoftmax(0, "p1", 1),)  # renaming p2 to "logits" as well would clash
     session = ort.InferenceSession(edited, providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["logits", "p2"]
+
+
+def test_an_edited_graph_that_does_not_load_runs_the_model_as_written(tmp_path, monkeypatch):
+    from engine.models import runner
+
+    path = conv1x1_model(tmp_path / "m.onnx", tile_size_px=64, overlap_px=16)
+    broken = (b"\x08\x07garbage", (TakenSoftmax(0, "probs", 1),))
+    monkeypatch.setattr(runner, "without_channel_softmax", lambda data: broken)
+    model = OnnxModel(path)
+    assert model.taken_softmax == () and model.session.get_outputs()[0].name == "probs"
+    raw = np.full((3, 64, 64), 100, np.float32)
+    np.testing.assert_array_equal(model.run(raw)["probs"], _reference(path, model.normalise(raw))[0][0])
