@@ -68,7 +68,7 @@ def test_cpu_runs_one_tile_per_call(tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own priority is a Linux feature")
-def test_post_processing_runs_at_the_lowest_priority_and_the_rest_keeps_its_own(tmp_path, image):
+def test_post_processing_runs_at_a_lower_priority_and_the_rest_keeps_its_own(tmp_path, image):
     prepared = prepare(Job(image=image, cache_dir=tmp_path / "c", model=conv1x1_model(tmp_path / "m.onnx")))
     processor = TileProcessor(prepared.plan, prepared.model)
     seen = []

@@ -5,11 +5,11 @@ reader thread fills a small queue with tiles, an inference thread runs the
 model (onnxruntime releases the GIL) on one tile or, when the model takes a
 batch and it pays (a GPU), on the tiles already read, up to ``batch_size``, and a
 small pool post-processes (crown split, vectorising, GeoTIFF encoding). Queues are bounded, so memory does not
-grow with the raster. On Linux the pool's threads run at the lowest priority: where the model keeps
+grow with the raster. On Linux the pool's threads run at a lower priority: where the model keeps
 every core busy, post-processing then fills its idle moments instead of preempting one of its
-threads, which the others wait for at each operator (SegFormer-b0 and the default model ran 3-4 %
-faster on 2 cores; a light model, whose post-processing is the bottleneck, neither gains nor loses). It
-cannot fall behind for long: when the bounded queue is full, inference waits. The caller iterates
+threads, which the others wait for at each operator (SegFormer-b0 and the default model ran 2-4 %
+faster on 2 cores; a light model, whose post-processing is the bottleneck, neither gains nor loses
+beyond the noise). It cannot fall behind for long: when the bounded queue is full, inference waits. The caller iterates
 :meth:`LocalExecutor.map` and commits each result; closing the iterator stops every stage within a tile.
 """
 
@@ -28,7 +28,11 @@ from .tile import TileProcessor
 
 _DONE = object()
 _POLL_S = 0.1
-POST_NICE = 19  # the niceness of post-processing threads (Linux): the lowest priority
+# The niceness of post-processing threads (Linux): about a tenth of a core against busy model
+# threads. 19 left them next to nothing until the bounded queue filled, for no more speed. Against
+# a model that never idles, finished tiles can still wait for the queue to fill and commit together.
+POST_NICE = 10
+IN_FLIGHT = 3  # tiles post-processed or waiting for the caller, at most
 
 
 def lower_thread_priority() -> None:
@@ -63,7 +67,7 @@ class LocalExecutor:
     """Runs a :class:`TileProcessor`'s stages on threads of this process."""
 
     def __init__(self, processor: TileProcessor, *, post_workers: int = 2, read_ahead: int = 2,
-                 in_flight: int = 3, batch_size: int | None = None):
+                 in_flight: int = IN_FLIGHT, batch_size: int | None = None):
         self.processor = processor
         self.post_workers = post_workers
         self.read_ahead = read_ahead

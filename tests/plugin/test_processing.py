@@ -22,6 +22,7 @@ from qgis.core import (
 )
 
 from tcd_qgis_plugin.engine.cache.status import cache_status
+from tcd_qgis_plugin.engine.run.local import IN_FLIGHT
 from tests.conftest import SQUARES
 from tests.onnx_models import slow_model
 from tests.rasters import (
@@ -128,9 +129,9 @@ def test_a_folder_with_other_files_is_refused(processing, raster_path, model_pat
 
 @pytest.mark.usefixtures("per_tile_commits")
 def test_cancel_stops_within_one_tile_then_resume(processing, tmp_path):
-    # About 0.3 s of inference per tile: slow enough that the tile after the cancel has begun, fast enough
-    # that the resume is quick. 160 px at 64 px tiles with a 16 px overlap: a few tiles a side.
-    model = slow_model(tmp_path / "slower.onnx", size=512, matmuls=60)
+    # About 0.3 s of inference per tile (1024 px products): slow enough that the tile after the cancel
+    # has begun, fast enough that the resume is quick. 160 px at 64 px tiles with a 16 px overlap: a few tiles a side.
+    model = slow_model(tmp_path / "slower.onnx", size=1024, matmuls=40)
     image = write_raster(tmp_path / "small.tif", crowns_image(160, 160, [(10, 12, 12), (90, 100, 12)]))
     folder = tmp_path / "small_tcd"
     parameters = {"INPUT": str(image), "MODEL": str(model), "OUTPUT_FOLDER": str(folder)}
@@ -150,8 +151,10 @@ def test_cancel_stops_within_one_tile_then_resume(processing, tmp_path):
     assert "run the algorithm again with the same cache folder to resume" in str(info.value)
     status = cache_status(folder)
     assert status.state == "partial" and status.locked_by is None and status.total > 3
-    # No tile starts after the cancel: only the one being predicted is still committed.
-    assert at_cancel[0] <= status.done <= at_cancel[0] + 1
+    # No tile starts after the cancel. The one being predicted is still committed, and so are the tiles
+    # already predicted and waiting in the executor's bounded queue: post-processing runs at a lower
+    # priority, so beside a model that keeps the cores busy they can be ready together just then.
+    assert at_cancel[0] <= status.done <= at_cancel[0] + 1 + IN_FLIGHT
 
     logged = []
     feedback = QgsProcessingFeedback()
