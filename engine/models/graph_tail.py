@@ -18,12 +18,11 @@ an output no node reads, no subgraphs, no weights in external files.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from .onnx_meta import bytes_field, read_varint
+from .onnx_meta import bytes_field, fields, read_varint
 
 CHANNEL_AXIS = 1
 _MIN_OPSET = 13  # Softmax's axis is one axis from opset 13; before, it flattened from that axis on
@@ -47,30 +46,6 @@ def softmax_(x: np.ndarray, axis: int) -> np.ndarray:
     return x
 
 
-def _fields(buf: bytes) -> Iterator[tuple[int, int, int, int, int]]:
-    """``(number, wire type, field start, value start, value end)`` of each field of a protobuf message."""
-    pos = 0
-    while pos < len(buf):
-        start = pos
-        key, pos = read_varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value_start = pos
-            _, pos = read_varint(buf, pos)
-        elif wire == 1:
-            value_start, pos = pos, pos + 8
-        elif wire == 5:
-            value_start, pos = pos, pos + 4
-        elif wire == 2:
-            length, value_start = read_varint(buf, pos)
-            pos = value_start + length
-        else:
-            raise ValueError(f"wire type {wire}")
-        if pos > len(buf):
-            raise ValueError("truncated field")
-        yield number, wire, start, value_start, pos
-
-
 def _int64(buf: bytes, pos: int) -> int:
     value, _ = read_varint(buf, pos)
     return value - (1 << 64) if value >= 1 << 63 else value
@@ -88,7 +63,7 @@ class _Node:
 
 def _node(buf: bytes) -> _Node:
     node, inputs, outputs = _Node(), [], []
-    for number, wire, _, s, e in _fields(buf):
+    for number, wire, _, s, e in fields(buf):
         if wire != 2:
             continue
         if number == 1:
@@ -101,7 +76,7 @@ def _node(buf: bytes) -> _Node:
             node.domain = buf[s:e].decode()
         elif number == 5:  # AttributeProto: name 1, i 3, g 6, graphs 11
             attr, name, value = buf[s:e], "", None
-            for a_number, a_wire, _, a_s, a_e in _fields(attr):
+            for a_number, a_wire, _, a_s, a_e in fields(attr):
                 if a_number == 1 and a_wire == 2:
                     name = attr[a_s:a_e].decode()
                 elif a_number == 3 and a_wire == 0:
@@ -115,13 +90,13 @@ def _node(buf: bytes) -> _Node:
 
 
 def _name_of(value_info: bytes) -> str:
-    return next((value_info[s:e].decode() for n, w, _, s, e in _fields(value_info) if n == 1 and w == 2), "")
+    return next((value_info[s:e].decode() for n, w, _, s, e in fields(value_info) if n == 1 and w == 2), "")
 
 
 def _renamed(value_info: bytes, name: str) -> bytes:
     """A ValueInfoProto with its name (field 1) replaced, its type and doc kept."""
     out = bytearray(bytes_field(1, name))
-    for number, _, start, _, end in _fields(value_info):
+    for number, _, start, _, end in fields(value_info):
         if number != 1:
             out += value_info[start:end]
     return bytes(out)
@@ -129,14 +104,14 @@ def _renamed(value_info: bytes, name: str) -> bytes:
 
 def _external_data(tensor: bytes) -> bool:
     """Whether a TensorProto keeps its values in another file (data_location, field 14, is EXTERNAL)."""
-    return any(n == 14 and w == 0 and read_varint(tensor, s)[0] == 1 for n, w, _, s, _ in _fields(tensor))
+    return any(n == 14 and w == 0 and read_varint(tensor, s)[0] == 1 for n, w, _, s, _ in fields(tensor))
 
 
-def _default_opset(model: bytes, fields: list) -> int:
-    for number, wire, _, s, e in fields:
+def _default_opset(model: bytes, model_fields: list) -> int:
+    for number, wire, _, s, e in model_fields:
         if number == 8 and wire == 2:  # OperatorSetIdProto: domain 1, version 2
             entry, domain, version = model[s:e], "", 0
-            for n, w, _, es, ee in _fields(entry):
+            for n, w, _, es, ee in fields(entry):
                 if n == 1 and w == 2:
                     domain = entry[es:ee].decode()
                 elif n == 2 and w == 0:
@@ -156,12 +131,12 @@ def without_channel_softmax(model: bytes) -> tuple[bytes, tuple[TakenSoftmax, ..
 
 
 def _without_channel_softmax(model: bytes) -> tuple[bytes, tuple[TakenSoftmax, ...]] | None:
-    model_fields = list(_fields(model))
+    model_fields = list(fields(model))
     graph_field = next((f for f in model_fields if f[0] == 7 and f[1] == 2), None)
     if graph_field is None or _default_opset(model, model_fields) < _MIN_OPSET:
         return None
     graph = model[graph_field[3] : graph_field[4]]
-    graph_fields = list(_fields(graph))
+    graph_fields = list(fields(graph))
     nodes = {start: _node(graph[s:e]) for number, _, start, s, e in graph_fields if number == 1}
     if any(node.has_subgraph for node in nodes.values()):
         return None

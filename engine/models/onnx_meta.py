@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import ModelError
@@ -22,6 +23,31 @@ def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
+def fields(buf: bytes) -> Iterator[tuple[int, int, int, int, int]]:
+    """``(number, wire type, field start, value start, value end)`` of each field of a protobuf message;
+    ValueError on a truncated field or an unknown wire type."""
+    pos = 0
+    while pos < len(buf):
+        start = pos
+        key, pos = read_varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value_start = pos
+            _, pos = read_varint(buf, pos)
+        elif wire == 1:
+            value_start, pos = pos, pos + 8
+        elif wire == 5:
+            value_start, pos = pos, pos + 4
+        elif wire == 2:
+            length, value_start = read_varint(buf, pos)
+            pos = value_start + length
+        else:
+            raise ValueError(f"wire type {wire}")
+        if pos > len(buf):
+            raise ValueError("truncated field")
+        yield number, wire, start, value_start, pos
+
+
 def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
     """Read an ONNX file's ``metadata_props`` without loading its weights.
 
@@ -33,41 +59,21 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
         data = path.read_bytes()
     except OSError as exc:
         raise ModelError(f"Cannot read the model file {path}: {exc.strerror or exc}.") from exc
+    if not data:
+        raise ModelError(f"{path.name} is not a valid ONNX model file.")
     meta: dict[str, str] = {}
-    pos = 0
     try:
-        while pos < len(data):
-            key, pos = read_varint(data, pos)
-            field_no, wire = key >> 3, key & 7
-            if wire == 0:
-                _, pos = read_varint(data, pos)
-            elif wire == 1:
-                pos += 8
-            elif wire == 5:
-                pos += 4
-            elif wire == 2:
-                length, pos = read_varint(data, pos)
-                if pos + length > len(data):
-                    raise ValueError("truncated field")
-                if field_no == 14:
-                    entry, k, v, epos = data[pos : pos + length], "", "", 0
-                    while epos < len(entry):
-                        ekey, epos = read_varint(entry, epos)
-                        elen, epos = read_varint(entry, epos)
-                        text = entry[epos : epos + elen].decode("utf-8")
-                        epos += elen
-                        if ekey >> 3 == 1:
-                            k = text
-                        elif ekey >> 3 == 2:
-                            v = text
-                    meta[k] = v
-                pos += length
-            else:
-                raise ValueError(f"wire type {wire}")
+        for number, wire, _, s, e in fields(data):
+            if number == 14 and wire == 2:  # StringStringEntryProto: key 1, value 2
+                entry, k, v = data[s:e], "", ""
+                for e_number, _, _, es, ee in fields(entry):
+                    if e_number == 1:
+                        k = entry[es:ee].decode("utf-8")
+                    elif e_number == 2:
+                        v = entry[es:ee].decode("utf-8")
+                meta[k] = v
     except (ValueError, UnicodeDecodeError, IndexError) as exc:
         raise ModelError(f"{path.name} is not a valid ONNX model file.") from exc
-    if pos != len(data) or not data:
-        raise ModelError(f"{path.name} is not a valid ONNX model file.")
     return meta
 
 
