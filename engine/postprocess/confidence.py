@@ -27,10 +27,10 @@ def semantic_core(probs: np.ndarray, tile: Tile, src_transform, src_crs: CRS, wo
     ``probs`` is (n_classes, T, T) in model pixels of the tile. On aligned grids
     the core is a plain window of the tile; otherwise it is resampled (bilinear).
     """
+    window = tile.core_in_tile
+    if window is not None:
+        return to_uint8(probs[(slice(None), *window)])
     col, row, w, h = tile.core_px
-    if tile.offset_px is not None:
-        oc, or_ = tile.offset_px
-        return to_uint8(probs[:, row - or_ : row - or_ + h, col - oc : col - oc + w])
     out = np.zeros((probs.shape[0], h, w), np.float32)
     reproject(probs, out, src_transform=rasterio.Affine(*tile.transform), src_crs=work_crs,
               dst_transform=rasterio.Affine(*window_transform(src_transform, col, row)), dst_crs=src_crs,

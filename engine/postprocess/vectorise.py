@@ -188,21 +188,22 @@ def tile_crowns(spec: ModelSpec, inst: Instances, tile: Tile, grid: CrownGrid, m
         return []
     lut = np.zeros(inst.count + 1, np.int32)
     lut[keep] = keep
-    kept = lut[inst.labels]
     a, b, c, d, e, f = tile.transform
     window_t = (a * inst.stride, b, c, d, e * inst.stride, f)  # the label grid (north-up)
     core = None
     col, row, w, h = tile.core_px
-    if kind.clips_to_core and tile.offset_px is not None and inst.stride == 1:
+    window = tile.core_in_tile
+    if kind.clips_to_core and window is not None and inst.stride == 1:
         # Aligned grids: the core is a window of the tile, so cut the labels there
         # instead of intersecting polygons (exact, and far cheaper).
-        c0, r0 = col - tile.offset_px[0], row - tile.offset_px[1]
-        kept = np.ascontiguousarray(kept[r0 : r0 + h, c0 : c0 + w])
-        window_t = window_transform(tile.transform, c0, r0)
-    elif kind.clips_to_core:
-        xs, ys = apply(grid.src_transform, np.array([col, col + w, col + w, col], float),
-                       np.array([row, row, row + h, row + h], float))
-        core = shapely.Polygon(np.column_stack([xs, ys]))
+        kept = lut[inst.labels[window]]
+        window_t = window_transform(tile.transform, window[1].start, window[0].start)
+    else:
+        kept = lut[inst.labels]
+        if kind.clips_to_core:
+            xs, ys = apply(grid.src_transform, np.array([col, col + w, col + w, col], float),
+                           np.array([row, row, row + h, row + h], float))
+            core = shapely.Polygon(np.column_stack([xs, ys]))
 
     values, polygons = label_polygons(kept, window_t)
     if not kind.clips_to_core:

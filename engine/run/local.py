@@ -4,13 +4,14 @@ Three stages overlap so reading and post-processing hide behind inference: a
 reader thread fills a small queue with tiles, an inference thread runs the
 model (onnxruntime releases the GIL) on one tile or, when the model takes a
 batch and it pays (a GPU), on the tiles already read, up to ``batch_size``, and a
-small pool post-processes (crown split, vectorising, GeoTIFF encoding). Queues are bounded, so memory does not
-grow with the raster. On Linux the pool's threads run at a lower priority: where the model keeps
-every core busy, post-processing then fills its idle moments instead of preempting one of its
-threads, which the others wait for at each operator (SegFormer-b0 and the default model ran 2-4 %
-faster on 2 cores; a light model, whose post-processing is the bottleneck, neither gains nor loses
-beyond the noise). It cannot fall behind for long: when the bounded queue is full, inference waits. The caller iterates
-:meth:`LocalExecutor.map` and commits each result; closing the iterator stops every stage within a tile.
+small pool post-processes (crown split, vectorising, GeoTIFF encoding). Queues are bounded, so
+memory does not grow with the raster. On Linux the pool's threads run at a lower priority: where
+the model keeps every core busy, post-processing then fills its idle moments instead of preempting
+one of its threads, which the others wait for at each operator (SegFormer-b0 and the default model
+ran 2-4 % faster on 2 cores; a light model, whose post-processing is the bottleneck, neither gains
+nor loses beyond the noise). It cannot fall behind for long: when the bounded queue is full,
+inference waits. The caller iterates :meth:`LocalExecutor.map` and commits each result; closing
+the iterator stops every stage within a tile.
 """
 
 from __future__ import annotations

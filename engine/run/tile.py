@@ -161,9 +161,9 @@ class TileProcessor:
         """
         plan = self.plan
         col, row, w, h = tile.core_px
-        if tile.offset_px is not None:  # aligned grids: the core is a window of the tile
-            valid_core = valid[row - tile.offset_px[1] : row - tile.offset_px[1] + h,
-                               col - tile.offset_px[0] : col - tile.offset_px[0] + w]
+        window = tile.core_in_tile
+        if window is not None:
+            valid_core = valid[window]
         else:
             valid_core = semantic_core(valid[None].astype(np.float32), tile, plan.info.transform, self._src_crs,
                                        self._work_crs)[0] >= 128

@@ -68,6 +68,15 @@ class Tile:
         c, r, w, h = self.core_px
         return [c, r, c + w, r + h]
 
+    @property
+    def core_in_tile(self) -> tuple[slice, slice] | None:
+        """``(rows, cols)``: the core as a window of the tile's model pixels when the grids coincide, else None."""
+        if self.offset_px is None:
+            return None
+        c, r, w, h = self.core_px
+        c0, r0 = c - self.offset_px[0], r - self.offset_px[1]
+        return slice(r0, r0 + h), slice(c0, c0 + w)
+
 
 def apply(t: Affine6, x, y):
     """Map pixel coordinates (x = column, y = row; arrays allowed) through affine ``t``."""
