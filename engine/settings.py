@@ -8,6 +8,7 @@ resumed with other settings.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -110,6 +111,10 @@ class Job:
     address of a running Dask scheduler, ``tcp://host:8786``) run the tiles on a
     Dask cluster (:mod:`engine.run.dask`); like ``provider`` they change where tiles
     are computed, not the result, so neither is part of the cache fingerprint.
+    ``value_range`` ``(minimum, maximum)`` stretches every band the model reads linearly
+    from the minimum to the maximum onto 0–255 (clipped); None: a 16-bit or float raster
+    is stretched as QGIS shows it (:mod:`engine.tiling.stretch`), an 8-bit one read as it is.
+    The range used is part of the settings fingerprint, and a resumed run keeps it.
     """
 
     image: Path
@@ -131,6 +136,7 @@ class Job:
     canopy_height: Path | None = None
     workers: int | None = None
     scheduler: str | None = None
+    value_range: tuple[float, float] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "image", Path(self.image))
@@ -166,6 +172,33 @@ class Job:
             object.__setattr__(self, "scheduler", None)
         if self.workers is not None and self.scheduler is not None:
             raise InputError("Give either a number of local Dask workers or a scheduler address, not both.")
+        if self.value_range is not None:
+            object.__setattr__(self, "value_range", check_value_range(self.value_range))
+
+
+def check_value_range(value) -> tuple[float, float]:
+    """``(minimum, maximum)`` as floats; raises InputError unless both are finite numbers, the minimum lower."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        lo = hi = float("nan")
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise InputError(f"The value range must be two numbers, the minimum below the maximum, not {value}.")
+    return lo, hi
+
+
+def parse_value_range(text: str) -> tuple[float, float] | None:
+    """``"MIN,MAX"`` → ``(minimum, maximum)``; an empty text is None. Raises InputError otherwise."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    parts = [p.strip() for p in text.replace(";", ",").split(",")]
+    if len(parts) != 2:
+        raise InputError(f"The value range must be two numbers, the minimum below the maximum, not '{text}'.")
+    try:
+        return check_value_range((float(parts[0]), float(parts[1])))
+    except ValueError as exc:
+        raise InputError(f"The value range must be two numbers, the minimum below the maximum, not '{text}'.") from exc
 
 
 @dataclass(frozen=True)
@@ -189,6 +222,8 @@ class TileSettings:
     det_conf: float | None = None
     det_iou_thresh: float | None = None
     box_geometry: str | None = None
+    # (minimum, maximum) per band the model reads, stretched onto 0-255; None: read as they are.
+    value_range: tuple[tuple[float, float], ...] | None = None
 
     @property
     def margin_px(self) -> int:
@@ -199,8 +234,11 @@ class TileSettings:
         return self.tile_size_px - 2 * self.margin_px
 
 
-def resolve_settings(job: Job, spec, work_crs: str) -> TileSettings:
-    """Combine a job's overrides with the model's defaults; raise InputError if unusable."""
+def resolve_settings(job: Job, spec, work_crs: str, value_range=None) -> TileSettings:
+    """Combine a job's overrides with the model's defaults; raise InputError if unusable.
+
+    ``value_range`` is the stretch the run reads with (see :class:`Job`), per band.
+    """
     tile = job.tile_size_px or spec.tile_size_px
     if spec.fixed_input_px is not None and tile != spec.fixed_input_px:
         raise InputError(f"This model only takes {spec.fixed_input_px} px tiles, not {tile} px.")
@@ -227,4 +265,5 @@ def resolve_settings(job: Job, spec, work_crs: str) -> TileSettings:
         det_iou_thresh=(spec.det_iou_thresh if job.det_iou_thresh is None else float(job.det_iou_thresh))
         if detector else None,
         box_geometry=(job.box_geometry or BoxGeometry.CROWNS).value if detector else None,
+        value_range=None if value_range is None else tuple((float(lo), float(hi)) for lo, hi in value_range),
     )

@@ -54,7 +54,7 @@ def test_margin_plan_puts_a_margin_around_every_core():
 
 def test_edge_plan_keeps_windows_inside_the_image():
     # Deepness's count: 4096 px at 1024/256 is 5 windows per axis (25 tiles), not 6 (36).
-    tiles = plan_tiles(info(4096, 4096), 1024, 256, 0.1)
+    tiles = plan_tiles(info(4096, 4096), 1024, 256, 0.1, plan=PLAN_EDGE)
     assert len(tiles) == 25
     assert sorted({t.offset_px[0] for t in tiles}) == [0, 768, 1536, 2304, 3072]
     assert (coverage(tiles, 4096, 4096) == 1).all()

@@ -21,14 +21,15 @@ from ..cache.manifest import MANIFEST_NAME, read_manifest
 from ..cache.semantic import VRT_NAME
 from ..cache.store import Cache
 from ..cache.vectors import BOX_FIELDS, HEIGHT_FIELDS, MEASUREMENT_FIELDS
-from ..errors import CacheMismatchError, InputError
+from ..errors import CacheMismatchError, InputError, RasterError
 from ..models.runner import OnnxModel
 from ..models.spec import default_model_path, for_run
 from ..postprocess.heights import CanopyHeightRaster
 from ..settings import Job, Output, VectorFormat, resolve_settings
 from ..tiling.aoi import aoi_filter
-from ..tiling.grid import LATEST_PLAN, PLAN_MARGIN, PLANS, Tile, plan_tiles
-from ..tiling.raster import check_bands, check_dtype, describe_raster, point_mapper, working_crs
+from ..tiling.grid import LATEST_PLAN, PLAN_GROUND, PLAN_MARGIN, PLANS, Tile, plan_tiles
+from ..tiling.raster import check_bands, describe_raster, point_mapper, working_crs
+from ..tiling.stretch import cumulative_cut, needs_stretch
 from .local import LocalExecutor
 from .tile import RunPlan, TileProcessor
 
@@ -66,18 +67,52 @@ class Prepared:
     model: OnnxModel
 
 
+def _recorded_header(cache_dir: Path) -> dict | None:
+    """The manifest's first line, or None if there is none or it does not parse (opening the cache says why)."""
+    try:
+        with open(Path(cache_dir) / MANIFEST_NAME, "rb") as f:
+            header = json.loads(f.readline())
+    except (OSError, ValueError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
 def recorded_plan(cache_dir: Path) -> int:
     """The tile plan a cache in ``cache_dir`` was made with (:data:`LATEST_PLAN` if there is none).
 
     Reads only the manifest's first line; caches from before plans were recorded used plan 1.
     An unreadable header gives the latest plan (opening the cache then says what is wrong).
     """
+    header = _recorded_header(cache_dir)
+    return LATEST_PLAN if header is None else header.get("plan", PLAN_MARGIN)
+
+
+def recorded_value_range(cache_dir: Path):
+    """The value range a cache in ``cache_dir`` reads its raster with, or None (none recorded, or no cache)."""
+    header = _recorded_header(cache_dir) or {}
+    value_range = header.get("fingerprints", {}).get("settings", {}).get("value_range")
     try:
-        with open(Path(cache_dir) / MANIFEST_NAME, "rb") as f:
-            header = json.loads(f.readline())
-    except (OSError, ValueError):
-        return LATEST_PLAN
-    return header.get("plan", PLAN_MARGIN) if isinstance(header, dict) else LATEST_PLAN
+        return None if value_range is None else tuple((float(lo), float(hi)) for lo, hi in value_range)
+    except (TypeError, ValueError):
+        return None
+
+
+def value_range_for(job: Job, info, spec):
+    """The stretch a run of ``job`` reads with: the job's own range for every band, else the one its cache
+    recorded, else QGIS's default for a raster of another pixel type than the model's, else None."""
+    if job.value_range is not None:
+        return tuple(job.value_range for _ in spec.bands)
+    if not job.overwrite and (recorded := recorded_value_range(job.cache_dir)) is not None:
+        return recorded
+    input_dtype = str(spec.metadata.get("input_dtype", "uint8")).strip('"')
+    if needs_stretch(info, input_dtype):
+        return cumulative_cut(info, spec.bands)
+    if info.dtype != input_dtype and not info.paletted:
+        raise RasterError(
+            f"{Path(info.path).name} holds {info.dtype} pixels but this model expects {input_dtype}; "
+            f"convert it first (GDAL translate, e.g. in QGIS: Raster > Conversion > Translate, output type "
+            f"{input_dtype}).")
+    return None
 
 
 def prepare(job: Job, plan_version: int | None = None) -> Prepared:
@@ -95,9 +130,8 @@ def prepare(job: Job, plan_version: int | None = None) -> Prepared:
     model = OnnxModel(model_path, threads=job.threads, provider=job.provider)
     spec = model.spec
     check_bands(info, spec.bands)
-    check_dtype(info, str(spec.metadata.get("input_dtype", "uint8")).strip('"'))
-    work_wkt = working_crs(info)
-    settings = resolve_settings(job, spec, work_wkt)
+    work_wkt = working_crs(info, true_scale=plan_version >= PLAN_GROUND)
+    settings = resolve_settings(job, spec, work_wkt, value_range_for(job, info, spec))
     spec = for_run(spec, settings)  # a detector's thresholds and geometry, as the run chose them
     if settings.canopy_height is not None:
         CanopyHeightRaster(settings.canopy_height).close()  # unreadable: one sentence now, not at the first crown
@@ -106,7 +140,8 @@ def prepare(job: Job, plan_version: int | None = None) -> Prepared:
                        plan_version)
     if not tiles:
         raise InputError("The area of interest does not overlap the raster.")
-    plan = RunPlan(info, str(model_path), spec, settings, job.threads, job.provider)
+    plan = RunPlan(info, str(model_path), spec, settings, job.threads, job.provider,
+                   fill_invalid=plan_version >= PLAN_GROUND)
     vector_file = VectorFormat(settings.vector_format).filename if Output.INSTANCES in job.outputs else None
     mosaic = VRT_NAME if Output.SEMANTIC in job.outputs else None
     header = make_header(info, spec, model_path, settings, len(tiles), Path(job.cache_dir), vector_file, mosaic,

@@ -39,7 +39,8 @@ class RunPlan:
 
     ``model_path`` is read by each process that runs the model; ``spec`` is the
     model's description (its ``sha256`` identifies the file). ``threads`` and
-    ``provider`` configure the model session.
+    ``provider`` configure the model session. ``fill_invalid``: the model sees the
+    image mirrored beyond valid pixels rather than black (tile plan 3 on).
     """
 
     info: RasterInfo
@@ -48,6 +49,7 @@ class RunPlan:
     settings: TileSettings
     threads: int | None = None
     provider: str | None = None
+    fill_invalid: bool = False
 
     @property
     def writes_semantic(self) -> bool:
@@ -91,7 +93,8 @@ class TileProcessor:
         if self._reader is None:
             plan = self.plan
             self._reader = TileReader(plan.info, plan.spec.bands, plan.settings.work_crs,
-                                      plan.settings.tile_size_px, plan.settings.gsd_m)
+                                      plan.settings.tile_size_px, plan.settings.gsd_m,
+                                      plan.settings.value_range, plan.fill_invalid)
         return self._reader.read(tile)
 
     def infer(self, raw: np.ndarray, valid: np.ndarray) -> dict | None:

@@ -40,6 +40,7 @@ class RasterInfo:
     transform: Affine6
     file_size: int
     mtime_ns: int
+    paletted: bool = False  # one band of colour-table indices, read as red, green, blue
 
     @property
     def is_north_up(self) -> bool:
@@ -120,10 +121,18 @@ def _rect_outline(c0: float, r0: float, w: float, h: float, n: int = 8):
 #    evenly spaced from the image's first pixel to its last, none reaching outside the
 #    image (Deepness's count); cores split each overlap in the middle, so the outer cores
 #    grow to the border. An image no larger than a tile is one tile.
+# 3: ground-anchored: plan 2's first and last windows, and between them windows starting on
+#    lines fixed in the source CRS (multiples of the stride from its origin), so two rasters
+#    of one place (shifted, cropped, re-encoded) give their interior tiles the same ground and
+#    the model the same pixels; resampled interior tiles also put their model pixels on a
+#    lattice fixed in the working CRS. The run that makes a plan-3 cache also reads at true
+#    ground scale (engine.tiling.raster.working_crs) and fills what lies beyond valid pixels
+#    (engine.tiling.reader.fill_invalid); caches of plans 1 and 2 are continued without either.
 PLAN_MARGIN = 1
 PLAN_EDGE = 2
-LATEST_PLAN = PLAN_EDGE
-PLANS = (PLAN_MARGIN, PLAN_EDGE)
+PLAN_GROUND = 3
+LATEST_PLAN = PLAN_GROUND
+PLANS = (PLAN_MARGIN, PLAN_EDGE, PLAN_GROUND)
 
 
 def axis_windows(length: float, tile: float, stride: float) -> tuple[list[float], list[int]]:
@@ -146,6 +155,30 @@ def axis_windows(length: float, tile: float, stride: float) -> tuple[list[float]
         starts = [i * span / (n - 1) for i in range(n)]
     bounds = [0] + [int((starts[i] + tile + starts[i + 1]) // 2) for i in range(n - 1)] + [end]
     return starts, bounds
+
+
+def anchored_windows(length: float, tile: float, stride: float, phase: float) -> tuple[list[float], list[int]]:
+    """Like :func:`axis_windows`, but the windows between the first (at 0) and the last (ending at
+    ``length``) start on the lines ``phase + k * stride``; integer inputs give integer starts.
+
+    Neighbours still overlap by at least ``tile - stride``: a line lies within ``stride`` of
+    either end window and of the next line.
+    """
+    end = int(math.ceil(length))
+    if length <= tile:
+        return [0], [0, end]
+    last = length - tile
+    k0 = int(math.floor((0 - phase) / stride)) + 1
+    inner = [phase + k * stride for k in range(k0, int(math.ceil((last - phase) / stride)) + 1)]
+    starts = [0] + [x for x in inner if 1e-6 < x < last - 1e-6] + [last]
+    bounds = [0] + [int((starts[i] + tile + starts[i + 1]) // 2) for i in range(len(starts) - 1)] + [end]
+    return starts, bounds
+
+
+def crs_phase(origin: float, step: float, stride_px: float) -> float:
+    """Where, in pixels from the raster's first pixel along one axis, the CRS lines ``k * stride_px * |step|``
+    fall, modulo ``stride_px`` (``origin`` and ``step``: the axis's geotransform terms)."""
+    return (-origin / step) % stride_px
 
 
 def plan_tiles(info: RasterInfo, tile_size_px: int, overlap_px: int, gsd_m: float, to_work=None,
@@ -186,11 +219,23 @@ def plan_tiles(info: RasterInfo, tile_size_px: int, overlap_px: int, gsd_m: floa
             px_h += float(np.max(np.abs(np.asarray(y1) - np.asarray(y0))))
     if plan == PLAN_MARGIN:
         return _plan_margin(info, tile_size_px, overlap_px, gsd_work, to_work, aoi_contains, aligned, px_w, px_h)
-    return _plan_edge(info, tile_size_px, overlap_px, gsd_work, to_work, aoi_contains, aligned, px_w, px_h)
+    return _plan_edge(info, tile_size_px, overlap_px, gsd_work, to_work, aoi_contains, aligned, px_w, px_h,
+                      anchored=plan == PLAN_GROUND and info.is_north_up, gsd_m=gsd_m)
 
 
-def _plan_edge(info, tile_px, overlap_px, gsd_work, to_work, aoi_contains, aligned, px_w, px_h) -> list[Tile]:
-    if aligned:
+def _snap(value: float, step: float, up: bool) -> float:
+    q = value / step
+    return (math.ceil(q - 1e-9) if up else math.floor(q + 1e-9)) * step
+
+
+def _plan_edge(info, tile_px, overlap_px, gsd_work, to_work, aoi_contains, aligned, px_w, px_h,
+               anchored=False, gsd_m=None) -> list[Tile]:
+    a, _, c, _, e, f = info.transform
+    if aligned and anchored:
+        stride = tile_px - overlap_px
+        cols, col_bounds = anchored_windows(info.width, tile_px, stride, round(crs_phase(c, a, stride)) % stride)
+        rows, row_bounds = anchored_windows(info.height, tile_px, stride, round(crs_phase(f, e, stride)) % stride)
+    elif aligned:
         cols, col_bounds = axis_windows(info.width, tile_px, tile_px - overlap_px)
         rows, row_bounds = axis_windows(info.height, tile_px, tile_px - overlap_px)
     else:
@@ -201,8 +246,17 @@ def _plan_edge(info, tile_px, overlap_px, gsd_work, to_work, aoi_contains, align
         else:  # rotated or reprojected: a square window bounds the footprint in both directions
             tile_w = tile_h = 0.99 * tile_px * gsd_work / max(px_w, px_h)
         stride = (tile_px - overlap_px) / tile_px
-        cols, col_bounds = axis_windows(float(info.width), tile_w, max(tile_w * stride, 1.0))
-        rows, row_bounds = axis_windows(float(info.height), tile_h, max(tile_h * stride, 1.0))
+        if anchored:
+            # The stride in CRS units, whole model pixels of the source CRS, so that it does not depend
+            # on the raster's extent (through px_w) and the lines stay put for rasters of one place.
+            unit = gsd_m / 111_320.0 if info.crs_is_geographic else gsd_m * info.units_per_m
+            stride_w = max(math.floor(tile_w * stride * abs(a) / unit + 1e-9) * unit / abs(a), 1.0)
+            stride_h = max(math.floor(tile_h * stride * abs(e) / unit + 1e-9) * unit / abs(e), 1.0)
+            cols, col_bounds = anchored_windows(float(info.width), tile_w, stride_w, crs_phase(c, a, stride_w))
+            rows, row_bounds = anchored_windows(float(info.height), tile_h, stride_h, crs_phase(f, e, stride_h))
+        else:
+            cols, col_bounds = axis_windows(float(info.width), tile_w, max(tile_w * stride, 1.0))
+            rows, row_bounds = axis_windows(float(info.height), tile_h, max(tile_h * stride, 1.0))
         # The window's far edge stays inside the image on the last row and column.
         last_col, last_row = len(cols) - 1 if info.width > tile_w else -1, len(rows) - 1 if info.height > tile_h else -1
     tiles: list[Tile] = []
@@ -222,6 +276,12 @@ def _plan_edge(info, tile_px, overlap_px, gsd_work, to_work, aoi_contains, align
                     xs, ys = to_work(xs, ys)
                 minx = float(np.min(xs)) if i != last_col else float(np.max(xs)) - tile_px * gsd_work
                 maxy = float(np.max(ys)) if j != last_row else float(np.min(ys)) + tile_px * gsd_work
+                if anchored:  # interior tiles' model pixels on the working CRS's lattice, if the window still fits
+                    span = tile_px * gsd_work
+                    if 0 < i != last_col and float(np.max(xs)) <= _snap(minx, gsd_work, False) + span:
+                        minx = _snap(minx, gsd_work, False)
+                    if 0 < j != last_row and float(np.min(ys)) >= _snap(maxy, gsd_work, True) - span:
+                        maxy = _snap(maxy, gsd_work, True)
                 transform = (gsd_work, 0.0, minx, 0.0, -gsd_work, maxy)
                 offset = None
             tiles.append(Tile(len(tiles) + 1, core, transform, offset))

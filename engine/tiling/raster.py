@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.warp import transform as warp_points
 
@@ -129,13 +130,61 @@ def describe_raster(path: str | os.PathLike, assign_crs: str | None = None) -> R
             transform=(t.a, t.b, t.c, t.d, t.e, t.f),
             file_size=file_size,
             mtime_ns=mtime_ns,
+            paletted=src.count == 1 and src.colorinterp[0] == ColorInterp.palette,
         )
 
 
-def working_crs(info: RasterInfo) -> str:
-    """The CRS tiles are predicted in: the source CRS, or its local UTM zone if geographic (WKT)."""
+# A projected CRS whose scale on the ground departs from 1 by more than this anywhere over the raster
+# is read in the local UTM zone, as a geographic CRS is: Web Mercator (1/cos(latitude): 1.25 at
+# 37 N), polar stereographic away from its standard parallel, continental conics. UTM inside its
+# zone (at most 0.1 %, 0.19 % six degrees off its meridian) and State Plane zones keep their own CRS.
+MAX_SCALE_ERROR = 0.002
+
+_WGS84_A, _WGS84_E2 = 6378137.0, 0.00669437999014
+
+
+def ground_scale(info: RasterInfo) -> tuple[float, float]:
+    """``(smallest, largest)`` ground metres per CRS metre of a projected raster, along x and y at its
+    centre and corners (1, 1 where PROJ cannot place the CRS on the ellipsoid).
+
+    Worked out from where 10 m steps along each axis land in longitude and latitude, with the
+    ellipsoid's radii of curvature there: no other library than rasterio's PROJ is needed.
+    """
+    step = 10.0 * info.units_per_m  # CRS units
+    cols = np.array([0.5, 0.0, 1.0, 0.0, 1.0]) * info.width
+    rows = np.array([0.5, 0.0, 0.0, 1.0, 1.0]) * info.height
+    x0, y0 = apply(info.transform, cols, rows)
+    xs = np.concatenate([x0, x0 + step, x0])
+    ys = np.concatenate([y0, y0, y0 + step])
+    try:
+        lon, lat = warp_points(CRS.from_wkt(info.crs_wkt), CRS.from_epsg(4326), xs, ys)
+    except Exception:  # an engineering CRS with no datum: nothing to compare with
+        return 1.0, 1.0
+    lon, lat = np.radians(np.reshape(lon, (3, -1))), np.radians(np.reshape(lat, (3, -1)))
+    if not np.all(np.isfinite(lon)) or not np.all(np.isfinite(lat)):
+        return 1.0, 1.0
+    sin2 = np.sin(lat[0]) ** 2
+    meridian_m = _WGS84_A * (1 - _WGS84_E2) / (1 - _WGS84_E2 * sin2) ** 1.5  # per radian of latitude
+    parallel_m = _WGS84_A / np.sqrt(1 - _WGS84_E2 * sin2) * np.cos(lat[0])  # per radian of longitude
+    scales = []
+    for k in (1, 2):
+        dlon = (lon[k] - lon[0] + np.pi) % (2 * np.pi) - np.pi
+        scales.append(np.hypot(dlon * parallel_m, (lat[k] - lat[0]) * meridian_m) / 10.0)
+    scales = np.concatenate(scales)
+    return float(scales.min()), float(scales.max())
+
+
+def working_crs(info: RasterInfo, true_scale: bool = True) -> str:
+    """The CRS tiles are predicted in (WKT): the source CRS, or the local UTM zone of the raster's centre
+    when the source CRS is geographic or (``true_scale``) its metres are not ground metres within
+    :data:`MAX_SCALE_ERROR`. ``true_scale`` False is the choice of caches made before it (tile plans 1, 2).
+    """
     if not info.crs_is_geographic:
-        return info.crs_wkt
+        if not true_scale:
+            return info.crs_wkt
+        smallest, largest = ground_scale(info)
+        if max(abs(smallest - 1.0), abs(largest - 1.0)) <= MAX_SCALE_ERROR:
+            return info.crs_wkt
     cx, cy = apply(info.transform, info.width / 2, info.height / 2)
     src = CRS.from_wkt(info.crs_wkt)
     lon, lat = warp_points(src, CRS.from_epsg(4326), [cx], [cy])
@@ -155,18 +204,10 @@ def point_mapper(src_wkt: str, dst_wkt: str):
     return mapper
 
 
-def check_dtype(info: RasterInfo, expected: str) -> None:
-    """Raise RasterError if the raster's pixels are not of the type the model was trained on."""
-    if info.dtype != expected:
-        raise RasterError(
-            f"{Path(info.path).name} holds {info.dtype} pixels but this model expects {expected}; "
-            f"convert it first (GDAL translate, e.g. in QGIS: Raster > Conversion > Translate, output type Byte, "
-            f"with scaling)."
-        )
-
-
 def check_bands(info: RasterInfo, bands: tuple[int, ...]) -> None:
     """Raise RasterError if the raster lacks a band the model reads (``bands`` are 1-based)."""
+    if info.paletted and max(bands) <= 3:  # read as the red, green and blue of its colour table
+        return
     if max(bands) > info.count:
         raise RasterError(
             f"The model needs band{'s' if len(bands) > 1 else ''} {', '.join(map(str, bands))} "

@@ -1,9 +1,16 @@
 """Reading the source raster: its description, and tiles resampled onto the model grid.
 
 Reads are windowed (only the pixels a tile needs are ever in memory). A tile is
-returned as raw band values (float32, source units) on the tile's model grid,
-plus a validity mask: False outside the image and where the source is nodata,
-masked or transparent (alpha).
+returned as band values (float32) on the tile's model grid, plus a validity mask:
+False outside the image and where the source is nodata, masked or transparent
+(alpha, or a colour table entry with alpha 0). Band values are the source's own,
+except that a paletted raster reads as the red, green and blue of its colour table
+and a raster given a value range reads stretched to 0–255 (:mod:`.stretch`).
+
+What the model sees beyond the valid pixels (``fill_invalid``) is the valid image
+mirrored at the nearest edge of valid data, or the tile's mean where the mirror
+falls outside it too: black there was context no forest has, and canopy beside a
+collar or an alpha edge was called as ground.
 """
 
 
@@ -19,20 +26,46 @@ from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.warp import reproject
 from rasterio.windows import Window
+from scipy import ndimage
 
 from ..errors import RasterError
 from .grid import RasterInfo, Tile, apply, invert, window_transform
 from .raster import check_bands, open_raster, point_mapper
+from .stretch import ValueRange, stretch
+
+
+def fill_invalid(raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``raw`` (bands, H, W) with every invalid pixel given the value of its mirror image through the
+    nearest valid pixel, or the valid pixels' mean where that mirror image is not valid (in place).
+    """
+    invalid = ~valid
+    if not invalid.any() or not valid.any():
+        return raw
+    _, (near_r, near_c) = ndimage.distance_transform_edt(invalid, return_indices=True)
+    rows, cols = np.nonzero(invalid)
+    mirror_r, mirror_c = 2 * near_r[rows, cols] - rows, 2 * near_c[rows, cols] - cols
+    h, w = valid.shape
+    inside = (mirror_r >= 0) & (mirror_r < h) & (mirror_c >= 0) & (mirror_c < w)
+    mirrored = np.zeros(rows.shape, bool)
+    mirrored[inside] = valid[mirror_r[inside], mirror_c[inside]]
+    mean = raw[:, valid].mean(axis=1)
+    for band, value in zip(raw, mean):
+        band[rows, cols] = value
+        band[rows[mirrored], cols[mirrored]] = band[mirror_r[mirrored], mirror_c[mirrored]]
+    return raw
 
 
 class TileReader:
     """Reads tiles of one raster. Not thread-safe: use one per thread."""
 
-    def __init__(self, info: RasterInfo, bands: tuple[int, ...], work_crs: str, tile_size_px: int, gsd_m: float):
+    def __init__(self, info: RasterInfo, bands: tuple[int, ...], work_crs: str, tile_size_px: int, gsd_m: float,
+                 value_range: ValueRange | None = None, fill: bool = False):
         check_bands(info, bands)
         self.info = info
         self.bands = list(bands)
         self.size = tile_size_px
+        self.value_range = value_range
+        self.fill = fill
         # GDAL's block cache defaults to 5 % of RAM and fills as a large raster is read;
         # a row of blocks under the tile overlap is all that is ever read twice. 48 MB holds
         # that row of a 16384 px wide RGB raster in 512 px blocks with room to spare: the same
@@ -43,6 +76,14 @@ class TileReader:
         self.src = open_raster(info.path)
         # No nodata, alpha or mask band: every pixel is valid, and no mask need be read or applied.
         self.all_valid = all(flags == [MaskFlags.all_valid] for flags in self.src.mask_flag_enums)
+        self.palette = None
+        if info.paletted:  # colour table as a lookup: index -> (red, green, blue, alpha)
+            colours = self.src.colormap(1)
+            self.palette = np.zeros((max(max(colours), int(np.iinfo(info.dtype).max)) + 1, 4), np.float32)
+            for index, rgba in colours.items():
+                self.palette[index] = rgba
+            self.all_valid = self.all_valid and bool((self.palette[:, 3] > 0).all())
+        self.maybe_nan = np.dtype(info.dtype).kind == "f"
         self.src_crs = self.src.crs
         self.work_crs = CRS.from_wkt(work_crs)
         self.to_src = point_mapper(work_crs, info.crs_wkt)
@@ -61,17 +102,37 @@ class TileReader:
     def _read_window(self, window: Window):
         """Bands and validity of an in-image window (window already clipped)."""
         try:
-            data = self.src.read(self.bands, window=window, out_dtype="float32")
+            if self.palette is not None:
+                colours = self.palette[self.src.read(1, window=window)]
+                data = np.ascontiguousarray(np.moveaxis(colours, -1, 0)[[b - 1 for b in self.bands]])
+            else:
+                data = self.src.read(self.bands, window=window, out_dtype="float32")
             if self.all_valid:
                 valid = np.ones(data.shape[1:], bool)
             else:
                 valid = self.src.dataset_mask(window=window) > 0
+                if self.palette is not None:
+                    valid &= colours[..., 3] > 0
         except RasterioIOError as exc:
             raise RasterError(
                 f"Reading {Path(self.info.path).name} failed at pixels {int(window.col_off)},{int(window.row_off)}:"
                 f" the file is damaged or truncated."
             ) from exc
+        if self.maybe_nan:  # NaN that is not declared nodata is no value either
+            finite = np.isfinite(data).all(axis=0)
+            if not finite.all():
+                valid = valid & finite
+                data[:, ~finite] = 0
+        if self.value_range is not None:
+            stretch(data, self.value_range)
         return data, valid
+
+    def _finish(self, raw: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.fill:
+            fill_invalid(raw, valid)
+        else:
+            raw[:, ~valid] = 0
+        return raw, valid
 
     def read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
         """``(raw, valid)``: raw (bands, T, T) float32 source values, valid (T, T) bool."""
@@ -83,9 +144,7 @@ class TileReader:
             c1, r1 = min(col + size, W), min(row + size, H)
             if (c0, r0, c1, r1) == (col, row, col + size, row + size):  # inside the image: read as it comes
                 raw, valid = self._read_window(Window(c0, r0, size, size))
-                if not self.all_valid:
-                    raw[:, ~valid] = 0
-                return raw, valid
+                return self._finish(raw, valid) if not valid.all() else (raw, valid)
         raw = np.zeros((n, size, size), np.float32)
         valid = np.zeros((size, size), bool)
         if tile.offset_px is not None:
@@ -107,7 +166,10 @@ class TileReader:
             r1 = min(int(math.ceil(py.max())) + 2, H)
             if c1 > c0 and r1 > r0:
                 data, mask = self._read_window(Window(c0, r0, c1 - c0, r1 - r0))
-                data[:, ~mask] = 0
+                if self.fill:  # no black from beyond the valid pixels smeared in by the kernel
+                    fill_invalid(data, mask)
+                else:
+                    data[:, ~mask] = 0
                 win_t = rasterio.Affine(*window_transform(self.info.transform, c0, r0))
                 dst_t = rasterio.Affine(*tile.transform)
                 reproject(data, raw, src_transform=win_t, src_crs=self.src_crs, dst_transform=dst_t,
@@ -117,5 +179,4 @@ class TileReader:
                           dst_transform=dst_t, dst_crs=self.work_crs, resampling=Resampling.nearest,
                           src_nodata=None, dst_nodata=None, init_dest_nodata=False)
                 valid = vmask > 0
-        raw[:, ~valid] = 0
-        return raw, valid
+        return self._finish(raw, valid)
