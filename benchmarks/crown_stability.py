@@ -1,7 +1,7 @@
 """Do the same ground's crowns come back where they were? The bundled model on one real-forest scene.
 
-The scene: 16 NEON TEAK plots (Sierra Nevada mixed conifer, 0.1 m, EPSG:32611) laid 4 x 4 into one
-1600 px raster. Each variant is made by GDAL the way users' files come: the same pixels cropped by
+The scene: 64 NEON plots (TEAK, SJER, OSBS; 400 px at 0.1 m each) laid 8 x 8 into one 3200 px
+raster georeferenced on the first TEAK plot (EPSG:32611, 37 N). Each variant is made by GDAL the way users' files come: the same pixels cropped by
 2, 4 or 8 px at the top left (so the pixel grid falls elsewhere on the raster's first tile), the
 same raster recompressed as JPEG at quality 75, and warped to Web Mercator (bilinear) and back to
 UTM at 0.1 m. For each, the share of the reference's crowns with a crown centroid within 1 m
@@ -27,18 +27,25 @@ sys.path.insert(0, str(ROOT))
 PLOTS = ROOT.parent / "shared" / "data" / "neon_2018_plots" / "images"
 
 
-def make_scene(path: Path) -> Path:
-    """The 1600 px scene of 16 TEAK plots, north-up at 0.1 m on the first plot's origin."""
+def make_scene(path: Path, side: int = 8) -> Path:
+    """The scene of ``side`` x ``side`` plots, north-up at 0.1 m on the first TEAK plot's origin."""
     import rasterio
     from rasterio.transform import Affine
 
-    plots = sorted(PLOTS.glob("TEAK_TEAK_*.tif"))[:16]
-    scene = np.zeros((3, 1600, 1600), np.uint8)
-    for k, plot in enumerate(plots):
+    plots = []
+    for site in ("TEAK_TEAK", "SJER_SJER", "OSBS_OSBS"):
+        for plot in sorted(PLOTS.glob(f"{site}_*.tif")):
+            with rasterio.open(plot) as src:
+                if src.shape == (400, 400):
+                    plots.append(plot)
+    size = 400 * side
+    scene = np.zeros((3, size, size), np.uint8)
+    for k, plot in enumerate(plots[: side * side]):
         with rasterio.open(plot) as src:
-            scene[:, 400 * (k // 4): 400 * (k // 4 + 1), 400 * (k % 4): 400 * (k % 4 + 1)] = src.read()[:3]
-            crs, origin = src.crs, (src.transform.c, src.transform.f) if k == 0 else origin
-    with rasterio.open(path, "w", driver="GTiff", width=1600, height=1600, count=3, dtype="uint8", crs=crs,
+            scene[:, 400 * (k // side): 400 * (k // side + 1), 400 * (k % side): 400 * (k % side + 1)] = src.read()[:3]
+            if k == 0:
+                crs, origin = src.crs, (src.transform.c, src.transform.f)
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs=crs,
                        transform=Affine(0.1, 0, origin[0], 0, -0.1, origin[1]), tiled=True) as dst:
         dst.write(scene)
     return path
@@ -56,10 +63,14 @@ def gdal(*args: str) -> None:
 
 
 def variants(scene: Path, folder: Path) -> dict[str, Path]:
+    import rasterio
+
+    with rasterio.open(scene) as src:
+        size = src.width
     out = {}
     for k in (2, 4, 8):
         out[f"shift {k} px"] = folder / f"shift{k}.tif"
-        gdal("translate", "-srcwin", str(k), str(k), str(1600 - k), str(1600 - k), str(scene), str(out[f"shift {k} px"]))
+        gdal("translate", "-srcwin", str(k), str(k), str(size - k), str(size - k), str(scene), str(out[f"shift {k} px"]))
     out["JPEG q75"] = folder / "jpeg75.tif"
     gdal("translate", "-co", "COMPRESS=JPEG", "-co", "JPEG_QUALITY=75", "-co", "TILED=YES", str(scene),
          str(out["JPEG q75"]))

@@ -121,13 +121,15 @@ def _rect_outline(c0: float, r0: float, w: float, h: float, n: int = 8):
 #    evenly spaced from the image's first pixel to its last, none reaching outside the
 #    image (Deepness's count); cores split each overlap in the middle, so the outer cores
 #    grow to the border. An image no larger than a tile is one tile.
-# 3: ground-anchored: plan 2's first and last windows, and between them windows starting on
-#    lines fixed in the source CRS (multiples of the stride from its origin), so two rasters
-#    of one place (shifted, cropped, re-encoded) give their interior tiles the same ground and
-#    the model the same pixels; resampled interior tiles also put their model pixels on a
-#    lattice fixed in the working CRS. The run that makes a plan-3 cache also reads at true
-#    ground scale (engine.tiling.raster.working_crs) and fills what lies beyond valid pixels
-#    (engine.tiling.reader.fill_invalid); caches of plans 1 and 2 are continued without either.
+# 3: ground-anchored: as plan 2, but every tile starts on a lattice fixed in the CRS (every
+#    lattice_px model pixels from the CRS's origin: the source grid's own pixels when it is the
+#    model grid, else the working CRS's), so two rasters of one place (shifted, cropped,
+#    re-encoded, reprojected) show the model their ground at the same phase of its strides and
+#    get the same crowns; the first and last windows reach past the image by less than one
+#    lattice step, which the reader fills with the image mirrored. The run that makes a plan-3
+#    cache also reads at true ground scale (engine.tiling.raster.working_crs) and fills what
+#    lies beyond valid pixels (engine.tiling.reader.fill_invalid); caches of plans 1 and 2 are
+#    continued without either.
 PLAN_MARGIN = 1
 PLAN_EDGE = 2
 PLAN_GROUND = 3
@@ -157,28 +159,38 @@ def axis_windows(length: float, tile: float, stride: float) -> tuple[list[float]
     return starts, bounds
 
 
-def anchored_windows(length: float, tile: float, stride: float, phase: float) -> tuple[list[float], list[int]]:
-    """Like :func:`axis_windows`, but the windows between the first (at 0) and the last (ending at
-    ``length``) start on the lines ``phase + k * stride``; integer inputs give integer starts.
+def lattice_px(stride_px: int) -> int:
+    """The spacing, in model pixels, of the lattice plan 3 starts tiles on: 32 (a multiple of the
+    strides of common encoders: the default model's outputs repeat under 16 px shifts, within 0.5 %
+    of a probability, and move by 3 % under others), or 16 for small tiles."""
+    return 32 if stride_px >= 128 else 16 if stride_px >= 16 else 1
 
-    Neighbours still overlap by at least ``tile - stride``: a line lies within ``stride`` of
-    either end window and of the next line.
+
+def lattice_windows(length: int, tile: int, stride: int, phase: int, step: int) -> tuple[list[int], list[int]]:
+    """Window starts along one axis on the lattice ``phase + k * step`` (integers), and the core bounds.
+
+    The first window starts at the lattice point at or before 0 and the last ends at or after
+    ``length``, so each reaches past the image by less than ``step`` (the reader fills that
+    with the image mirrored); neighbours are at most ``stride`` apart, rounded down to a
+    multiple of ``step``, so they overlap by at least ``tile - stride``. Cores are as in
+    :func:`axis_windows`. An axis no longer than a tile is one window at 0.
     """
-    end = int(math.ceil(length))
     if length <= tile:
-        return [0], [0, end]
-    last = length - tile
-    k0 = int(math.floor((0 - phase) / stride)) + 1
-    inner = [phase + k * stride for k in range(k0, int(math.ceil((last - phase) / stride)) + 1)]
-    starts = [0] + [x for x in inner if 1e-6 < x < last - 1e-6] + [last]
-    bounds = [0] + [int((starts[i] + tile + starts[i + 1]) // 2) for i in range(len(starts) - 1)] + [end]
+        return [0], [0, length]
+    first = phase % step - (step if phase % step else 0)
+    last = first + step * -(-(length - tile - first) // step)
+    stride = max(step, stride // step * step)
+    steps = (last - first) // step
+    n = -(-(last - first) // stride) + 1
+    starts = sorted({first + step * ((2 * i * steps + (n - 1)) // (2 * (n - 1))) for i in range(n)})
+    bounds = [0] + [(starts[i] + tile + starts[i + 1]) // 2 for i in range(len(starts) - 1)] + [length]
     return starts, bounds
 
 
-def crs_phase(origin: float, step: float, stride_px: float) -> float:
-    """Where, in pixels from the raster's first pixel along one axis, the CRS lines ``k * stride_px * |step|``
-    fall, modulo ``stride_px`` (``origin`` and ``step``: the axis's geotransform terms)."""
-    return (-origin / step) % stride_px
+def crs_phase(origin: float, step: float, lattice_px: float) -> int:
+    """Where, in whole pixels from the raster's first pixel along one axis, the CRS's lines
+    ``k * lattice_px * |step|`` fall (``origin``, ``step``: the axis's geotransform terms)."""
+    return int(round((-origin / step) % lattice_px)) % int(lattice_px)
 
 
 def plan_tiles(info: RasterInfo, tile_size_px: int, overlap_px: int, gsd_m: float, to_work=None,
@@ -220,7 +232,7 @@ def plan_tiles(info: RasterInfo, tile_size_px: int, overlap_px: int, gsd_m: floa
     if plan == PLAN_MARGIN:
         return _plan_margin(info, tile_size_px, overlap_px, gsd_work, to_work, aoi_contains, aligned, px_w, px_h)
     return _plan_edge(info, tile_size_px, overlap_px, gsd_work, to_work, aoi_contains, aligned, px_w, px_h,
-                      anchored=plan == PLAN_GROUND and info.is_north_up, gsd_m=gsd_m)
+                      anchored=plan == PLAN_GROUND)
 
 
 def _snap(value: float, step: float, up: bool) -> float:
@@ -229,34 +241,29 @@ def _snap(value: float, step: float, up: bool) -> float:
 
 
 def _plan_edge(info, tile_px, overlap_px, gsd_work, to_work, aoi_contains, aligned, px_w, px_h,
-               anchored=False, gsd_m=None) -> list[Tile]:
+               anchored=False) -> list[Tile]:
     a, _, c, _, e, f = info.transform
+    step = lattice_px(tile_px - overlap_px) if anchored else 1
     if aligned and anchored:
         stride = tile_px - overlap_px
-        cols, col_bounds = anchored_windows(info.width, tile_px, stride, round(crs_phase(c, a, stride)) % stride)
-        rows, row_bounds = anchored_windows(info.height, tile_px, stride, round(crs_phase(f, e, stride)) % stride)
+        cols, col_bounds = lattice_windows(info.width, tile_px, stride, crs_phase(c, a, step), step)
+        rows, row_bounds = lattice_windows(info.height, tile_px, stride, crs_phase(f, e, step), step)
     elif aligned:
         cols, col_bounds = axis_windows(info.width, tile_px, tile_px - overlap_px)
         rows, row_bounds = axis_windows(info.height, tile_px, tile_px - overlap_px)
     else:
         # Windows and cores in source pixels: a window of ``tile_w`` source pixels fits
         # inside the tile's model grid whatever the warp (see the 1 % above).
+        # Plan 3 moves each tile's model grid onto the working CRS's lattice, by less than one
+        # lattice step: the window leaves that much room.
+        fit_px = tile_px - (step if anchored and step > 1 else 0)
         if to_work is None and info.is_north_up:
-            tile_w, tile_h = 0.99 * tile_px * gsd_work / px_w, 0.99 * tile_px * gsd_work / px_h
+            tile_w, tile_h = 0.99 * fit_px * gsd_work / px_w, 0.99 * fit_px * gsd_work / px_h
         else:  # rotated or reprojected: a square window bounds the footprint in both directions
-            tile_w = tile_h = 0.99 * tile_px * gsd_work / max(px_w, px_h)
+            tile_w = tile_h = 0.99 * fit_px * gsd_work / max(px_w, px_h)
         stride = (tile_px - overlap_px) / tile_px
-        if anchored:
-            # The stride in CRS units, whole model pixels of the source CRS, so that it does not depend
-            # on the raster's extent (through px_w) and the lines stay put for rasters of one place.
-            unit = gsd_m / 111_320.0 if info.crs_is_geographic else gsd_m * info.units_per_m
-            stride_w = max(math.floor(tile_w * stride * abs(a) / unit + 1e-9) * unit / abs(a), 1.0)
-            stride_h = max(math.floor(tile_h * stride * abs(e) / unit + 1e-9) * unit / abs(e), 1.0)
-            cols, col_bounds = anchored_windows(float(info.width), tile_w, stride_w, crs_phase(c, a, stride_w))
-            rows, row_bounds = anchored_windows(float(info.height), tile_h, stride_h, crs_phase(f, e, stride_h))
-        else:
-            cols, col_bounds = axis_windows(float(info.width), tile_w, max(tile_w * stride, 1.0))
-            rows, row_bounds = axis_windows(float(info.height), tile_h, max(tile_h * stride, 1.0))
+        cols, col_bounds = axis_windows(float(info.width), tile_w, max(tile_w * stride, 1.0))
+        rows, row_bounds = axis_windows(float(info.height), tile_h, max(tile_h * stride, 1.0))
         # The window's far edge stays inside the image on the last row and column.
         last_col, last_row = len(cols) - 1 if info.width > tile_w else -1, len(rows) - 1 if info.height > tile_h else -1
     tiles: list[Tile] = []
@@ -276,12 +283,9 @@ def _plan_edge(info, tile_px, overlap_px, gsd_work, to_work, aoi_contains, align
                     xs, ys = to_work(xs, ys)
                 minx = float(np.min(xs)) if i != last_col else float(np.max(xs)) - tile_px * gsd_work
                 maxy = float(np.max(ys)) if j != last_row else float(np.min(ys)) + tile_px * gsd_work
-                if anchored:  # interior tiles' model pixels on the working CRS's lattice, if the window still fits
-                    span = tile_px * gsd_work
-                    if 0 < i != last_col and float(np.max(xs)) <= _snap(minx, gsd_work, False) + span:
-                        minx = _snap(minx, gsd_work, False)
-                    if 0 < j != last_row and float(np.min(ys)) >= _snap(maxy, gsd_work, True) - span:
-                        maxy = _snap(maxy, gsd_work, True)
+                if anchored and step > 1:  # tiles start on the working CRS's lattice; the last reach past the image
+                    minx = _snap(minx, step * gsd_work, up=i == last_col)
+                    maxy = _snap(maxy, step * gsd_work, up=j != last_row)
                 transform = (gsd_work, 0.0, minx, 0.0, -gsd_work, maxy)
                 offset = None
             tiles.append(Tile(len(tiles) + 1, core, transform, offset))
