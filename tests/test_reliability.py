@@ -4,6 +4,7 @@ Every case must give one clear sentence (a TCDError) and leave what is already i
 cache intact and resumable.
 """
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -63,10 +64,21 @@ def test_single_band_raster_for_rgb_model(tmp_path, model):
         predict(Job(image=path, cache_dir=tmp_path / "c", model=model))
 
 
-def test_16_bit_raster_for_8_bit_model(tmp_path, model):
-    path = write_raster(tmp_path / "deep.tif", np.full((3, 50, 50), 4000, np.uint16))
-    with pytest.raises(RasterError, match="holds uint16 pixels but this model expects uint8"):
-        predict(Job(image=path, cache_dir=tmp_path / "c", model=model))
+def test_16_bit_raster_for_8_bit_model_is_stretched(tmp_path, model):
+    """Values 1000..1990 across the columns: QGIS's 2-98 % cut is about 1010..1970, stretched onto 0..255
+    (the passthrough model's confidence is band 1 as the model read it)."""
+    img = np.broadcast_to((1000 + 10 * np.arange(100, dtype=np.uint16))[None, None], (3, 60, 100)).copy()
+    path = write_raster(tmp_path / "deep.tif", img)
+    predict(Job(image=path, cache_dir=tmp_path / "c", model=model))
+    header = json.loads((tmp_path / "c" / "tiles.jsonl").read_text().splitlines()[0])
+    (lo, hi), *_ = header["fingerprints"]["settings"]["value_range"]
+    assert 1010 <= lo <= 1020 and 1970 <= hi <= 1980
+    conf = read_confidence(tmp_path / "c")[0].astype(float)
+    expected = np.clip((img[0].astype(float) - lo) / (hi - lo), 0, 1) * 255
+    assert np.abs(conf - expected).max() <= 1.0
+    with pytest.raises(RasterError, match="holds the same value"):
+        predict(Job(image=write_raster(tmp_path / "flat.tif", np.full((3, 50, 50), 4000, np.uint16)),
+                    cache_dir=tmp_path / "flat", model=model))
 
 
 def test_rgba_alpha_is_a_mask(tmp_path, model):
