@@ -33,6 +33,9 @@ def register(subparsers) -> None:
     p.add_argument("--geometry", dest="box_geometry", choices=("crowns", "boxes"), default=None,
                    help="detectors: store crowns (canopy in the box, else its inscribed ellipse) or the boxes "
                         "(default crowns)")
+    p.add_argument("--value-range", default=None, metavar="MIN,MAX",
+                   help="stretch every band linearly from MIN to MAX onto 0-255 (default: 8-bit rasters as they "
+                        "are; 16-bit and float ones as QGIS shows them, a 2-98 %% cumulative cut of each band)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, default=None, metavar="N",
                        help="predict on a local Dask cluster of N worker processes (needs the distributed package)")
@@ -45,7 +48,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..run.predict import predict
-    from ..settings import Job, default_cache_dir, parse_outputs
+    from ..settings import Job, default_cache_dir, parse_outputs, parse_value_range
 
     job = Job(
         image=args.image,
@@ -66,6 +69,7 @@ def run(args) -> int:
         canopy_height=args.canopy_height,
         workers=args.workers,
         scheduler=args.scheduler,
+        value_range=parse_value_range(args.value_range),
     )
     bar = None
 

@@ -1,7 +1,8 @@
 """What the dialog checks of a raster file before a run, with QGIS's own GDAL (no rasterio).
 
-The engine refuses a raster with no georeferencing, too few bands for the model or
-another pixel type than the model reads, and one with no coordinate reference
+The engine refuses a raster with no georeferencing, too few bands for the model (a
+paletted one has its colours' three), another pixel type than a model reading other
+than 8 bits takes (any type is stretched for an 8-bit model), and one with no coordinate reference
 system that the job does not give one; :func:`raster_problem` says so in the
 dialog, in the engine's words, before anything starts. :func:`raster_note` adds
 what does not stop a run but surprises (a raster far smaller than one tile).
@@ -36,6 +37,7 @@ class RasterFacts:
     has_crs: bool
     georeferenced: bool
     pixel_m: float | None  # None: geographic or unknown units
+    paletted: bool = False  # one band of colour-table indices: the engine reads its colours
 
 
 def read_facts(path: Path) -> RasterFacts | None:
@@ -64,8 +66,9 @@ def read_facts(path: Path) -> RasterFacts | None:
             pixel_m = abs(transform[1]) * srs.GetLinearUnits()
     band = dataset.GetRasterBand(1) if dataset.RasterCount else None
     dtype = DTYPES.get(gdal.GetDataTypeName(band.DataType), "") if band is not None else ""
+    paletted = dataset.RasterCount == 1 and band.GetColorInterpretation() == gdal.GCI_PaletteIndex
     return RasterFacts(Path(path), dataset.RasterXSize, dataset.RasterYSize, dataset.RasterCount, dtype,
-                       bool(wkt), georeferenced or dataset.GetGCPCount() > 0, pixel_m)
+                       bool(wkt), georeferenced or dataset.GetGCPCount() > 0, pixel_m, paletted)
 
 
 def raster_problem(facts: RasterFacts, spec, layer_has_crs: bool) -> str:
@@ -77,12 +80,13 @@ def raster_problem(facts: RasterFacts, spec, layer_has_crs: bool) -> str:
     if not facts.has_crs and not layer_has_crs:
         return tr("{} has no coordinate reference system; set the layer's CRS in QGIS "
                   "(Layer ▸ Layer CRS ▸ Set Layer CRS…).").format(name)
-    if facts.bands < max(spec.bands):
+    if facts.bands < max(spec.bands) and not (facts.paletted and max(spec.bands) <= 3):
         needed = ", ".join(map(str, spec.bands))
         has = tr("1 band") if facts.bands == 1 else tr("{} bands").format(facts.bands)
         return tr("The model needs bands {} but {} has {}.").format(needed, name, has)
     expected = str(spec.metadata.get("input_dtype", "uint8")).strip('"')
-    if facts.dtype and facts.dtype != expected:
+    # Another pixel type than an 8-bit model's is stretched as QGIS shows it (engine.tiling.stretch).
+    if facts.dtype and facts.dtype != expected and expected != "uint8" and not facts.paletted:
         return tr("{} holds {} pixels but this model expects {}; convert it first (Raster ▸ Conversion ▸ "
                   "Translate, output type Byte, with scaling).").format(name, facts.dtype, expected)
     return ""

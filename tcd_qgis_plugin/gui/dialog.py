@@ -39,7 +39,15 @@ from tcd_qgis_plugin.engine.cache.manifest import MANIFEST_NAME
 from tcd_qgis_plugin.engine.cache.status import cache_status
 from tcd_qgis_plugin.engine.errors import TCDError
 from tcd_qgis_plugin.engine.models.spec import default_model_path, describe_model
-from tcd_qgis_plugin.engine.settings import BoxGeometry, Job, Output, VectorFormat, default_cache_dir, resolve_settings
+from tcd_qgis_plugin.engine.settings import (
+    BoxGeometry,
+    Job,
+    Output,
+    VectorFormat,
+    default_cache_dir,
+    parse_value_range,
+    resolve_settings,
+)
 
 AREA_ALL, AREA_EXTENT, AREA_SELECTION = range(3)
 # ``Job.provider`` choices as the Processor list names them; None lets the engine pick.
@@ -126,6 +134,11 @@ class PredictDialog(QDialog):
         self.scheduler_edit.setToolTip(self.tr(
             "Address of a running Dask scheduler (tcp://host:8786) to predict on its cluster; the workers must "
             "read the raster and have this engine (see Help). QGIS writes the results here as tiles come back."))
+        self.value_range_edit = QLineEdit()
+        self.value_range_edit.setPlaceholderText(self.tr("As QGIS shows the raster"))
+        self.value_range_edit.setToolTip(self.tr(
+            "MIN,MAX: every band stretched linearly from MIN to MAX onto the 0-255 the model reads. Empty: 8-bit "
+            "rasters as they are, 16-bit and float ones as QGIS shows them by default (a 2-98 % cumulative cut)."))
         self.chm_combo = QgsMapLayerComboBox()
         self.chm_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
         self.chm_combo.setAllowEmptyLayer(True, self.tr("None: no crown heights"))
@@ -175,6 +188,7 @@ class PredictDialog(QDialog):
         advanced_form.addRow(self.tr("Processor"), self.processor_combo)
         advanced_form.addRow(self.tr("Dask scheduler"), self.scheduler_edit)
         advanced_form.addRow(self.tr("Canopy heights from"), self.chm_combo)
+        advanced_form.addRow(self.tr("Value range"), self.value_range_edit)
         for label, widget in zip(self.detector_labels, self.detector_widgets):
             advanced_form.addRow(label, widget)
         advanced_form.addRow(self.tr("Area"), area_box)
@@ -212,7 +226,8 @@ class PredictDialog(QDialog):
                        self.format_combo.currentIndexChanged, self.processor_combo.currentIndexChanged,
                        self.det_conf_spin.valueChanged, self.det_iou_spin.valueChanged,
                        self.geometry_combo.currentIndexChanged, self.scheduler_edit.textChanged,
-                       self.chm_combo.layerChanged, self.area_group.buttonClicked):
+                       self.chm_combo.layerChanged, self.area_group.buttonClicked,
+                       self.value_range_edit.textChanged):
             signal.connect(self.validate)
         if canvas is not None:
             canvas.extentsChanged.connect(self._extent_changed)
@@ -392,6 +407,7 @@ class PredictDialog(QDialog):
                 provider=self.processor_combo.currentData(),
                 scheduler=self.scheduler_edit.text().strip() or None,
                 canopy_height=canopy_height,
+                value_range=parse_value_range(self.value_range_edit.text()),
                 **self._detector_choices(spec),
             )
             settings = resolve_settings(job, spec, work_crs="")

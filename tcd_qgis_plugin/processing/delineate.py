@@ -36,6 +36,7 @@ from qgis.core import (
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
     QgsProcessingUtils,
     QgsRasterLayer,
     QgsVectorLayer,
@@ -53,7 +54,14 @@ from tcd_qgis_plugin.engine.cache.manifest import MANIFEST_NAME
 from tcd_qgis_plugin.engine.cache.status import cache_layers
 from tcd_qgis_plugin.engine.errors import TCDError
 from tcd_qgis_plugin.engine.models.spec import default_model_path, describe_model
-from tcd_qgis_plugin.engine.settings import Job, Output, VectorFormat, default_cache_dir, resolve_settings
+from tcd_qgis_plugin.engine.settings import (
+    Job,
+    Output,
+    VectorFormat,
+    default_cache_dir,
+    parse_value_range,
+    resolve_settings,
+)
 from tcd_qgis_plugin.gui.dialog import raster_file
 from tcd_qgis_plugin.paths import icon_path, style_path
 
@@ -68,6 +76,7 @@ CANOPY_HEIGHT = "CANOPY_HEIGHT"
 TILE_SIZE = "TILE_SIZE"
 OVERLAP = "OVERLAP"
 GSD = "GSD"
+VALUE_RANGE = "VALUE_RANGE"
 CROWNS = "CROWNS"
 CONFIDENCE = "CONFIDENCE"
 
@@ -171,6 +180,8 @@ class DelineateCrownsAlgorithm(QgsProcessingAlgorithm):
                                          QgsProcessingParameterNumber.Type.Integer, optional=True, minValue=0),
             QgsProcessingParameterNumber(GSD, tr("Ground sampling distance (m/pixel; empty: the model's)"),
                                          QgsProcessingParameterNumber.Type.Double, optional=True, minValue=0.001),
+            QgsProcessingParameterString(VALUE_RANGE, tr("Value range MIN,MAX stretched onto 0-255 (empty: 16-bit "
+                                                         "and float rasters as QGIS shows them)"), optional=True),
         ]
         for parameter in advanced:
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
@@ -214,6 +225,7 @@ class DelineateCrownsAlgorithm(QgsProcessingAlgorithm):
                 vector_format=vector_format,
                 aoi_wkt=self._aoi_wkt(parameters, context, raster),
                 canopy_height=self._canopy_height(parameters, context),
+                value_range=parse_value_range(self.parameterAsString(parameters, VALUE_RANGE, context)),
             )
             resolve_settings(job, spec, work_crs="")
         except TCDError as exc:

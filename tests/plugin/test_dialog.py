@@ -1,9 +1,11 @@
 """The dialog, driven through its widgets as a user would."""
 
+import gc
 from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsFeature,
@@ -224,8 +226,6 @@ def add_raster(path):
          "plain.tif is not georeferenced"),
         (lambda d: write_raster(d / "gray.tif", crowns_image(64, 64, [])[:1]),
          "The model needs bands 1, 2, 3 but gray.tif has 1 band."),
-        (lambda d: write_raster(d / "deep.tif", crowns_image(64, 64, []).astype("uint16") * 200),
-         "deep.tif holds uint16 pixels but this model expects uint8; convert it first"),
     ],
 )
 def test_rasters_the_engine_would_refuse_are_explained_and_keep_run_disabled(dialog, tmp_path, make, expected):
@@ -233,6 +233,26 @@ def test_rasters_the_engine_would_refuse_are_explained_and_keep_run_disabled(dia
     assert not dialog.run_button.isEnabled()
     assert expected in dialog.message_label.text()
     assert click_run(dialog) == []
+
+
+def test_16_bit_and_paletted_rasters_run_and_a_value_range_goes_with_the_job(dialog, tmp_path):
+    deep = write_raster(tmp_path / "deep.tif", crowns_image(64, 64, [(10, 10, 12)]).astype("uint16") * 200)
+    dialog.raster_combo.setLayer(add_raster(deep))
+    assert dialog.run_button.isEnabled(), dialog.message_label.text()
+    dialog.value_range_edit.setText("100, 20")
+    assert not dialog.run_button.isEnabled()
+    assert "The value range must be two numbers, the minimum below the maximum" in dialog.message_label.text()
+    dialog.value_range_edit.setText("0,46000")
+    gc.collect()
+    jobs = click_run(dialog)
+    assert len(jobs) == 1 and jobs[0].value_range == (0.0, 46000.0)
+
+    indexed = write_raster(tmp_path / "indexed.tif", np.zeros((1, 64, 64), np.uint8), photometric="palette")
+    with rasterio.open(indexed, "r+") as dst:
+        dst.write_colormap(1, {0: (40, 140, 40, 255)})
+    dialog.value_range_edit.clear()
+    dialog.raster_combo.setLayer(add_raster(indexed))
+    assert dialog.run_button.isEnabled(), dialog.message_label.text()
 
 
 def test_model_default_says_what_the_default_is(dialog):

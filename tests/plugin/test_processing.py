@@ -68,7 +68,7 @@ def test_provider_and_parameters(processing, plugin):
     assert names[:2] == ["INPUT", "MODEL"]
     assert set(names) >= {"OUTPUTS", "OUTPUT_FOLDER", "VECTOR_FORMAT", "AOI", "TILE_SIZE", "OVERLAP", "GSD"}
     advanced = {p.name() for p in alg.parameterDefinitions() if p.flags() & p.Flag.FlagAdvanced}
-    assert advanced == {"TILE_SIZE", "OVERLAP", "GSD"}
+    assert advanced == {"TILE_SIZE", "OVERLAP", "GSD", "VALUE_RANGE"}
     assert {o.name() for o in alg.outputDefinitions()} == {"CROWNS", "CONFIDENCE", "OUTPUT_FOLDER"}
     assert alg.flags() & alg.Flag.FlagSupportsBatch and alg.flags() & alg.Flag.FlagCanCancel
     plugin.unload()
@@ -109,6 +109,7 @@ def test_default_folder_is_beside_the_raster_and_geopackage(processing, raster_p
     ({"MODEL": "/nowhere/model.onnx"}, "The model file /nowhere/model.onnx does not exist."),
     ({"TILE_SIZE": 64, "OVERLAP": 64}, "The overlap (64 px) must be smaller than the tile size (64 px)."),
     ({"OUTPUTS": []}, "Incorrect parameter value for OUTPUTS"),
+    ({"VALUE_RANGE": "5,1"}, "The value range must be two numbers, the minimum below the maximum, not '5,1'."),
 ])
 def test_bad_parameters_give_one_sentence(processing, raster_path, model_path, parameters, message):
     with pytest.raises(QgsProcessingException) as info:
@@ -116,6 +117,17 @@ def test_bad_parameters_give_one_sentence(processing, raster_path, model_path, p
     # Processing's own form: its heading line, then the algorithm's sentence.
     assert str(info.value).splitlines() == ["Unable to execute algorithm", message]
     assert not (raster_path.parent / "ortho_tcd").exists()
+
+
+def test_a_value_range_is_recorded_in_the_caches_settings(processing, raster_path, model_path, tmp_path):
+    import json
+
+    folder = tmp_path / "stretched_tcd"
+    run(processing, {"INPUT": str(raster_path), "MODEL": str(model_path), "OUTPUT_FOLDER": str(folder),
+                     "VALUE_RANGE": "0, 200"})
+    header = json.loads((folder / "tiles.jsonl").read_text().splitlines()[0])
+    value_range = header["fingerprints"]["settings"]["value_range"]
+    assert value_range and all(pair == [0.0, 200.0] for pair in value_range)
 
 
 def test_a_folder_with_other_files_is_refused(processing, raster_path, model_path, tmp_path):
