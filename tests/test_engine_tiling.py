@@ -108,3 +108,35 @@ def test_geographic_plan_partitions_and_fits():
 def test_aoi_drops_tiles_outside():
     tiles = plan_tiles(info(200, 200), 64, 16, 0.1, aoi_contains=lambda core: core[0] < 40 and core[1] < 40)
     assert [t.core_px[:2] for t in tiles] == [(0, 0)]
+
+
+@pytest.mark.parametrize("shift", [0, 2, 4, 8, 13])
+def test_plan_3_starts_tiles_on_the_crs_lattice(shift):
+    """The same ground cropped by ``shift`` px: every tile starts on the lattice of 32 px (3.2 m) from the
+    CRS's origin, so the model meets the ground at the same phase whatever the crop; the windows reach
+    past the image by less than 32 px; as many tiles as plan 2."""
+    from engine.tiling.grid import PLAN_GROUND
+
+    origin = (500000.0 + 0.1 * 7 + 0.1 * shift, 6000000.0 - 0.1 * 11 - 0.1 * shift)
+    i = info(4096 - shift, 4096 - shift, transform=(0.1, 0.0, origin[0], 0.0, -0.1, origin[1]))
+    tiles = plan_tiles(i, 1024, 128, 0.1, plan=PLAN_GROUND)
+    assert len(tiles) == len(plan_tiles(i, 1024, 128, 0.1, plan=PLAN_EDGE))
+    assert (coverage(tiles, i.width, i.height) == 1).all()
+    windows_hold_cores(tiles, i, 1024)
+    for t in tiles:
+        x0, y0 = t.transform[2], t.transform[5]
+        assert abs(x0 / 3.2 - round(x0 / 3.2)) < 1e-6 and abs(y0 / 3.2 - round(y0 / 3.2)) < 1e-6
+        col, row = t.offset_px
+        assert -32 < col and col + 1024 < i.width + 32 and -32 < row and row + 1024 < i.height + 32
+
+
+def test_plan_3_puts_resampled_tiles_on_the_working_crs_lattice():
+    from engine.tiling.grid import PLAN_GROUND
+
+    i = info(997, 611, 0.05, transform=(0.05, 0.0, 500000.013, 0.0, -0.05, 6000000.021))
+    tiles = plan_tiles(i, 256, 32, 0.1, plan=PLAN_GROUND)
+    assert (coverage(tiles, 997, 611) == 1).all()
+    windows_hold_cores(tiles, i, 256)
+    for t in tiles:
+        x0, y0 = t.transform[2], t.transform[5]
+        assert abs(x0 / 3.2 - round(x0 / 3.2)) < 1e-6 and abs(y0 / 3.2 - round(y0 / 3.2)) < 1e-6

@@ -205,3 +205,19 @@ def test_canopy_beside_an_alpha_or_nodata_edge_is_called_as_inside(tmp_path, ref
     # Measured: within 8 points at each edge, 3 on average; black: 23-60 points short.
     assert max(abs(e) for e in errors) < 0.1 and abs(np.mean(errors)) < 0.05, errors
     assert max(black) < -0.15, black
+
+
+def test_value_range_on_the_command_line(tmp_path, deep):
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-W", "ignore", "-m", "engine", "predict", *map(str, args), "--quiet"],
+                              capture_output=True, text=True, timeout=300)
+
+    proc = cli(deep / "deep16.tif", "--out", tmp_path / "c", "--value-range", "0,65535")
+    assert proc.returncode == 0, proc.stderr
+    assert settings(tmp_path / "c")["value_range"] == [[0.0, 65535.0]] * 3
+    bad = cli(deep / "deep16.tif", "--out", tmp_path / "bad", "--value-range", "65535")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: The value range must be two numbers, the minimum below the maximum, not '65535'."]
