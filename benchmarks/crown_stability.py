@@ -1,12 +1,13 @@
 """Do the same ground's crowns come back where they were? The bundled model on one real-forest scene.
 
 The scene: 64 NEON plots (TEAK, SJER, OSBS; 400 px at 0.1 m each) laid 8 x 8 into one 3200 px
-raster georeferenced on the first TEAK plot (EPSG:32611, 37 N). Each variant is made by GDAL the way users' files come: the same pixels cropped by
-2, 4 or 8 px at the top left (so the pixel grid falls elsewhere on the raster's first tile), the
-same raster recompressed as JPEG at quality 75, and warped to Web Mercator (bilinear) and back to
-UTM at 0.1 m. For each, the share of the reference's crowns with a crown centroid within 1 m
-(crowns within 3 m of the variant's edge are not counted), under tile plan 2 (tiles start where the
-image starts) and plan 3 (interior tiles anchored to the CRS, true ground scale, filled edges).
+raster georeferenced on the first TEAK plot (EPSG:32611, 37 N). Each variant is made by GDAL
+the way users' files come: the same pixels cropped by 2, 4 or 8 px at the top left (the pixel
+grid falls elsewhere on the ground), the same raster recompressed as JPEG at quality 75, warped
+to Web Mercator (bilinear), and from there back to UTM at 0.1 m. For each, the share of the
+reference's crowns with a crown centroid within 1 m (crowns within 3 m of the variant's edge
+not counted), under tile plan 2 (tiles start where the image starts) and plan 3 (tiles start on
+a lattice fixed in the CRS; true ground scale; image mirrored beyond valid pixels).
 
     .venv/bin/python benchmarks/crown_stability.py [WORK_DIR]
 
@@ -69,8 +70,8 @@ def variants(scene: Path, folder: Path) -> dict[str, Path]:
         size = src.width
     out = {}
     for k in (2, 4, 8):
-        out[f"shift {k} px"] = folder / f"shift{k}.tif"
-        gdal("translate", "-srcwin", str(k), str(k), str(size - k), str(size - k), str(scene), str(out[f"shift {k} px"]))
+        out[f"shift {k} px"] = path = folder / f"shift{k}.tif"
+        gdal("translate", "-srcwin", str(k), str(k), str(size - k), str(size - k), str(scene), str(path))
     out["JPEG q75"] = folder / "jpeg75.tif"
     gdal("translate", "-co", "COMPRESS=JPEG", "-co", "JPEG_QUALITY=75", "-co", "TILED=YES", str(scene),
          str(out["JPEG q75"]))
@@ -144,7 +145,8 @@ def main(work: Path) -> None:
     for plan in (PLAN_EDGE, PLAN_GROUND):
         result, took = run(scene, work / f"ref_p{plan}", plan)
         reference, ref_area = crowns(work / f"ref_p{plan}", crs)
-        print(f"{'reference':<20} {plan:>4} {result.total:>5} {len(reference):>6} {ref_area:>8.0f} {'':>10} {took:>6.1f}")
+        print(f"{'reference':<20} {plan:>4} {result.total:>5} {len(reference):>6} {ref_area:>8.0f} {'':>10} "
+              f"{took:>6.1f}")
         for name, path in files.items():
             cache = work / f"{path.stem}_p{plan}"
             result, took = run(path, cache, plan)
