@@ -34,12 +34,6 @@ from .raster import check_bands, open_raster, point_mapper
 from .stretch import ValueRange, stretch
 
 
-# Invalid pixels find their nearest valid ground on a grid this many times coarser (a block is
-# valid when all its pixels are): 2 ms for a 1024 px tile where the exact distance transform takes
-# 0.7 s; the mirror then lies at most a block's width further inside the valid pixels.
-FILL_BLOCK_PX = 4
-
-
 def fill_invalid(raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """``raw`` (bands, H, W) with every invalid pixel given the value of its mirror image through the
     nearest valid ground, or the valid pixels' mean where that mirror image is not valid (in place).
@@ -56,18 +50,13 @@ def fill_invalid(raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
         mode = "reflect" if min(r1 - r0, c1 - c0) > 1 else "symmetric"
         raw[:] = np.pad(raw[:, r0:r1, c0:c1], ((0, 0), (r0, h - r1), (c0, w - c1)), mode=mode)
         return raw
-    f = FILL_BLOCK_PX
-    h, w = valid.shape
-    hc, wc = -(-h // f), -(-w // f)
-    padded = np.zeros((hc * f, wc * f), bool)
-    padded[:h, :w] = valid
-    block_valid = padded.reshape(hc, f, wc, f).all(axis=(1, 3))
-    if not block_valid.any():  # valid pixels too scattered for whole blocks: look at every pixel
-        f, block_valid = 1, valid
-    _, (near_r, near_c) = ndimage.distance_transform_edt(~block_valid, return_indices=True)
+    # The nearest valid pixel by city-block distance: a point on the edge as the Euclidean one is, at
+    # a quarter of its cost (60 ms against 290 ms for a 1024 px tile on a busy machine).
+    _, (near_r, near_c) = ndimage.distance_transform_cdt(invalid, metric="taxicab", return_indices=True)
     rows, cols = np.nonzero(invalid)
-    mirror_r = 2 * np.minimum(near_r[rows // f, cols // f] * f + f // 2, h - 1) - rows
-    mirror_c = 2 * np.minimum(near_c[rows // f, cols // f] * f + f // 2, w - 1) - cols
+    h, w = valid.shape
+    mirror_r = 2 * near_r[rows, cols] - rows
+    mirror_c = 2 * near_c[rows, cols] - cols
     inside = (mirror_r >= 0) & (mirror_r < h) & (mirror_c >= 0) & (mirror_c < w)
     mirrored = np.zeros(rows.shape, bool)
     mirrored[inside] = valid[mirror_r[inside], mirror_c[inside]]
