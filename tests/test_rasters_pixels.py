@@ -228,3 +228,30 @@ def test_value_range_on_the_command_line(tmp_path, deep):
     bad = cli(deep / "deep16.tif", "--out", tmp_path / "bad", "--value-range", "65535")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "error: The value range must be two numbers, the minimum below the maximum, not '65535'."]
+
+
+@pytest.mark.usefixtures("per_tile_commits")
+def test_a_cache_of_tile_plan_2_resumes_as_it_was_made(tmp_path, crown_model, monkeypatch):
+    """Black beyond valid pixels, the image's own CRS, windows inside the image: a plan-2 cache cut short
+    and finished by this engine is the plan-2 cache made in one go."""
+    import engine.run.predict as run_predict
+    from engine.tiling.grid import PLAN_EDGE
+    from tests.conftest import SQUARES
+    from tests.rasters import assert_same_cache, crowns_image, snapshot
+
+    img = crowns_image(320, 320, SQUARES)
+    alpha = np.full((1, 320, 320), 255, np.uint8)
+    alpha[0, :, :37] = 0
+    path = write_raster(tmp_path / "img.tif", np.concatenate([img, alpha]), photometric="RGB", alpha="YES")
+    with monkeypatch.context() as m:
+        m.setattr(run_predict, "LATEST_PLAN", PLAN_EDGE)
+        predict(Job(image=path, cache_dir=tmp_path / "clean", model=crown_model))
+        seen = []
+        first = predict(Job(image=path, cache_dir=tmp_path / "c", model=crown_model),
+                        progress=lambda p: p.tile_id and seen.append(p.tile_id), cancelled=lambda: len(seen) >= 5)
+    assert first.state == "cancelled"
+    assert predict(Job(image=path, cache_dir=tmp_path / "c", model=crown_model)).state == "complete"
+    assert json.loads((tmp_path / "c" / "tiles.jsonl").read_text().splitlines()[0])["plan"] == PLAN_EDGE
+    assert_same_cache(snapshot(tmp_path / "c"), snapshot(tmp_path / "clean"))
+    predict(Job(image=path, cache_dir=tmp_path / "new", model=crown_model))
+    assert json.loads((tmp_path / "new" / "tiles.jsonl").read_text().splitlines()[0])["plan"] == 3
