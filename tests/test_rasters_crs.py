@@ -9,6 +9,7 @@ ground metres must be read in its local UTM zone.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from engine.settings import Job
 from engine.tiling.raster import describe_raster, ground_scale, working_crs
 from tests.rasters import read_crowns
 
-SAMPLE = __import__("pathlib").Path(__file__).resolve().parents[1] / "resources" / "sample" / "OSBS_029.tif"
+SAMPLE = Path(__file__).resolve().parents[1] / "resources" / "sample" / "OSBS_029.tif"
 PLOT_M2 = 40.0 * 40.0  # 400 x 400 px at 0.1 m
 
 gdal.UseExceptions()
