@@ -41,6 +41,7 @@ from enum import Enum
 from pathlib import Path
 
 from .errors import InputError, TCDError
+from .process import S3_PATHS, route_warnings, skip_import
 from .settings import Job
 
 CANCEL = "cancel"
@@ -116,6 +117,7 @@ def main() -> int:
 
     # Engine log records go to stderr, which the plugin keeps for its log tab.
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    route_warnings(logging.INFO)  # kept in that log, never shown as the run's message
     cancel = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: cancel.set())
     events.send("started", pid=os.getpid())
@@ -129,6 +131,8 @@ def main() -> int:
             if isinstance(exc, TCDError):
                 raise
             raise InputError(f"The job sent to the worker is not valid JSON: {exc}.") from exc
+        if not any(path in line for path in S3_PATHS):
+            skip_import("boto3")
         threading.Thread(target=_watch_stdin, args=(sys.stdin, cancel), daemon=True).start()
 
         # Imported here: it needs rasterio, onnxruntime and scipy, which a missing

@@ -4,7 +4,8 @@ Each command lives in its own module with ``register(subparsers)``, which adds
 its parser and sets ``func(args) -> int``. User errors (:class:`TCDError`) print
 one line and exit 2, the engine's sentence followed by the remedy in this
 interface's words (its flags); ``--debug`` shows the traceback too and turns on
-the engine's debug log.
+the engine's debug log, other libraries' warnings included (otherwise kept out of
+sight). Only the module of the command being run is imported.
 """
 
 from __future__ import annotations
@@ -16,16 +17,29 @@ import sys
 import traceback
 
 from ..errors import CacheError, ClusterError, MissingCRSError, TCDError
+from ..process import S3_PATHS, route_warnings, skip_import
 
 COMMANDS = ("predict", "status", "evaluate", "export_restor", "export_deepforest", "doctor")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_in(argv: list[str]) -> str | None:
+    """The module name of the command ``argv`` runs, or None (no command yet, or help asked for)."""
+    for word in argv:
+        if word in ("-h", "--help"):
+            return None
+        if not word.startswith("-"):
+            name = word.replace("-", "_")
+            return name if name in COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of the command module ``only`` alone (the others unimported)."""
     parser = argparse.ArgumentParser(prog="python -m engine", description="Tree crown delineation engine.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors and other libraries' warnings")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for name in COMMANDS:
+    for name in (only,) if only else COMMANDS:
         try:
             module = importlib.import_module(f".{name}", __name__)
         except ModuleNotFoundError as exc:
@@ -55,7 +69,11 @@ def remedy(exc: TCDError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    route_warnings(logging.DEBUG)
+    argv = sys.argv[1:] if argv is None else argv
+    if not any(path in word for word in argv for path in S3_PATHS):
+        skip_import("boto3")
+    parser = build_parser(command_in(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
