@@ -36,6 +36,12 @@ from ..tiling.grid import Tile, apply, invert, window_transform
 # below the threshold inside a crown), not gaps in the canopy: they are filled.
 MIN_HOLE_AREA_M2 = 2.0
 MEASUREMENTS = ("area_m2", "perimeter_m", "diam_m")
+# Traced outlines are smoothed where a run between two corners is shorter than this (pixels
+# of the grid traced): those corners are the steps of a staircase, not corners of the shape.
+STEP_RUN_PX = 3.0
+# Crowns sharing less than this (in pixels of the grid traced) only touch: floating-point dust.
+OVERLAP_TOLERANCE_PX2 = 1e-4
+PIXEL_SPACE = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # a label image traced in its own pixel coordinates
 
 gdal.UseExceptions()
 ogr.UseExceptions()
@@ -128,6 +134,103 @@ def _map_coordinates(geoms: np.ndarray, mapper) -> np.ndarray:
     return shapely.transform(geoms, lambda xy: np.column_stack(mapper(xy[:, 0], xy[:, 1])))
 
 
+def smooth_steps(polygons: np.ndarray) -> np.ndarray:
+    """Polygons traced on a pixel grid (vertices on integer pixel corners) with their pixel steps smoothed.
+
+    Each vertex next to a run shorter than :data:`STEP_RUN_PX` pixels is a step of the
+    staircase a traced outline is made of: it is replaced by the two points half a pixel
+    from it along its edges (a 1-pixel step becomes a 45-degree edge through the midpoints
+    of the pixel edges, as marching squares would draw it). Corners between longer runs
+    are kept. The outline moves by at most half a pixel's diagonal and a crown's area
+    by about a pixel in all. Two regions of one label image that share a run cut its ends
+    at the same points, so their shared edges stay shared.
+    """
+    if polygons.size == 0:
+        return polygons
+    rings, owner = shapely.get_rings(polygons, return_index=True)
+    coords, ring_of = shapely.get_coordinates(rings, return_index=True)
+    open_ = np.r_[ring_of[1:] == ring_of[:-1], False]  # drop each ring's closing vertex
+    xy, ring_of = coords[open_], ring_of[open_]
+    starts = np.flatnonzero(np.r_[True, ring_of[1:] != ring_of[:-1]])
+    counts = np.diff(np.r_[starts, len(ring_of)])
+    first, n = np.repeat(starts, counts), np.repeat(counts, counts)
+    pos = np.arange(len(ring_of)) - first
+    to_prev = xy[first + (pos - 1) % n] - xy
+    to_next = xy[first + (pos + 1) % n] - xy
+    run_prev = np.hypot(to_prev[:, 0], to_prev[:, 1])[:, None]
+    run_next = np.hypot(to_next[:, 0], to_next[:, 1])[:, None]
+    step = np.minimum(run_prev, run_next)[:, 0] < STEP_RUN_PX
+    before = np.where(step[:, None], xy + 0.5 * to_prev / run_prev, xy)
+    after = xy + 0.5 * to_next / run_next
+    points = np.stack([before, after], axis=1).reshape(-1, 2)
+    point_ring = np.repeat(ring_of, 2)
+    keep = np.repeat(np.ones_like(step), 2)
+    keep[1::2] = step  # a corner is one point
+    points, point_ring = points[keep], point_ring[keep]
+    # A run of one pixel between two steps gives its midpoint twice; a ring's last point may be its first.
+    same_ring = np.r_[False, point_ring[1:] == point_ring[:-1]]
+    repeat = same_ring & np.r_[False, (points[1:] == points[:-1]).all(axis=1)]
+    ring_start = np.flatnonzero(~same_ring)
+    ring_end = np.r_[ring_start[1:], len(points)] - 1
+    repeat[ring_end[(points[ring_end] == points[ring_start]).all(axis=1)]] = True
+    points, point_ring = points[~repeat], point_ring[~repeat]
+    new_rings = shapely.linearrings(points, indices=point_ring)
+    return shapely.polygons(new_rings, indices=owner)
+
+
+def cut_overlaps(polygons: np.ndarray, earlier: np.ndarray | None = None, *, min_overlap: float = 0.0,
+                 among: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Polygons cut so that none overlaps another or any of ``earlier`` by more than ``min_overlap``.
+
+    A polygon loses what it shares with ``earlier`` and with the polygons before it in
+    ``polygons`` (as they are after their own cut): the first comer keeps the ground.
+    What remains is the polygon's largest part (a crown is one piece); a polygon left
+    with less than half its area is a second outline of a crown already stored (two
+    tiles each saw it centred in their own core) and is dropped. ``among=False`` leaves
+    overlaps within ``polygons`` alone (they are known not to overlap). Returns the
+    polygons and, as boolean masks over the input, which are kept and which were cut.
+    """
+    kept = np.ones(len(polygons), bool)
+    cut = np.zeros(len(polygons), bool)
+    if len(polygons) == 0:
+        return polygons, kept, cut
+    earlier = np.zeros(0, dtype=object) if earlier is None else earlier
+    everything = np.concatenate([earlier, polygons])
+    n_earlier = len(earlier)
+    mine, other = shapely.STRtree(everything).query(polygons, predicate="intersects")
+    other_index = other - n_earlier  # < 0: one of ``earlier``
+    pairs = other_index < (mine if among else 0)
+    mine, other = mine[pairs], other[pairs]
+    if mine.size == 0:
+        return polygons, kept, cut
+    shared = shapely.area(shapely.intersection(polygons[mine], everything[other]))
+    overlapping = shared > min_overlap
+    mine, other = mine[overlapping], other[overlapping]
+    if mine.size == 0:
+        return polygons, kept, cut
+    polygons = polygons.copy()
+    for i in np.unique(mine):
+        rivals = other[mine == i]
+        cutters = [everything[j] if j < n_earlier else polygons[j - n_earlier] for j in rivals
+                   if j < n_earlier or kept[j - n_earlier]]
+        if not cutters:
+            continue
+        whole = polygons[i]
+        rest = shapely.difference(whole, shapely.union_all(cutters))
+        parts = shapely.get_parts(rest)
+        parts = parts[shapely.get_type_id(parts) == shapely.GeometryType.POLYGON]
+        if parts.size == 0:
+            kept[i] = False
+            continue
+        largest = parts[np.argmax(shapely.area(parts))]
+        if shapely.area(largest) < 0.5 * shapely.area(whole):
+            kept[i] = False
+            continue
+        polygons[i] = shapely.normalize(largest)
+        cut[i] = True
+    return polygons, kept, cut
+
+
 def measure(polygons: np.ndarray, grid: CrownGrid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Area (m²), perimeter (m) and equal-area circle diameter (m) of source-CRS polygons.
 
@@ -205,7 +308,7 @@ def tile_crowns(spec: ModelSpec, inst: Instances, tile: Tile, grid: CrownGrid, m
                            np.array([row, row, row + h, row + h], float))
             core = shapely.Polygon(np.column_stack([xs, ys]))
 
-    values, polygons = label_polygons(kept, window_t)
+    values, polygons = label_polygons(kept, PIXEL_SPACE)
     if not kind.clips_to_core:
         # One polygon per crown: its largest part (a crown is one connected piece).
         order = np.lexsort((-shapely.area(polygons), values))
@@ -214,9 +317,10 @@ def tile_crowns(spec: ModelSpec, inst: Instances, tile: Tile, grid: CrownGrid, m
         chosen = np.sort(order[first])
         values, polygons = values[chosen], polygons[chosen]
 
-    units2_per_m2 = grid.work_units_per_m**2
-    polygons = _fill_small_holes(polygons, MIN_HOLE_AREA_M2 * units2_per_m2)
-    polygons = shapely.simplify(polygons, abs(window_t[0]) * 0.5, preserve_topology=True)
+    pixel_units2 = abs(window_t[0] * window_t[4] - window_t[1] * window_t[3])
+    polygons = _fill_small_holes(polygons, MIN_HOLE_AREA_M2 * grid.work_units_per_m**2 / pixel_units2)
+    polygons = smooth_steps(polygons)
+    polygons = _map_coordinates(polygons, lambda x, y: apply(window_t, x, y))
     if grid.to_src is not None:
         polygons = _map_coordinates(polygons, grid.to_src)
     if core is not None:
@@ -226,6 +330,11 @@ def tile_crowns(spec: ModelSpec, inst: Instances, tile: Tile, grid: CrownGrid, m
         polygons, values = parts[is_polygon], values[index[is_polygon]]
     nonempty = ~shapely.is_empty(polygons)
     polygons, values = polygons[nonempty], values[nonempty]
+    if not kind.clips_to_core:
+        # Pixel-exact outlines of one label image never overlap; smoothing each crown on its
+        # own may overlap a neighbour by a sliver where three crowns meet: the earlier keeps it.
+        polygons, kept_crowns, _ = cut_overlaps(polygons, min_overlap=pixel_units2 * OVERLAP_TOLERANCE_PX2)
+        polygons, values = polygons[kept_crowns], values[kept_crowns]
 
     areas, perimeters, diameters = measure(polygons, grid)
     wkbs = shapely.to_wkb(polygons, byte_order=1)
