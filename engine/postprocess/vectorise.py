@@ -197,10 +197,14 @@ def cut_overlaps(polygons: np.ndarray, earlier: np.ndarray | None = None, *, min
     earlier = np.zeros(0, dtype=object) if earlier is None else earlier
     everything = np.concatenate([earlier, polygons])
     n_earlier = len(earlier)
-    mine, other = shapely.STRtree(everything).query(polygons, predicate="intersects")
+    mine, other = shapely.STRtree(everything).query(polygons)  # pairs whose boxes meet
     other_index = other - n_earlier  # < 0: one of ``earlier``
     pairs = other_index < (mine if among else 0)
     mine, other = mine[pairs], other[pairs]
+    # Only pairs whose interiors meet (most neighbours only share edges) are intersected:
+    # the relation is a third of the cost of an intersection.
+    inside = shapely.relate_pattern(polygons[mine], everything[other], "T********")
+    mine, other = mine[inside], other[inside]
     if mine.size == 0:
         return polygons, kept, cut
     shared = shapely.area(shapely.intersection(polygons[mine], everything[other]))
