@@ -36,9 +36,16 @@ from ..tiling.grid import Tile, apply, invert, window_transform
 # below the threshold inside a crown), not gaps in the canopy: they are filled.
 MIN_HOLE_AREA_M2 = 2.0
 MEASUREMENTS = ("area_m2", "perimeter_m", "diam_m")
-# Traced outlines are smoothed where a run between two corners is shorter than this (pixels
-# of the grid traced): those corners are the steps of a staircase, not corners of the shape.
-STEP_RUN_PX = 3.0
+# Traced outlines are smoothed (smooth_outlines), except at corners between two straight runs
+# of at least this many pixels of the grid traced: those are the shape's corners, not steps.
+CORNER_RUN_PX = 8
+# Passes of the filter along each ring, alternately halfway to the neighbours' mean and 0.53 of
+# the way back (Taubin's pair: steps smoothed, area kept; -0.53 puts the pair's pass band
+# at features of about 10 pixels and more along the ring).
+SMOOTHING_PASSES = 6
+SMOOTHING_STEPS = (0.5, -0.53)
+# Smoothed outlines keep a vertex per pixel edge; those within this (pixels) of a straight line go.
+SIMPLIFY_PX = 0.1
 # Crowns sharing less than this (in pixels of the grid traced) only touch: floating-point dust.
 OVERLAP_TOLERANCE_PX2 = 1e-4
 PIXEL_SPACE = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # a label image traced in its own pixel coordinates
@@ -134,48 +141,66 @@ def _map_coordinates(geoms: np.ndarray, mapper) -> np.ndarray:
     return shapely.transform(geoms, lambda xy: np.column_stack(mapper(xy[:, 0], xy[:, 1])))
 
 
-def smooth_steps(polygons: np.ndarray) -> np.ndarray:
-    """Polygons traced on a pixel grid (vertices on integer pixel corners) with their pixel steps smoothed.
+def smooth_outlines(polygons: np.ndarray, passes: int = SMOOTHING_PASSES) -> np.ndarray:
+    """Polygons traced on a pixel grid (edges along pixel edges, vertices on pixel corners), smoothed.
 
-    Each vertex next to a run shorter than :data:`STEP_RUN_PX` pixels is a step of the
-    staircase a traced outline is made of: it is replaced by the two points half a pixel
-    from it along its edges (a 1-pixel step becomes a 45-degree edge through the midpoints
-    of the pixel edges, as marching squares would draw it). Corners between longer runs
-    are kept. The outline moves by at most half a pixel's diagonal and a crown's area
-    by about a pixel in all. Two regions of one label image that share a run cut its ends
-    at the same points, so their shared edges stay shared.
+    Each ring is redrawn through the midpoints of its pixel edges (the outline marching
+    squares draws), then each point moves ``passes`` times towards the mean of its two
+    neighbours along the ring, by the factors of :data:`SMOOTHING_STEPS` in turn: steps
+    of the pixel staircase melt into slopes and curves, the outline moves by about a
+    pixel at most and a crown keeps its area to about a per cent. Corners between
+    two straight runs of at least :data:`CORNER_RUN_PX` pixels are the shape's own (a
+    tile's or the image's edge, a square) and stay where they are. The filter is
+    exactly the same walked either way, so two regions of one label image that share
+    a stretch of boundary keep it shared, bit for bit, but for about ``passes`` pixels
+    from where a third region meets them (see :func:`cut_overlaps`).
     """
     if polygons.size == 0:
         return polygons
     rings, owner = shapely.get_rings(polygons, return_index=True)
     coords, ring_of = shapely.get_coordinates(rings, return_index=True)
-    open_ = np.r_[ring_of[1:] == ring_of[:-1], False]  # drop each ring's closing vertex
-    xy, ring_of = coords[open_], ring_of[open_]
+    open_ = np.r_[ring_of[1:] == ring_of[:-1], False]  # each ring's closing vertex dropped
+    corner, ring_of = coords[open_], ring_of[open_]
+    first, n = _ring_layout(ring_of)
+    pos = np.arange(len(ring_of)) - first
+    edge = corner[first + (pos + 1) % n] - corner  # from each corner to the next
+    run = np.rint(np.abs(edge).sum(axis=1)).astype(np.int64)  # axis-aligned: its length in pixels
+    run_before = run[first + (pos - 1) % n]
+    pinned = np.minimum(run_before, run) >= CORNER_RUN_PX
+    # Per corner: itself if pinned, then the midpoints of the pixel edges of its outgoing run.
+    per_corner = run + pinned
+    owner_corner = np.repeat(np.arange(len(corner)), per_corner)
+    k = np.arange(len(owner_corner)) - np.repeat(np.cumsum(per_corner) - per_corner, per_corner)
+    k = k - pinned[owner_corner]  # -1: the pinned corner itself
+    direction = edge / np.maximum(run, 1)[:, None]
+    points = corner[owner_corner] + np.where(k[:, None] >= 0, k[:, None] + 0.5, 0.0) * direction[owner_corner]
+    fixed = k < 0
+    point_ring = ring_of[owner_corner]
+    first, n = _ring_layout(point_ring)
+    pos = np.arange(len(point_ring)) - first
+    before, after = first + (pos - 1) % n, first + (pos + 1) % n
+    moving = ~fixed
+    for i in range(passes):
+        # Taubin's pair of steps: halfway to the neighbours' mean, then back out a little
+        # further, so the outline loses its steps without shrinking the crown.
+        step = SMOOTHING_STEPS[i % 2]
+        smoothed = points + step * ((points[before] + points[after]) * 0.5 - points)
+        points = np.where(moving[:, None], smoothed, points)
+    smoothed = shapely.polygons(shapely.linearrings(points, indices=point_ring), indices=owner)
+    # A pixel-wide neck can fold onto itself: such a crown is repaired and keeps its largest piece.
+    invalid = np.flatnonzero(~shapely.is_valid(smoothed))
+    for i in invalid:
+        parts = shapely.get_parts(shapely.make_valid(smoothed[i]))
+        parts = parts[shapely.get_type_id(parts) == shapely.GeometryType.POLYGON]
+        smoothed[i] = parts[np.argmax(shapely.area(parts))] if parts.size else polygons[i]
+    return smoothed
+
+
+def _ring_layout(ring_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For points listed ring by ring, each point's ring's first index and its ring's point count."""
     starts = np.flatnonzero(np.r_[True, ring_of[1:] != ring_of[:-1]])
     counts = np.diff(np.r_[starts, len(ring_of)])
-    first, n = np.repeat(starts, counts), np.repeat(counts, counts)
-    pos = np.arange(len(ring_of)) - first
-    to_prev = xy[first + (pos - 1) % n] - xy
-    to_next = xy[first + (pos + 1) % n] - xy
-    run_prev = np.hypot(to_prev[:, 0], to_prev[:, 1])[:, None]
-    run_next = np.hypot(to_next[:, 0], to_next[:, 1])[:, None]
-    step = np.minimum(run_prev, run_next)[:, 0] < STEP_RUN_PX
-    before = np.where(step[:, None], xy + 0.5 * to_prev / run_prev, xy)
-    after = xy + 0.5 * to_next / run_next
-    points = np.stack([before, after], axis=1).reshape(-1, 2)
-    point_ring = np.repeat(ring_of, 2)
-    keep = np.repeat(np.ones_like(step), 2)
-    keep[1::2] = step  # a corner is one point
-    points, point_ring = points[keep], point_ring[keep]
-    # A run of one pixel between two steps gives its midpoint twice; a ring's last point may be its first.
-    same_ring = np.r_[False, point_ring[1:] == point_ring[:-1]]
-    repeat = same_ring & np.r_[False, (points[1:] == points[:-1]).all(axis=1)]
-    ring_start = np.flatnonzero(~same_ring)
-    ring_end = np.r_[ring_start[1:], len(points)] - 1
-    repeat[ring_end[(points[ring_end] == points[ring_start]).all(axis=1)]] = True
-    points, point_ring = points[~repeat], point_ring[~repeat]
-    new_rings = shapely.linearrings(points, indices=point_ring)
-    return shapely.polygons(new_rings, indices=owner)
+    return np.repeat(starts, counts), np.repeat(counts, counts)
 
 
 def cut_overlaps(polygons: np.ndarray, earlier: np.ndarray | None = None, *, min_overlap: float = 0.0,
@@ -323,7 +348,8 @@ def tile_crowns(spec: ModelSpec, inst: Instances, tile: Tile, grid: CrownGrid, m
 
     pixel_units2 = abs(window_t[0] * window_t[4] - window_t[1] * window_t[3])
     polygons = _fill_small_holes(polygons, MIN_HOLE_AREA_M2 * grid.work_units_per_m**2 / pixel_units2)
-    polygons = smooth_steps(polygons)
+    polygons = smooth_outlines(polygons)
+    polygons = shapely.simplify(polygons, SIMPLIFY_PX, preserve_topology=True)
     polygons = _map_coordinates(polygons, lambda x, y: apply(window_t, x, y))
     if grid.to_src is not None:
         polygons = _map_coordinates(polygons, grid.to_src)
