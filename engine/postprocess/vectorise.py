@@ -13,10 +13,13 @@ rules keep every instance exactly once across overlapping tiles:
   span any number of tiles) is cut to the core: each piece of ground is stored
   once, patches split along core borders.
 
-Geometry is shapely 2, vectorised over the tile's polygons: pin-holes filled,
-simplified to half a model pixel, clipped, and measured in metres
-(``area_m2``, ``perimeter_m``, ``diam_m``: the diameter of the circle of equal
-area) in a metric CRS even when the source CRS is geographic.
+Geometry is shapely 2 and numpy, vectorised over the tile's polygons: pin-holes
+filled, outlines smoothed on the traced grid so that neighbours' shared edges stay
+shared (:func:`smooth_outlines`), clipped, and measured in metres (``area_m2``,
+``perimeter_m``, ``diam_m``: the diameter of the circle of equal area) in a metric
+CRS even when the source CRS is geographic. No two crowns of a tile overlap
+(:func:`cut_overlaps`); crowns of neighbouring tiles are cut as they commit
+(:mod:`engine.postprocess.seams`).
 """
 
 from __future__ import annotations
