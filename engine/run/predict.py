@@ -26,7 +26,7 @@ from ..models.runner import OnnxModel
 from ..models.spec import default_model_path, for_run
 from ..postprocess.heights import CanopyHeightRaster
 from ..postprocess.seams import CrownSeams, window_reach_px
-from ..settings import Job, Output, VectorFormat, resolve_settings
+from ..settings import BoxGeometry, Job, Output, VectorFormat, resolve_settings
 from ..tiling.aoi import aoi_filter
 from ..tiling.grid import LATEST_PLAN, PLAN_MARGIN, PLANS, Tile, plan_tiles
 from ..tiling.raster import check_bands, check_dtype, describe_raster, point_mapper, working_crs
@@ -120,8 +120,9 @@ def prepare(job: Job, plan_version: int | None = None) -> Prepared:
 def crown_seams(prepared: Prepared) -> CrownSeams | None:
     """The cut between neighbouring tiles' crowns, for runs whose crowns cross tile cores (None otherwise)."""
     plan = prepared.plan
-    if not plan.writes_instances or plan.spec.kind.clips_to_core:
-        return None
+    as_boxes = plan.spec.kind.detects_boxes and plan.spec.box_geometry == BoxGeometry.BOXES.value
+    if not plan.writes_instances or plan.spec.kind.clips_to_core or as_boxes:
+        return None  # regions cut to the core never overlap; boxes asked for as boxes stay whole
     info, settings = plan.info, plan.settings
     reach = window_reach_px(prepared.tiles[0], settings.tile_size_px, info.transform,
                             point_mapper(settings.work_crs, info.crs_wkt))
