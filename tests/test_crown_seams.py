@@ -41,7 +41,8 @@ def test_later_crowns_lose_what_earlier_crowns_hold_and_are_measured_again():
     assert len(cut) == 2 and cut[1] is TILE_2[2]
     polygon = shapely.from_wkb(cut[0].wkb)
     assert polygon.equals(shapely.box(X0 + 6, Y0 - 4, X0 + 9, Y0 - 1))
-    assert cut[0].attributes["area_m2"] == pytest.approx(9.0) and cut[0].attributes["perimeter_m"] == pytest.approx(12.0)
+    assert cut[0].attributes["area_m2"] == pytest.approx(9.0)
+    assert cut[0].attributes["perimeter_m"] == pytest.approx(12.0)
     assert cut[0].attributes["diam_m"] == pytest.approx(2 * np.sqrt(9.0 / np.pi), abs=1e-3)
     assert cut[0].score == 0.8
     everything = shapely.from_wkb([c.wkb for c in TILE_1 + cut])
