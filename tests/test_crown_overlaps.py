@@ -108,4 +108,6 @@ def test_a_resumed_run_cuts_its_seams_as_the_uninterrupted_run(forest, clean, tm
     assert first.state == "cancelled" and 20 <= first.done < 49
     assert predict(job(forest, tmp_path / "c", vector_format=vector_format)).state == "complete"
     assert_same_cache(snapshot(tmp_path / "c", name), snapshot(reference, name))
+    resumed, clean_run = crowns_of(tmp_path / "c", name), crowns_of(reference, name)
+    assert shapely.to_wkb(resumed[0]).tolist() == shapely.to_wkb(clean_run[0]).tolist()  # to the last bit
     assert overlapping_pairs(crowns_of(tmp_path / "c", name)[0]) == []
