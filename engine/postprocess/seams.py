@@ -66,7 +66,8 @@ class CrownSeams:
         self._min_overlap = pixel_area * OVERLAP_TOLERANCE_PX2
         self._canopy_height = canopy_height
         self._heights: CanopyHeightRaster | None = None
-        self._tiles: list[tuple[tuple[int, int, int, int], np.ndarray]] = []  # (core bbox_px, crowns), plan order
+        # (core bbox_px, crowns, their bounds), in plan order
+        self._tiles: list[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray]] = []
 
     def needs(self, bbox_px: tuple[int, int, int, int], first_todo_bbox_px: tuple[int, int, int, int]) -> bool:
         """Whether a committed tile's crowns can meet those of the tile ``first_todo_bbox_px`` or later ones."""
@@ -79,18 +80,25 @@ class CrownSeams:
 
     def _keep(self, bbox_px: tuple[int, int, int, int], polygons: np.ndarray) -> None:
         # Normalised, so that crowns read back from the file cut exactly as those kept in memory.
-        self._tiles.append((bbox_px, shapely.normalize(polygons)))
+        polygons = shapely.normalize(polygons)
+        self._tiles.append((bbox_px, polygons, shapely.bounds(polygons).reshape(-1, 4)))
 
     def cut(self, bbox_px: tuple[int, int, int, int], crowns: tuple) -> tuple:
         """The tile's crowns less what earlier tiles' crowns hold (some dropped); then keeps them for later tiles."""
         x0, y0, x1, y1 = bbox_px
         reach = self._reach
-        self._tiles = [(b, p) for b, p in self._tiles if b[3] + reach >= y0]
+        self._tiles = [kept for kept in self._tiles if kept[0][3] + reach >= y0]
         if not crowns:
             self._keep(tuple(bbox_px), np.zeros(0, dtype=object))
             return crowns
-        near = [p for b, p in self._tiles if b[0] - reach <= x1 and b[2] + reach >= x0 and p.size]
         polygons = shapely.from_wkb([c.wkb for c in crowns])
+        # Only earlier crowns whose boxes meet the box around this tile's crowns can overlap them.
+        mine = shapely.bounds(polygons)
+        lo, hi = mine[:, :2].min(axis=0), mine[:, 2:].max(axis=0)
+        near = [p[(b[:, 0] <= hi[0]) & (b[:, 2] >= lo[0]) & (b[:, 1] <= hi[1]) & (b[:, 3] >= lo[1])]
+                for core, p, b in self._tiles
+                if core[0] - reach <= x1 and core[2] + reach >= x0 and p.size]
+        near = [p for p in near if p.size]
         if near:
             polygons, kept, cut = cut_overlaps(polygons, np.concatenate(near), min_overlap=self._min_overlap,
                                                among=False)
