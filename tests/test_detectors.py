@@ -176,6 +176,22 @@ def test_canopy_split_between_overlapping_boxes():
     assert areas[0] < math.pi * 1.5**2 * 1.05 and areas[2] == pytest.approx(math.pi * 0.75**2, rel=0.02)
 
 
+def test_crowns_of_overlapping_boxes_are_cut_the_better_box_keeping_the_ground():
+    # Two ellipses overlapping by about a fifth, and a third box nearly inside the first (the same tree).
+    boxes = [[10, 10, 50, 50, 0], [40, 10, 80, 50, 0], [12, 12, 46, 48, 0]]
+    ellipses = tile_box_crowns(_spec(), _instances(boxes, [0.9, 0.8, 0.7]), _tile(), GRID)
+    assert [c.score for c in ellipses] == pytest.approx([0.9, 0.8])
+    first, second = (shapely.from_wkb(c.wkb) for c in ellipses)
+    assert first.area == pytest.approx(math.pi * 2.0**2, rel=0.01)  # the better box's ellipse, whole
+    assert shapely.intersection(first, second).area < 1e-6
+    assert second.area < math.pi * 2.0**2 * 0.95
+    assert ellipses[1].attributes["area_m2"] == pytest.approx(second.area, abs=1e-3)
+    # Boxes stored as boxes stay whole: they overlap as the detector drew them.
+    rects = [shapely.from_wkb(c.wkb) for c in tile_box_crowns(_spec("boxes"), _instances(boxes, [0.9, 0.8, 0.7]),
+                                                               _tile(), GRID)]
+    assert len(rects) == 3 and shapely.intersection(rects[0], rects[1]).area == pytest.approx(4.0)
+
+
 class SquareDetector(OnnxModel):
     """The engine's model class, its run() replaced by a detector of bright squares (reported as YOLO v5 rows).
 

@@ -213,6 +213,17 @@ class Cache:
         """Committed tiles (tiles 1..done of the plan)."""
         return len(self.records)
 
+    def committed_crowns(self, first_index: int) -> list[tuple[tuple[int, int, int, int], list[bytes]]]:
+        """Core ``bbox_px`` and crowns (WKB, in id order) of committed tiles ``first_index`` onwards, in plan order."""
+        records = self.records[first_index:]
+        if not records or self._vectors is None:
+            return [(tuple(r.bbox), []) for r in records]
+        first_id = records[0].features_end - records[0].features + 1
+        by_tile: dict[int, list[bytes]] = {}
+        for tile_id, wkb in self._vectors.read(first_id, self.features_end):
+            by_tile.setdefault(tile_id, []).append(wkb)
+        return [(tuple(r.bbox), by_tile.get(r.tile_id, [])) for r in records]
+
     def commit(self, outputs: TileOutputs) -> list[TileRecord]:
         """Take the next tile's outputs; returns the records committed by this call (often none yet).
 

@@ -124,6 +124,23 @@ class VectorInstanceCache:
         except (RuntimeError, OSError) as exc:
             raise disk_error(f"crowns to {self.rel}", exc) from exc
 
+    def read(self, first_id: int, last_id: int) -> list[tuple[int, bytes]]:
+        """``(tile_id, WKB)`` of the crowns with ids ``first_id`` to ``last_id``, in id order."""
+        rows = []
+        tile_index = self._field_index["tile_id"]
+        for feature in self._features(first_id, last_id):
+            rows.append((feature.GetField(tile_index), bytes(feature.GetGeometryRef().ExportToWkb())))
+        return rows
+
+    def _features(self, first_id: int, last_id: int):
+        # Ids grow with the fid and a rolled-back fid is not used again: the fid bound lets
+        # SQLite start at the first crown instead of reading the layer from its start.
+        self.layer.SetAttributeFilter(f"fid >= {int(first_id)} AND id >= {int(first_id)} AND id <= {int(last_id)}")
+        try:
+            yield from sorted(self.layer, key=lambda feature: feature.GetField(self._field_index["id"]))
+        finally:
+            self.layer.SetAttributeFilter(None)
+
     def _feature(self, crown: Crown, crown_id: int, tile_id: int) -> ogr.Feature:
         feat = ogr.Feature(self.defn)
         index = self._field_index
@@ -196,6 +213,10 @@ class ShapefileInstanceCache(VectorInstanceCache):
 
     def column(self, name: str) -> str:
         return SHAPEFILE_NAMES.get(name, name)
+
+    def _features(self, first_id: int, last_id: int):
+        for fid in range(first_id - 1, last_id):  # a shapefile's fid is its record number, from 0
+            yield self.layer.GetFeature(fid)
 
     def layer_options(self):
         return ["ENCODING=UTF-8"]

@@ -40,13 +40,17 @@ from ..settings import BoxGeometry
 from ..tiling.grid import Tile, apply
 from .vectorise import (
     MIN_HOLE_AREA_M2,
+    OVERLAP_TOLERANCE_PX2,
+    PIXEL_SPACE,
     Crown,
     CrownGrid,
     _fill_small_holes,
     _map_coordinates,
     core_holds,
+    cut_overlaps,
     label_polygons,
     measure,
+    smooth_outlines,
 )
 
 ELLIPSE_VERTICES = 48
@@ -191,19 +195,22 @@ def _to_source(points: np.ndarray, tile: Tile, grid: CrownGrid) -> tuple[np.ndar
 
 
 def _region_polygons(labels: np.ndarray, wanted: np.ndarray, tile: Tile, grid: CrownGrid) -> dict[int, object]:
-    """Label value → its largest polygon in the working CRS, holes under MIN_HOLE_AREA_M2 filled, simplified."""
+    """Label value → its largest polygon in the working CRS, holes under MIN_HOLE_AREA_M2 filled, smoothed."""
     lut = np.zeros(max(int(labels.max()), int(wanted.max())) + 1, np.int32)
     lut[wanted] = wanted
     kept = lut[labels]
-    values, polygons = label_polygons(kept, tile.transform)
+    values, polygons = label_polygons(kept, PIXEL_SPACE)
     if not len(values):
         return {}
     order = np.lexsort((-shapely.area(polygons), values))
     first = np.ones(order.size, bool)
     first[1:] = values[order][1:] != values[order][:-1]
     chosen = order[first]
-    polygons = _fill_small_holes(polygons[chosen], MIN_HOLE_AREA_M2 * grid.work_units_per_m**2)
-    polygons = shapely.simplify(polygons, abs(tile.transform[0]) * 0.5, preserve_topology=True)
+    a, b, _, d, e, _ = tile.transform
+    pixel_units2 = abs(a * e - b * d)
+    polygons = _fill_small_holes(polygons[chosen], MIN_HOLE_AREA_M2 * grid.work_units_per_m**2 / pixel_units2)
+    polygons, _ = smooth_outlines(polygons, kept)
+    polygons = _map_coordinates(polygons, lambda x, y: apply(tile.transform, x, y))
     return dict(zip(values[chosen].tolist(), polygons))
 
 
@@ -230,6 +237,13 @@ def tile_box_crowns(spec: ModelSpec, inst: Instances, tile: Tile, grid: CrownGri
             if grid.to_src is not None:
                 region = _map_coordinates(np.asarray([region], dtype=object), grid.to_src)[0]
             polygons[j] = region
+    if not as_boxes:
+        # Crowns of overlapping boxes (ellipses, or an ellipse and a canopy region) are cut: the
+        # better box (boxes come best first) keeps what both cover; one left with less than half
+        # is the same tree twice and goes. Boxes stored as boxes stay whole, as asked.
+        a, b, _, d, e, _ = grid.src_transform
+        polygons, kept, _ = cut_overlaps(polygons, min_overlap=abs(a * e - b * d) * OVERLAP_TOLERANCE_PX2)
+        polygons, boxes, keep = polygons[kept], boxes[kept], keep[kept]
     areas, perimeters, diameters = measure(polygons, grid)
     wkbs = shapely.to_wkb(polygons, byte_order=1)
     corner_x, corner_y = _to_source(box_corners(boxes), tile, grid)

@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..cache.header import check_compatible, make_header
@@ -25,7 +25,8 @@ from ..errors import CacheMismatchError, InputError, RasterError
 from ..models.runner import OnnxModel
 from ..models.spec import default_model_path, for_run
 from ..postprocess.heights import CanopyHeightRaster
-from ..settings import Job, Output, VectorFormat, resolve_settings
+from ..postprocess.seams import CrownSeams, window_reach_px
+from ..settings import BoxGeometry, Job, Output, VectorFormat, resolve_settings
 from ..tiling.aoi import aoi_filter
 from ..tiling.grid import LATEST_PLAN, PLAN_GROUND, PLAN_MARGIN, PLANS, Tile, plan_tiles
 from ..tiling.raster import check_bands, describe_raster, point_mapper, working_crs
@@ -151,6 +152,28 @@ def prepare(job: Job, plan_version: int | None = None) -> Prepared:
     return Prepared(plan, tiles, header, model)
 
 
+def crown_seams(prepared: Prepared) -> CrownSeams | None:
+    """The cut between neighbouring tiles' crowns, for runs whose crowns cross tile cores (None otherwise)."""
+    plan = prepared.plan
+    as_boxes = plan.spec.kind.detects_boxes and plan.spec.box_geometry == BoxGeometry.BOXES.value
+    if not plan.writes_instances or plan.spec.kind.clips_to_core or as_boxes:
+        return None  # regions cut to the core never overlap; boxes asked for as boxes stay whole
+    info, settings = plan.info, plan.settings
+    reach = window_reach_px(prepared.tiles[0], settings.tile_size_px, info.transform,
+                            point_mapper(settings.work_crs, info.crs_wkt))
+    a, b, _, d, e, _ = info.transform
+    return CrownSeams(reach, plan.crown_grid(), abs(a * e - b * d), info.crs_wkt, settings.canopy_height)
+
+
+def _seed_seams(seams: CrownSeams, cache: Cache, first_todo: Tile) -> None:
+    """Give ``seams`` the committed crowns the tiles from ``first_todo`` on can meet (read from the crowns file)."""
+    first = cache.done
+    while first > 0 and seams.needs(tuple(cache.records[first - 1].bbox), tuple(first_todo.bbox_px)):
+        first -= 1
+    if first < cache.done:
+        seams.seed(cache.committed_crowns(first))
+
+
 def on_cluster(job: Job) -> bool:
     """Whether the job's tiles run on a Dask cluster (it names a scheduler or local workers)."""
     return job.scheduler is not None or job.workers is not None
@@ -204,10 +227,17 @@ def predict(job: Job, progress: Callable[[Progress], None] | None = None,
 
         report(None)
         todo = prepared.tiles[cache.done:]
+        seams = crown_seams(prepared) if todo else None
         if todo and not is_cancelled():
+            if seams is not None:
+                _seed_seams(seams, cache, todo[0])
             results = executor_for(job, prepared).map(todo)
             try:
                 for outputs in results:
+                    if seams is not None:
+                        crowns = seams.cut(outputs.bbox_px, outputs.crowns or ())
+                        if outputs.crowns is not None:
+                            outputs = replace(outputs, crowns=crowns)
                     committed = cache.commit(outputs)
                     if committed:
                         report(committed[-1].tile_id)
@@ -221,6 +251,8 @@ def predict(job: Job, progress: Callable[[Progress], None] | None = None,
                 raise
             finally:
                 results.close()
+                if seams is not None:
+                    seams.close()
             if cache.flush():  # the tiles still waiting in the last group
                 report(cache.records[-1].tile_id)
         state = "complete" if cache.done == total else "cancelled"

@@ -59,6 +59,13 @@ class RunPlan:
     def writes_instances(self) -> bool:
         return Output.INSTANCES.value in self.settings.outputs
 
+    def crown_grid(self) -> CrownGrid:
+        """The source grid and the mappers between the source and working CRS that crowns are drawn with."""
+        info, settings = self.info, self.settings
+        work_units_per_m = info.units_per_m if info.crs_wkt == settings.work_crs else 1.0
+        return CrownGrid(info.transform, point_mapper(settings.work_crs, info.crs_wkt),
+                         point_mapper(info.crs_wkt, settings.work_crs), work_units_per_m)
+
 
 class TileProcessor:
     """Per-process state for one run: a raster reader and a model session, opened on first use.
@@ -74,9 +81,8 @@ class TileProcessor:
         info, settings = plan.info, plan.settings
         self._src_crs = CRS.from_wkt(info.crs_wkt)
         self._work_crs = CRS.from_wkt(settings.work_crs)
-        work_units_per_m = info.units_per_m if info.crs_wkt == settings.work_crs else 1.0
-        self._grid = CrownGrid(info.transform, point_mapper(settings.work_crs, info.crs_wkt),
-                               point_mapper(info.crs_wkt, settings.work_crs), work_units_per_m)
+        self._grid = plan.crown_grid()
+        work_units_per_m = self._grid.work_units_per_m
         self._min_area_px = plan.spec.min_crown_area_m2 / (settings.gsd_m**2)
         self._work_units_per_m = work_units_per_m
         self._local = threading.local()  # a canopy height raster per post-processing thread (GDAL handles)
