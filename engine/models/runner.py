@@ -100,13 +100,12 @@ class OnnxModel:
         # Tiles can be stacked when the batch axis is free on the input and on every output.
         self.batchable = not isinstance(inputs[0].shape[0], int) and all(
             len(o.shape) >= 1 and not isinstance(o.shape[0], int) for o in outputs)
-        out_shape = outputs[0].shape
-        n_out = out_shape[1] if len(out_shape) == 4 and isinstance(out_shape[1], int) else None
         self.output_names = [o.name for o in outputs]
         for taken in self.taken_softmax:  # the kinds know the outputs by the names the model gives them
             self.output_names[taken.index] = taken.name
         self.spec = spec_from_metadata(
-            meta, path=str(path), sha256=file_sha256(path), input_shape=shape, n_output_channels=n_out
+            meta, path=str(path), sha256=file_sha256(path), input_shape=shape,
+            output_shapes=tuple(tuple(o.shape) for o in outputs),
         )
         self.kind = self.spec.kind
 
