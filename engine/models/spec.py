@@ -12,8 +12,9 @@ JSON string. Our keys:
 ``crown_classes``    names of the classes whose regions are tree crowns: crown rules
                      (regions under ``min_crown_area_m2`` dropped, holes under 2 m² filled)
                      apply to them; other classes keep Deepness's small-segment rule
-                     (``seg_small_segment``). Default: every class of a model in our format;
-                     for a Deepness model, the classes named tree(s), crown(s) or canopy.
+                     (``seg_small_segment``). Default: every class of a model that gives
+                     ``output_kind``; for other models (Deepness's), the classes named
+                     tree(s), crown(s) or canopy.
 ``gsd_m``            ground sampling distance of the input, metres per pixel.
 ``tile_size_px``     tile edge in model pixels.
 ``overlap_px``       overlap between neighbouring tiles in model pixels.
@@ -236,7 +237,7 @@ def spec_from_metadata(
     if not names:
         raise ModelError("The model has no class other than background.")
     inset_px = kind.output_inset(shapes, fixed_px) if shapes is not None else 0
-    crown_classes = _crown_classes(meta, names, deepness_type is not None and kind_raw is None)
+    crown_classes = _crown_classes(meta, names, kind_raw is None)
     small_segment = _number(meta, "seg_small_segment", DEEPNESS_SMALL_SEGMENT_PX, int)
     if small_segment < 0:
         raise ModelError(f"The model's metadata 'seg_small_segment' cannot be negative ({small_segment}).")

@@ -46,13 +46,13 @@ class Semantic(OutputKind):
                 if own is not None and len(own) > 2:
                     raise ModelError(f"The model's output {o + 1} is a single probability map but its class_names "
                                      f"name {len(own)} classes.")
-                name = own[-1] if own else "tree" if n_outputs == 1 else f"output_{o + 1}"
+                name = own[-1] if own else "channel_1"  # Deepness's name for an unnamed map
                 written.append(name)
                 channels.append(offset)
                 outputs.append(o)
             else:
                 if own is None:
-                    own = ["background"] + [f"class_{i}" for i in range(1, count)]
+                    own = ["background"] + [f"channel_{i}" for i in range(1, count)]  # Deepness's names
                 if len(own) != count:
                     raise ModelError(f"The model's output {o + 1} has {count} channels but its class_names "
                                      f"name {len(own)} classes.")
