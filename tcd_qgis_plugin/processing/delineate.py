@@ -68,6 +68,7 @@ CANOPY_HEIGHT = "CANOPY_HEIGHT"
 TILE_SIZE = "TILE_SIZE"
 OVERLAP = "OVERLAP"
 GSD = "GSD"
+THRESHOLD = "THRESHOLD"
 CROWNS = "CROWNS"
 CONFIDENCE = "CONFIDENCE"
 
@@ -135,7 +136,9 @@ class DelineateCrownsAlgorithm(QgsProcessingAlgorithm):
             "interrupted or cancelled run: only the missing tiles are predicted. A folder holding a run "
             "made with other settings is refused.\n\n"
             "Model: an ONNX file; empty uses the bundled default model. Tile size, overlap (model pixels) "
-            "and ground sampling distance (metres per pixel) default to the model's own values.\n\n"
+            "and ground sampling distance (metres per pixel) default to the model's own values, and so does "
+            "the probability threshold a pixel needs to belong to a class (segmentation models; the cache "
+            "keeps it, so resume with the same).\n\n"
             "Area of interest: only tiles touching its polygons are predicted.\n\n"
             "Crowns carry id, score, class, tile_id, area_m2, perimeter_m and diam_m (metres, whatever the "
             "raster's CRS). With a canopy height raster (a CHM or nDSM in metres, any CRS and resolution) "
@@ -171,6 +174,10 @@ class DelineateCrownsAlgorithm(QgsProcessingAlgorithm):
                                          QgsProcessingParameterNumber.Type.Integer, optional=True, minValue=0),
             QgsProcessingParameterNumber(GSD, tr("Ground sampling distance (m/pixel; empty: the model's)"),
                                          QgsProcessingParameterNumber.Type.Double, optional=True, minValue=0.001),
+            QgsProcessingParameterNumber(THRESHOLD, tr("Probability threshold (segmentation models; empty: the "
+                                                       "model's)"),
+                                         QgsProcessingParameterNumber.Type.Double, optional=True, minValue=0.0,
+                                         maxValue=1.0),
         ]
         for parameter in advanced:
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
@@ -214,6 +221,7 @@ class DelineateCrownsAlgorithm(QgsProcessingAlgorithm):
                 vector_format=vector_format,
                 aoi_wkt=self._aoi_wkt(parameters, context, raster),
                 canopy_height=self._canopy_height(parameters, context),
+                seg_thresh=self._optional_number(parameters, THRESHOLD, context, float),
             )
             resolve_settings(job, spec, work_crs="")
         except TCDError as exc:
