@@ -249,12 +249,14 @@ def band_maps_model(path, outputs: list[tuple[int, ...]], metadata: dict, *, til
     return _save(graph, path, metadata)
 
 
-def value_model(path, metadata: dict, *, tile_size_px: int = 64, scale_up: int = 1) -> Path:
+def value_model(path, metadata: dict, *, tile_size_px: int | None = 64, scale_up: int = 1) -> Path:
     """A model whose one output is the first band (a value map), ``scale_up`` times the input's size when > 1
-    (a super-resolution layout); with ``model_type`` Regressor it is Deepness's regression layout."""
+    (a super-resolution layout); with ``model_type`` Regressor it is Deepness's regression layout.
+    ``tile_size_px`` None: any input size, and the file gives no output size."""
     side = tile_size_px
-    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, side, side])
-    y = helper.make_tensor_value_info("value", TensorProto.FLOAT, [1, 1, side * scale_up, side * scale_up])
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, side or "size", side or "size"])
+    out_side = side * scale_up if side else "out"
+    y = helper.make_tensor_value_info("value", TensorProto.FLOAT, [1, 1, out_side, out_side])
     inits = [numpy_helper.from_array(np.array([0], np.int64), "band")]
     nodes = [helper.make_node("Gather", ["image", "band"], ["first"], axis=1)]
     if scale_up > 1:

@@ -190,15 +190,32 @@ def test_small_segments_for_land_cover_crown_rules_for_crowns(tmp_path, raster, 
         assert holes == 1
 
 
-@pytest.mark.parametrize("kind", ["regressor", "superresolution"])
-def test_value_models_are_refused_before_any_folder(tmp_path, raster, kind):
+@pytest.mark.parametrize("kind", ["regressor", "superresolution", "superresolution any size", "channels"])
+def test_unusable_models_are_refused_before_any_folder(tmp_path, raster, kind):
     if kind == "regressor":
         model = value_model(tmp_path / "m.onnx", {"model_type": "Regressor", "resolution": 10})
-    else:
+    elif kind == "superresolution":
         model = value_model(tmp_path / "m.onnx", {}, scale_up=2)
+    elif kind == "superresolution any size":  # output sizes known only by running it
+        model = value_model(tmp_path / "m.onnx", {}, scale_up=2, tile_size_px=None)
+    else:  # one map where the metadata names three classes
+        model = value_model(tmp_path / "m.onnx", {"output_kind": "semantic",
+                                                  "class_names": ["background", "a", "b"]}, tile_size_px=None)
     with pytest.raises(TCDError) as err:
         predict(Job(image=raster, cache_dir=tmp_path / "cache", model=model))
     assert "\n" not in str(err.value) and not (tmp_path / "cache").exists()
+
+
+def test_cli_threshold(tmp_path, raster):
+    import subprocess
+    import sys
+
+    model = band_maps_model(tmp_path / "m.onnx", [(0,)], _meta({"0": "Coffee"}))
+    proc = subprocess.run([sys.executable, "-m", "engine", "predict", str(raster), "--model", str(model),
+                           "--out", str(tmp_path / "cache"), "--threshold", "0.7", "--quiet"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr
+    assert _areas(tmp_path / "cache")["Coffee"] == pytest.approx(9.0, rel=0.02)
 
 
 # ------------------------------------------------------------------ Deepness's own test models
