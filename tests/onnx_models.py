@@ -266,3 +266,19 @@ def value_model(path, metadata: dict, *, tile_size_px: int | None = 64, scale_up
         nodes.append(helper.make_node("Identity", ["first"], ["value"]))
     graph = helper.make_graph(nodes, "value", [x], [y], initializer=inits)
     return _save(graph, path, metadata)
+
+
+def constant_outputs_model(path, outputs: dict[str, np.ndarray], metadata: dict, *, tile_size_px: int = 64) -> Path:
+    """A model whose outputs are the given arrays (batch axis included) whatever the tile (plus 0 * the tile)."""
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, tile_size_px, tile_size_px])
+    nodes = [helper.make_node("ReduceMean", ["image"], ["mean"], keepdims=0),
+             helper.make_node("Mul", ["mean", "zero"], ["nothing"])]
+    inits = [numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+    ys = []
+    for name, value in outputs.items():
+        value = np.asarray(value, np.float32)
+        inits.append(numpy_helper.from_array(value, f"{name}_value"))
+        nodes.append(helper.make_node("Add", [f"{name}_value", "nothing"], [name]))
+        ys.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(value.shape)))
+    graph = helper.make_graph(nodes, "constant_outputs", [x], ys, initializer=inits)
+    return _save(graph, path, metadata)

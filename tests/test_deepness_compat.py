@@ -24,7 +24,7 @@ from engine.errors import CacheMismatchError, TCDError
 from engine.models.kinds.semantic import deepness_class_map, median_of_labels
 from engine.models.runner import OnnxModel
 from engine.models.spec import spec_from_metadata
-from tests.onnx_models import band_maps_model, value_model
+from tests.onnx_models import band_maps_model, constant_outputs_model, value_model
 from tests.rasters import read_crowns, write_raster
 
 GSD_M = 0.1
@@ -278,3 +278,28 @@ def test_deepness_value_models_are_refused_before_any_folder(tmp_path, relative)
     with pytest.raises(TCDError) as err:
         predict(Job(image=raster, cache_dir=tmp_path / "cache", model=model, gsd_m=0.03))
     assert "\n" not in str(err.value) and not (tmp_path / "cache").exists()
+
+
+def test_yolo_instance_segmentation_masks_are_the_crowns(tmp_path):
+    """Deepness's YOLO_Ultralytics_segmentation (its model zoo's YOLOv8 instance model): one box whose mask,
+    a disc on the 1/4 prototype grid, becomes its crown."""
+    from engine.models.kinds.detector import mask_labels
+
+    yy, xx = np.mgrid[0:16, 0:16]
+    disc = (yy - 7.5) ** 2 + (xx - 7.5) ** 2 <= 4 ** 2
+    protos = np.stack([np.where(disc, 10.0, -10.0), np.zeros((16, 16))])[None]
+    # boxes as (4 + classes + masks, candidates): a kept box and one under det_conf
+    rows = np.array([[32, 10], [32, 10], [40, 8], [40, 8], [0.9, 0.1], [1.0, 1.0], [0.0, 0.0]])[None]
+    meta = {"model_type": "Detector", "det_type": "YOLO_Ultralytics_segmentation", "class_names": {"0": "litter"},
+            "resolution": 10, "det_conf": 0.5, "det_iou_thresh": 0.5, "tiles_overlap": 25}
+    model = constant_outputs_model(tmp_path / "seg.onnx", {"output0": rows, "output1": protos}, meta)
+    raster = write_raster(tmp_path / "image.tif", np.full((3, 64, 64), 100, np.uint8), gsd_m=GSD_M)
+    predict(Job(image=raster, cache_dir=tmp_path / "cache", model=model))
+    (crown,) = read_crowns(tmp_path / "cache")
+    assert crown["class"] == "litter" and crown["score"] == pytest.approx(0.9)
+    # The disc of radius 4 prototype pixels is 16 tile pixels: 8.0 m², not the box's ellipse (12.6 m²).
+    assert crown["area_m2"] == pytest.approx(np.pi * 1.6 ** 2, rel=0.05)
+    # The mask is cut to the box on the prototype grid (Ultralytics' crop), before resizing.
+    box = np.array([[20.0, 20.0, 36.0, 60.0, 0.0]])  # the left half of the disc only
+    labels = mask_labels(protos[0], np.array([[1.0, 0.0]]), box, np.ones((64, 64), bool), (64, 64))
+    assert labels[:, 36:].sum() == 0 and labels[:, :32].sum() > 0

@@ -199,7 +199,7 @@ def spec_from_metadata(
     if "overlap_px" in meta:
         overlap_px = _number(meta, "overlap_px", 0, int)
     elif "tiles_overlap" in meta:
-        overlap_px = int(round(tile_px * _number(meta, "tiles_overlap", 0) / 100.0))
+        overlap_px = int(tile_px * _number(meta, "tiles_overlap", 0) / 100.0 * 2) // 2  # Deepness's rounding
     else:
         overlap_px = tile_px // 4
     if gsd_m <= 0 or tile_px <= 0 or overlap_px < 0 or overlap_px >= tile_px:
