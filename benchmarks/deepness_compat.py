@@ -14,6 +14,12 @@ For every class Deepness draws (background channels aside), the table gives the 
 name on each side and the share of the image it covers; our crowns are rasterised
 on Deepness's 3 cm grid and the masks' IoU is printed. ``--markdown`` prints the table
 for docs/MODELS.md and ``--json`` the figures (tests/test_deepness_compat.py keeps them).
+Detectors: Deepness's test data has none (its zoo's files are not in the repository), so
+each YOLO layout (``det_type``) is a tiny model made here whose outputs are fixed random
+candidates, run by Deepness's ``MapProcessorDetection`` and by the engine on one 160 px
+tile; the kept boxes (whole pixels), scores and classes are compared, and for instance
+segmentation each box's mask pixels.
+
 Deepness needs OpenCV (``pip install --target DIR 'opencv-python-headless<4.11'``
 without its numpy, then ``--deepness-deps DIR``).
 """
@@ -91,6 +97,158 @@ def _child_deepness(args) -> None:
                                     "overlap_px": params.processing_overlap_px,
                                     "tile_px": params.tile_size_px}), flush=True)
     os._exit(0)
+
+
+DET_TILE_PX = 160
+DET_CLASSES = 2
+DET_MASKS = 4
+
+
+def _child_deepness_detector(args) -> None:
+    """In its own process: Deepness's detection map processor; the detections as JSON."""
+    sys.path.insert(0, args.deepness_src)
+    from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
+
+    qgs = QgsApplication([], False)
+    qgs.setPrefixPath("/usr", True)
+    qgs.initQgis()
+    from qgis.PyQt.QtCore import QEventLoop
+
+    from deepness.common.channels_mapping import ChannelsMapping, ImageChannelStandaloneBand
+    from deepness.common.processing_overlap import ProcessingOverlap, ProcessingOverlapOptions
+    from deepness.common.processing_parameters.detection_parameters import DetectionParameters, DetectorType
+    from deepness.common.processing_parameters.map_processing_parameters import ProcessedAreaType
+    from deepness.processing.map_processor.map_processing_result import MapProcessingResultSuccess
+    from deepness.processing.map_processor.map_processor_detection import MapProcessorDetection
+    from deepness.processing.models.detector import Detector
+
+    rlayer = QgsRasterLayer(args.raster, "raster")
+    QgsProject.instance().addMapLayer(rlayer)
+    model = Detector(args.model)
+    mapping = ChannelsMapping()
+    mapping.set_image_channels([ImageChannelStandaloneBand(band_number=i + 1, name=n)
+                                for i, n in enumerate(("red", "green", "blue"))])
+    mapping.set_number_of_model_inputs_same_as_image_channels()
+    params = DetectionParameters(
+        resolution_cm_per_px=10, tile_size_px=DET_TILE_PX, batch_size=1, local_cache=False,
+        processed_area_type=ProcessedAreaType.ENTIRE_LAYER, mask_layer_id=None, input_layer_id=rlayer.id(),
+        input_channels_mapping=mapping,
+        processing_overlap=ProcessingOverlap(ProcessingOverlapOptions.OVERLAP_IN_PERCENT, percentage=0),
+        model=model, confidence=model.get_metadata_detection_confidence(),
+        iou_threshold=model.get_metadata_detection_iou_threshold(),
+        detector_type=DetectorType(model.get_detector_type()))
+
+    class _Canvas:
+        pass
+
+    processor = MapProcessorDetection(rlayer=rlayer, vlayer_mask=None, map_canvas=_Canvas(), params=params)
+    results, loop = [], QEventLoop()
+    processor.finished_signal.connect(lambda r: (results.append(r), loop.quit()))
+    QgsApplication.taskManager().addTask(processor)
+    loop.exec_()
+    if not isinstance(results[0], MapProcessingResultSuccess):
+        print("@@RESULT " + json.dumps({"error": str(results[0].message)}), flush=True)
+        os._exit(0)
+    boxes = [{"box": [int(d.bbox.x_min), int(d.bbox.y_min), int(d.bbox.x_max), int(d.bbox.y_max)],
+              "rot": float(d.bbox.rot or 0.0), "score": float(d.conf), "class": int(d.clss),
+              "mask_px": None if d.mask is None else int(d.mask.sum())} for d in processor.get_all_detections()]
+    print("@@RESULT " + json.dumps({"boxes": boxes}), flush=True)
+    os._exit(0)
+
+
+def _detector_outputs(det_type: str, rng) -> dict:
+    """Fixed random candidates in ``det_type``'s layout (batch axis included)."""
+    n = 40
+    xywh = np.column_stack([rng.uniform(20, 140, n), rng.uniform(20, 140, n), rng.uniform(8, 40, n),
+                            rng.uniform(8, 40, n)])
+    classes = rng.uniform(0, 1, (n, DET_CLASSES))
+    if det_type in ("YOLO_v5_or_v7_default", "YOLO_v6"):
+        return {"output": np.column_stack([xywh, rng.uniform(0, 1, n), classes])[None]}
+    if det_type == "YOLO_Ultralytics_obb":
+        return {"output": np.column_stack([xywh, classes, rng.uniform(0, np.pi, n)]).T[None]}
+    if det_type == "YOLO_Ultralytics_segmentation":
+        protos = rng.normal(0, 3, (1, DET_MASKS, DET_TILE_PX // 4, DET_TILE_PX // 4))
+        return {"output0": np.column_stack([xywh, classes, rng.normal(0, 1, (n, DET_MASKS))]).T[None],
+                "output1": protos}
+    return {"output": np.column_stack([xywh, classes]).T[None]}  # YOLO_v9, YOLO_Ultralytics
+
+
+def compare_detectors(deepness_src: Path, deps: str | None, workdir: Path) -> list[dict]:
+    import rasterio
+    from rasterio.transform import from_origin
+
+    sys.path.insert(0, str(ROOT))
+    from engine.models.kinds.detector import DET_TYPES, mask_labels
+    from tests.onnx_models import constant_outputs_model
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(deepness_src), deps, env.get("PYTHONPATH", "")) if p)
+    env.setdefault("QT_QPA_PLATFORM", "offscreen")
+    raster = workdir / "detector_tile.tif"
+    transform = from_origin(500000.0, 6000000.0, 0.1, 0.1)
+    with rasterio.open(raster, "w", driver="GTiff", width=DET_TILE_PX, height=DET_TILE_PX, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=transform) as dst:
+        dst.write(np.full((3, DET_TILE_PX, DET_TILE_PX), 100, np.uint8))
+    rows = []
+    for i, det_type in enumerate(DET_TYPES):
+        outputs = _detector_outputs(det_type, np.random.default_rng(i))
+        meta = {"model_type": "\"Detector\"", "det_type": json.dumps(det_type), "class_names": {"0": "tree", "1": "shrub"},
+                "resolution": 10, "tiles_overlap": 0, "det_conf": 0.5, "det_iou_thresh": 0.4}
+        model = constant_outputs_model(workdir / f"{det_type}.onnx", outputs, meta, tile_size_px=DET_TILE_PX)
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.deepness_compat", "--child-detector", "--model",
+                               str(model), "--raster", str(raster), "--deepness-src", str(deepness_src)],
+                              cwd=ROOT, env=env, capture_output=True, text=True)
+        theirs = _result(proc)
+        cache = workdir / f"{det_type}_tcd"
+        cmd = [sys.executable, "-m", "engine", "predict", str(raster), "--model", str(model), "--out", str(cache),
+               "--quiet", "--overwrite", "--geometry", "boxes"]
+        done = subprocess.run(["nice", "-n", "10", *cmd], cwd=ROOT, capture_output=True, text=True)
+        row = {"det_type": det_type, "deepness": theirs.get("error"),
+               "ours": done.stderr.strip().splitlines()[-1] if done.returncode else None}
+        if not row["deepness"] and not row["ours"]:
+            mine = _our_boxes(cache, transform)
+            ref = [(tuple(b["box"]), round(b["score"], 5), b["class"]) for b in theirs["boxes"]]
+            if det_type == "YOLO_Ultralytics_obb":  # our box columns are the rotated box's envelope: centres
+                ref, mine = ([((b[0] + b[2]) / 2, (b[1] + b[3]) / 2, score, c) for b, score, c in boxes]
+                             for boxes in (ref, mine))
+            row.update(deepness_boxes=len(ref), boxes=len(mine), same=sorted(ref) == sorted(mine))
+            if det_type == "YOLO_Ultralytics_segmentation":
+                row["mask_px_differ"] = _mask_differences(outputs, theirs["boxes"], mask_labels)
+        rows.append(row)
+    return rows
+
+
+def _our_boxes(cache: Path, transform) -> list[tuple]:
+    from osgeo import ogr
+
+    inverse = ~transform
+    boxes = []
+    ds = ogr.Open(str(cache / "crowns.shp"))  # kept: its layer dies with it
+    for feat in ds.GetLayer():
+        c0, r0 = inverse * (feat.GetField("box_xmin"), feat.GetField("box_ymax"))
+        c1, r1 = inverse * (feat.GetField("box_xmax"), feat.GetField("box_ymin"))
+        boxes.append(((round(c0), round(r0), round(c1), round(r1)), round(feat.GetField("score"), 5),
+                      int(feat.GetField("class_idx"))))
+    return boxes
+
+
+def _mask_differences(outputs: dict, deepness_boxes: list[dict], mask_labels) -> int:
+    """Boxes whose mask (engine's mask_labels, one box at a time) has another pixel count than Deepness's."""
+    rows = outputs["output0"][0].T
+    protos = outputs["output1"][0]
+    differ = 0
+    for b in deepness_boxes:
+        xyxy = np.array(b["box"], float)
+        # the candidate this box came from: its truncated corners and score
+        cand = [r for r in rows if np.array_equal(np.array([int(r[0] - r[2] / 2), int(r[1] - r[3] / 2),
+                                                            int(r[0] + r[2] / 2), int(r[1] + r[3] / 2)]), xyxy)
+                and abs(float(np.max(r[4:4 + DET_CLASSES])) - b["score"]) < 1e-6]
+        coeffs = np.asarray(cand[0][4 + DET_CLASSES:], float)[None]
+        box = np.concatenate([xyxy, [0.0]])[None]
+        ones = np.ones((DET_TILE_PX, DET_TILE_PX), bool)
+        mine = int((mask_labels(protos, coeffs, box, ones, (DET_TILE_PX, DET_TILE_PX)) > 0).sum())
+        differ += mine != b["mask_px"]
+    return differ
 
 
 def _result(proc: subprocess.CompletedProcess) -> dict:
@@ -197,6 +355,19 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def detector_markdown(rows: list[dict]) -> str:
+    lines = ["| `det_type` | Deepness: boxes kept | Ours | Same boxes, scores, classes? |", "|---|---|---|---|"]
+    for row in rows:
+        if row["deepness"] or row["ours"]:
+            lines.append(f"| `{row['det_type']}` | {row['deepness'] or 'runs'} | {row['ours'] or 'runs'} | no |")
+            continue
+        same = "yes" if row["same"] else "no"
+        if "mask_px_differ" in row:
+            same += f"; masks: {row['deepness_boxes'] - row['mask_px_differ']} of {row['deepness_boxes']} equal"
+        lines.append(f"| `{row['det_type']}` | {row['deepness_boxes']} | {row['boxes']} | {same} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deepness", default=os.environ.get("TCD_DEEPNESS_DIR"))
@@ -205,6 +376,7 @@ def main() -> int:
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-detector", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--raster", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -212,6 +384,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         _child_deepness(args)
+        return 0
+    if args.child_detector:
+        _child_deepness_detector(args)
         return 0
     if not args.deepness or not (Path(args.deepness) / "src" / "deepness").is_dir():
         print("Deepness not found: pass a checkout of PUTvision/qgis-plugin-deepness 0.6.5 with --deepness DIR "
@@ -221,10 +396,12 @@ def main() -> int:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         rows = compare(Path(args.deepness) / "src", args.deepness_deps, workdir)
+        detectors = compare_detectors(Path(args.deepness) / "src", args.deepness_deps, workdir)
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps({"segmentation": rows, "detectors": detectors}, indent=1))
     print(markdown(rows))
-    print(f"\n{sum(agrees(r) for r in rows)} of {len(rows)} models agree")
+    print(f"\n{sum(agrees(r) for r in rows)} of {len(rows)} models agree\n")
+    print(detector_markdown(detectors))
     return 0
 
 

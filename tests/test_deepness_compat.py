@@ -303,3 +303,15 @@ def test_yolo_instance_segmentation_masks_are_the_crowns(tmp_path):
     box = np.array([[20.0, 20.0, 36.0, 60.0, 0.0]])  # the left half of the disc only
     labels = mask_labels(protos[0], np.array([[1.0, 0.0]]), box, np.ones((64, 64), bool), (64, 64))
     assert labels[:, 36:].sum() == 0 and labels[:, :32].sum() > 0
+
+
+def test_detector_drops_boxes_inside_larger_ones_as_deepness_does(tmp_path):
+    """Deepness's map-level clean-up: after NMS, a box mostly inside a larger neighbour goes, whatever its score."""
+    from tests.test_detectors import decode, detector_model
+
+    rows = np.array([[50, 50, 60, 60, 0.6, 0.1],  # large, weaker: kept
+                     [50, 50, 10, 10, 0.9, 0.1],  # small, inside it (IoU 0.03: NMS keeps it): dropped
+                     [130, 130, 20, 20, 0.1, 0.8]])  # alone: kept
+    boxes, scores, classes = decode(detector_model(tmp_path / "m.onnx", rows.T, det_type="YOLO_v9"))
+    assert boxes[:, :4].tolist() == [[120, 120, 140, 140], [20, 20, 80, 80]]  # best first
+    np.testing.assert_allclose(scores, [0.8, 0.6], rtol=1e-6)

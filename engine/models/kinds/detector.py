@@ -200,6 +200,42 @@ def deepness_nms(xyxy: np.ndarray, ranks: np.ndarray, iou_thresh: float, angles:
     return picked
 
 
+def deepness_containment(xyxy: np.ndarray, thresh: float) -> np.ndarray:
+    """Indices of whole-pixel boxes kept by Deepness's last map-level step, in the given order (best first).
+
+    Boxes are visited largest first ((w + 1)(h + 1), ties in the given order); a visited box
+    not yet dropped is kept and drops, among the 10 boxes whose centres are nearest its
+    own, those whose intersection ((w + 1)(h + 1)) over the smaller of the two areas
+    (w * h) exceeds ``thresh``.
+    """
+    from scipy.spatial import cKDTree
+
+    n = len(xyxy)
+    if n < 2:
+        return np.arange(n)
+    x1, y1, x2, y2 = (xyxy[:, i].astype(np.int64) for i in range(4))
+    order = np.argsort(-((x2 - x1 + 1) * (y2 - y1 + 1)), kind="stable")
+    x1, y1, x2, y2 = x1[order], y1[order], x2[order], y2[order]
+    centres = np.column_stack([(x1 + x2) // 2, (y1 + y2) // 2])
+    tree = cKDTree(centres)
+    area = (x2 - x1) * (y2 - y1)
+    dropped = np.zeros(n, bool)
+    kept = []
+    for i in range(n):
+        if dropped[i]:
+            continue
+        kept.append(i)
+        _, near = tree.query(centres[i], k=min(10, n))
+        for j in np.atleast_1d(near):
+            if j == i or dropped[j]:
+                continue
+            inter = max(0, min(x2[i], x2[j]) - max(x1[i], x1[j]) + 1) * max(0, min(y2[i], y2[j]) - max(y1[i], y1[j]) + 1)
+            smaller = min(area[i], area[j])
+            if smaller > 0 and inter / smaller > thresh:
+                dropped[j] = True
+    return np.sort(order[kept])
+
+
 @register
 class Detector(DetectorKind):
     name = "detector"
@@ -291,11 +327,18 @@ class Detector(DetectorKind):
                 decoded["_coeffs"] = coeffs
             return np.zeros((0, 5)), np.zeros(0), np.zeros(0, np.int64)
         xyxy = _xywh_to_xyxy(rows)[:, :4]
-        keep = deepness_nms(xyxy, ranks, iou, angles)
+        keep = np.asarray(deepness_nms(xyxy, ranks, iou, angles), int)
+        whole = np.asarray(xyxy[keep], dtype=int).astype(np.float64)  # Deepness truncates to whole pixels
+        # Deepness's map-level clean-up, applied to the tile: NMS again ranked by score, then
+        # boxes mostly inside a larger neighbour dropped.
+        again = np.asarray(deepness_nms(whole, scores[keep], iou, None if angles is None else angles[keep]), int)
+        keep, whole = keep[np.sort(again)], whole[np.sort(again)]
+        inside = deepness_containment(whole, iou)
+        keep, whole = keep[inside], whole[inside]
         if coeffs is not None:
             decoded["_coeffs"] = np.asarray(coeffs[keep], np.float64)
         boxes = np.zeros((len(keep), 5))
-        boxes[:, :4] = np.asarray(xyxy[keep], dtype=int)  # Deepness truncates to whole pixels
+        boxes[:, :4] = whole
         if angles is not None:
             boxes[:, 4] = angles[keep]
         return boxes, np.asarray(scores[keep], np.float64), np.argmax(class_cols[keep], axis=1)
