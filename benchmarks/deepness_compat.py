@@ -12,8 +12,8 @@ The engine runs ``python -m engine predict`` with the same resolution and overla
 
 For every class Deepness draws (background channels aside), the table gives the class
 name on each side and the share of the image it covers; our crowns are rasterised
-on Deepness's 3 cm grid and the masks' IoU is printed. ``--markdown`` prints the table
-for docs/MODELS.md and ``--json`` the figures (tests/test_deepness_compat.py keeps them).
+on Deepness's 3 cm grid and the masks' IoU is printed. The tables are docs/MODELS.md's;
+``--json`` prints the figures too (tests/test_deepness_compat.py keeps the shares).
 Detectors: Deepness's test data has none (its zoo's files are not in the repository), so
 each YOLO layout (``det_type``) is a tiny model made here whose outputs are fixed random
 candidates, run by Deepness's ``MapProcessorDetection`` and by the engine on one 160 px
@@ -49,8 +49,6 @@ def _child_deepness(args) -> None:
     qgs = QgsApplication([], False)
     qgs.setPrefixPath("/usr", True)
     qgs.initQgis()
-    from qgis.PyQt.QtCore import QEventLoop
-
     from deepness.common.channels_mapping import ChannelsMapping, ImageChannelStandaloneBand
     from deepness.common.processing_overlap import ProcessingOverlap, ProcessingOverlapOptions
     from deepness.common.processing_parameters.map_processing_parameters import ProcessedAreaType
@@ -58,6 +56,7 @@ def _child_deepness(args) -> None:
     from deepness.processing.map_processor.map_processing_result import MapProcessingResultSuccess
     from deepness.processing.map_processor.map_processor_segmentation import MapProcessorSegmentation
     from deepness.processing.models.segmentor import Segmentor
+    from qgis.PyQt.QtCore import QEventLoop
 
     rlayer = QgsRasterLayer(args.raster, "raster")
     QgsProject.instance().addMapLayer(rlayer)
@@ -112,8 +111,6 @@ def _child_deepness_detector(args) -> None:
     qgs = QgsApplication([], False)
     qgs.setPrefixPath("/usr", True)
     qgs.initQgis()
-    from qgis.PyQt.QtCore import QEventLoop
-
     from deepness.common.channels_mapping import ChannelsMapping, ImageChannelStandaloneBand
     from deepness.common.processing_overlap import ProcessingOverlap, ProcessingOverlapOptions
     from deepness.common.processing_parameters.detection_parameters import DetectionParameters, DetectorType
@@ -121,6 +118,7 @@ def _child_deepness_detector(args) -> None:
     from deepness.processing.map_processor.map_processing_result import MapProcessingResultSuccess
     from deepness.processing.map_processor.map_processor_detection import MapProcessorDetection
     from deepness.processing.models.detector import Detector
+    from qgis.PyQt.QtCore import QEventLoop
 
     rlayer = QgsRasterLayer(args.raster, "raster")
     QgsProject.instance().addMapLayer(rlayer)
@@ -192,7 +190,8 @@ def compare_detectors(deepness_src: Path, deps: str | None, workdir: Path) -> li
     rows = []
     for i, det_type in enumerate(DET_TYPES):
         outputs = _detector_outputs(det_type, np.random.default_rng(i))
-        meta = {"model_type": "\"Detector\"", "det_type": json.dumps(det_type), "class_names": {"0": "tree", "1": "shrub"},
+        meta = {"model_type": '"Detector"', "det_type": json.dumps(det_type),  # JSON strings, as Deepness reads
+                "class_names": {"0": "tree", "1": "shrub"},
                 "resolution": 10, "tiles_overlap": 0, "det_conf": 0.5, "det_iou_thresh": 0.4}
         model = constant_outputs_model(workdir / f"{det_type}.onnx", outputs, meta, tile_size_px=DET_TILE_PX)
         proc = subprocess.run([sys.executable, "-m", "benchmarks.deepness_compat", "--child-detector", "--model",
@@ -373,7 +372,6 @@ def main() -> int:
     parser.add_argument("--deepness", default=os.environ.get("TCD_DEEPNESS_DIR"))
     parser.add_argument("--deepness-deps", default=None)
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-detector", action="store_true", help=argparse.SUPPRESS)

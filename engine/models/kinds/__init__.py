@@ -156,7 +156,8 @@ def kind_for_deepness(model_type: str) -> OutputKind:
         if wanted in cls.deepness_types:
             return cls()
     supported = sorted(t for cls in _load().values() for t in cls.deepness_types)
-    raise ModelError(f"Deepness '{model_type}' models are not supported (supported: {', '.join(supported)}).")
+    raise ModelError(f"Deepness '{model_type}' models are not supported: the engine writes classes and boxes, "
+                     f"not values or images (supported: {', '.join(supported)}).")
 
 
 def activate(spec: ModelSpec, x: np.ndarray) -> np.ndarray:

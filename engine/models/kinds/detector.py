@@ -229,7 +229,8 @@ def deepness_containment(xyxy: np.ndarray, thresh: float) -> np.ndarray:
         for j in np.atleast_1d(near):
             if j == i or dropped[j]:
                 continue
-            inter = max(0, min(x2[i], x2[j]) - max(x1[i], x1[j]) + 1) * max(0, min(y2[i], y2[j]) - max(y1[i], y1[j]) + 1)
+            inter = (max(0, min(x2[i], x2[j]) - max(x1[i], x1[j]) + 1)
+                     * max(0, min(y2[i], y2[j]) - max(y1[i], y1[j]) + 1))
             smaller = min(area[i], area[j])
             if smaller > 0 and inter / smaller > thresh:
                 dropped[j] = True
