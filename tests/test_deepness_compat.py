@@ -21,7 +21,7 @@ import pytest
 
 from engine import Job, predict
 from engine.errors import CacheMismatchError, TCDError
-from engine.models.kinds.semantic import deepness_class_map, median_of_labels
+from engine.models.kinds.semantic import deepness_class_map, median_of_labels, written_class_map
 from engine.models.runner import OnnxModel
 from engine.models.spec import spec_from_metadata
 from tests.onnx_models import band_maps_model, constant_outputs_model, value_model
@@ -99,6 +99,12 @@ def test_class_map_and_median_are_deepness_rules():
     # Under the threshold counts as zero; nothing left: the first channel (value 1).
     assert deepness_class_map(probs, 0.5).tolist() == [[1, 2], [1, 1]]
     assert deepness_class_map(probs[1:], 0.5).tolist() == [[0, 1], [0, 0]]
+    # Our format: the written classes' best above the threshold, the background channel aside, so a
+    # threshold under 0.5 counts for a background/tree softmax (Deepness's argmax gives background there).
+    softmax = np.array([[[0.6, 0.2]], [[0.4, 0.8]]], np.float32)
+    assert deepness_class_map(softmax, 0.3).tolist() == [[1, 2]]
+    assert written_class_map(softmax, [1], 0.3).tolist() == [[2, 2]]
+    assert written_class_map(softmax, [1], 0.4).tolist() == [[0, 2]]  # above, not at
     labels = np.zeros((9, 9), np.uint8)
     labels[2:7, 2:7] = 2
     labels[4, 4] = 1  # a one-pixel speck inside: gone with 3 px

@@ -79,7 +79,11 @@ class ModelSpec:
     says, per class, whether crown rules apply to its regions; ``small_segment_px`` is
     the median filter over the other classes' class maps (Deepness's rule; 0 or 1: none).
     ``output_inset_px``: the model predicts only the centre of each tile, this many
-    pixels in from each edge (an output smaller than its input).
+    pixels in from each edge (an output smaller than its input). ``deepness_rules``:
+    the model gives no ``output_kind`` (Deepness's format), so pixels get their class
+    as Deepness gives it; a model in our format keeps the argmax among its written
+    classes above the threshold (a threshold under 0.5 then matters for a
+    background/tree softmax).
     """
 
     path: str
@@ -110,6 +114,7 @@ class ModelSpec:
     crown_classes: tuple[bool, ...] = ()
     small_segment_px: int = DEEPNESS_SMALL_SEGMENT_PX
     output_inset_px: int = 0
+    deepness_rules: bool = False
     metadata: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -274,6 +279,7 @@ def spec_from_metadata(
         crown_classes=crown_classes,
         small_segment_px=int(small_segment),
         output_inset_px=int(inset_px),
+        deepness_rules=kind_raw is None,
         metadata=dict(meta),
     )
 

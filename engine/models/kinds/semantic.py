@@ -4,10 +4,12 @@ Each output is (1, C, H, W) per-class probabilities, or (1, H, W) / (1, 1, H, W)
 class's probability (a sigmoid map; a ``background`` is implied). Outputs smaller than
 the tile by an even number of pixels are the tile's centre (Deepness's rule).
 
-A pixel's class is decided per output, as Deepness 0.6.5 decides it: probabilities
-under ``seg_thresh`` count as zero; a one-map output marks the pixels left, a
-many-channel output gives each pixel the channel of its largest remaining value (the
-first channel where none is left). Outputs are independent: their masks may overlap.
+A pixel's class is decided per output. For models in Deepness's format (no
+``output_kind``) as Deepness 0.6.5 decides it: probabilities under ``seg_thresh`` count
+as zero; a one-map output marks the pixels left, a many-channel output gives each pixel
+the channel of its largest remaining value (the first channel where none is left). For
+models in our format, the written class with the largest probability, where it is
+above ``seg_thresh``. Outputs are independent: their masks may overlap.
 Classes whose regions are not crowns (``ModelSpec.crown_classes``) then get Deepness's
 small-segment rule, a median filter of ``small_segment_px`` over the output's class map.
 
@@ -119,7 +121,12 @@ class Semantic(OutputKind):
             written = [i for i in range(len(spec.class_names)) if of_output[i] == o]
             labels = np.zeros(valid.shape, np.int32)
             if written:
-                class_map = deepness_class_map(full[offset:offset + n_channels], spec.seg_thresh)
+                group = full[offset:offset + n_channels]
+                if spec.deepness_rules:
+                    class_map = deepness_class_map(group, spec.seg_thresh)
+                else:
+                    class_map = written_class_map(group, [spec.channel_of_class[i] - offset for i in written],
+                                                  spec.seg_thresh)
                 smoothed = class_map
                 if spec.small_segment_px > 1 and not all(crown[i] for i in written):
                     smoothed = median_of_labels(class_map, spec.small_segment_px)
@@ -169,6 +176,15 @@ def deepness_class_map(probs: np.ndarray, thresh: float) -> np.ndarray:
     if kept.shape[0] == 1:
         return (kept[0] != 0).astype(np.uint8)
     return (np.argmax(kept, axis=0) + 1).astype(np.uint8)
+
+
+def written_class_map(probs: np.ndarray, channels: list[int], thresh: float) -> np.ndarray:
+    """(T, T) uint8 class map of one output, our format's rule: 1 + the written channel with the largest
+    probability where that probability is above ``thresh``, 0 elsewhere (a background channel takes no part)."""
+    written = probs[channels]
+    best = np.argmax(written, axis=0)
+    above = np.take_along_axis(written, best[None], axis=0)[0] > thresh
+    return np.where(above, np.asarray(channels, np.uint8)[best] + 1, 0).astype(np.uint8)
 
 
 def median_of_labels(class_map: np.ndarray, size_px: int) -> np.ndarray:
