@@ -321,3 +321,22 @@ def test_detector_drops_boxes_inside_larger_ones_as_deepness_does(tmp_path):
     boxes, scores, classes = decode(detector_model(tmp_path / "m.onnx", rows.T, det_type="YOLO_v9"))
     assert boxes[:, :4].tolist() == [[120, 120, 140, 140], [20, 20, 80, 80]]  # best first
     np.testing.assert_allclose(scores, [0.8, 0.6], rtol=1e-6)
+
+
+@pytest.mark.parametrize("names", [{"0": "background", "1": "tree"}, {"0": "tree"}])
+def test_one_class_shortcut_gives_the_class_maps_masks(names):
+    """One written class and no smoothing skips the class map; its mask must be the class map's."""
+    from engine.models.kinds.semantic import Semantic
+
+    n_channels = 1 if len(names) == 1 else 2
+    spec = spec_from_metadata(_meta(names, seg_thresh=0.4), output_shapes=((1, n_channels, 8, 8),))
+    rng = np.random.default_rng(1)
+    group = rng.random((n_channels, 8, 8)).astype(np.float32)
+    group[:, 0, 0] = 0.1  # nothing reaches the threshold: Deepness's argmax gives the first channel
+    valid = np.ones((8, 8), bool)
+    valid[7] = False
+    probs = Semantic().probabilities(spec, {"probs": group.copy()}, valid)
+    class_map = deepness_class_map(group, spec.seg_thresh)
+    (i, mask), = Semantic._masks(spec, group, 0, [0], (True,), probs, valid)  # a tree class: no smoothing
+    assert np.array_equal(mask, (class_map == spec.channel_of_class[i] + 1) & valid)
+    assert mask.any() and not mask.all()

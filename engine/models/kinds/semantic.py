@@ -120,28 +120,21 @@ class Semantic(OutputKind):
         for o, n_channels in enumerate(counts):
             written = [i for i in range(len(spec.class_names)) if of_output[i] == o]
             labels = np.zeros(valid.shape, np.int32)
-            if written:
-                group = full[offset:offset + n_channels]
-                if spec.deepness_rules:
-                    class_map = deepness_class_map(group, spec.seg_thresh)
+            for i, mask in self._masks(spec, full[offset:offset + n_channels], offset, written, crown, probs, valid):
+                comp, n = ndimage.label(mask)
+                if not n:
+                    continue
+                means, sizes = _region_means(comp, mask, n, probs[i])
+                if len(written) == 1:
+                    labels = comp  # the output's only class: its regions are the labels as they come
+                    if count:
+                        labels[mask] += count
                 else:
-                    class_map = written_class_map(group, [spec.channel_of_class[i] - offset for i in written],
-                                                  spec.seg_thresh)
-                smoothed = class_map
-                if spec.small_segment_px > 1 and not all(crown[i] for i in written):
-                    smoothed = median_of_labels(class_map, spec.small_segment_px)
-                for i in written:
-                    local = spec.channel_of_class[i] - offset
-                    mask = ((class_map if crown[i] else smoothed) == local + 1) & valid
-                    comp, n = ndimage.label(mask)
-                    if not n:
-                        continue
-                    means, sizes = _region_means(comp, mask, n, probs[i])
                     labels[mask] = comp[mask] + count
-                    scores.append(means)
-                    classes.append(np.full(n, i, np.int64))
-                    pixels.append(sizes)
-                    count += n
+                scores.append(means)
+                classes.append(np.full(n, i, np.int64))
+                pixels.append(sizes)
+                count += n
             layers.append(labels)
             offset += n_channels
         if len(layers) == 1:
@@ -150,6 +143,35 @@ class Semantic(OutputKind):
                              pixels=np.concatenate([[layers[0].size - sizes.sum()], sizes]))
         # Several outputs: one label image each (their masks may overlap), label values unique across them.
         return Instances(np.stack(layers), np.concatenate(scores), np.concatenate(classes))
+
+
+    @staticmethod
+    def _masks(spec, group: np.ndarray, offset: int, written: list[int], crown, probs: np.ndarray,
+               valid: np.ndarray):
+        """(class, mask) of each written class of one output (``group``: its channels; ``probs``: the written
+        classes' confidence, zero where the source is invalid)."""
+        thresh = spec.seg_thresh
+        smooth = spec.small_segment_px > 1 and not all(crown[i] for i in written)
+        if len(written) == 1 and not smooth and len(group) <= 2:
+            # One class, no smoothing (most canopy models): its mask without a class map, a third of the time.
+            (i,) = written
+            p = probs[i]
+            if not spec.deepness_rules:
+                yield i, p > thresh
+            elif len(group) == 1:
+                yield i, (p >= thresh) & (p != 0)
+            else:  # background and the class (channel 1): Deepness's argmax of the thresholded two (ties: background)
+                background = group[0]
+                yield i, np.where(p >= thresh, p, 0) > np.where(background >= thresh, background, 0)
+            return
+        if spec.deepness_rules:
+            class_map = deepness_class_map(group, thresh)
+        else:
+            class_map = written_class_map(group, [spec.channel_of_class[i] - offset for i in written], thresh)
+        smoothed = median_of_labels(class_map, spec.small_segment_px) if smooth else class_map
+        for i in written:
+            local = spec.channel_of_class[i] - offset
+            yield i, ((class_map if crown[i] else smoothed) == local + 1) & valid
 
 
 def _inset(o: int, out_hw: tuple[int, int], tile_hw: tuple[int, int]) -> int:
