@@ -76,6 +76,9 @@ def test_metadata_keys_tiling_and_names_in_every_documented_form():
     assert two.class_names == ("Coffee", "Tea", "Juice")
     assert two.channel_of_class == (0, 1, 2) and two.output_of_class == (0, 0, 1)
     assert two.output_channels == (2, 1)
+    # A fixed input is the only tile such a model takes, whatever tile_size says; the overlap is its share.
+    fixed = spec_from_metadata(_meta({"0": "tree"}, tile_size=256), input_shape=(1, 3, 64, 64))
+    assert (fixed.tile_size_px, fixed.overlap_px) == (64, 16)
     # Metadata alone (no session) gives the same classes.
     assert spec_from_metadata(_meta([{"0": "Coffee", "1": "Tea"}, {"0": "Juice"}])).class_names == two.class_names
 

@@ -200,7 +200,7 @@ def spec_from_metadata(
         gsd_m = DEFAULT_GSD_M
     tile_key = next((k for k in ("tile_size_px", "tile_size", "tiles_size") if k in meta), None)
     tile_px = _number(meta, tile_key, None, int) if tile_key else None
-    tile_px = tile_px or fixed_px or DEFAULT_TILE_SIZE_PX
+    tile_px = fixed_px or tile_px or DEFAULT_TILE_SIZE_PX  # a fixed input is the only tile the model takes
     if "overlap_px" in meta:
         overlap_px = _number(meta, "overlap_px", 0, int)
     elif "tiles_overlap" in meta:
