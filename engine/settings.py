@@ -104,6 +104,9 @@ class Job:
     thresholds, and ``box_geometry`` picks what it stores per box
     (:class:`BoxGeometry`); all three are part of a detector cache's settings
     fingerprint, and only detectors take them.
+    ``seg_thresh`` (0..1) overrides a segmentation model's probability threshold
+    (metadata ``seg_thresh``, Deepness's "probability threshold"); a value other than
+    the model's own is part of the settings fingerprint, so a cache resumes with it.
     ``canopy_height`` is a canopy height raster (CHM or nDSM, metres, any CRS and
     resolution): each crown then gets ``height_max_m``, ``height_p95_m`` and
     ``height_src``; its path is part of the settings fingerprint.
@@ -133,6 +136,7 @@ class Job:
     det_conf: float | None = None
     det_iou_thresh: float | None = None
     box_geometry: BoxGeometry | None = None
+    seg_thresh: float | None = None
     canopy_height: Path | None = None
     workers: int | None = None
     scheduler: str | None = None
@@ -157,6 +161,8 @@ class Job:
             if value is not None and not 0.0 <= value <= 1.0:
                 label = "score" if name == "det_conf" else "IoU"
                 raise InputError(f"The {label} threshold must be between 0 and 1, not {value}.")
+        if self.seg_thresh is not None and not 0.0 <= self.seg_thresh <= 1.0:
+            raise InputError(f"The probability threshold must be between 0 and 1, not {self.seg_thresh}.")
         if not self.outputs:
             raise InputError("Choose at least one output: semantic, instances or both.")
         if self.tile_size_px is not None and self.tile_size_px < 16:
@@ -224,6 +230,8 @@ class TileSettings:
     box_geometry: str | None = None
     # (minimum, maximum) per band the model reads, stretched onto 0-255; None: read as they are.
     value_range: tuple[tuple[float, float], ...] | None = None
+    # A probability threshold other than the model's own (None otherwise, so caches keep their fingerprints):
+    seg_thresh: float | None = None
 
     @property
     def margin_px(self) -> int:
@@ -247,8 +255,17 @@ def resolve_settings(job: Job, spec, work_crs: str, value_range=None) -> TileSet
         overlap = tile // 4  # the model's overlap was meant for its own, larger tile
     if overlap >= tile - 1:
         raise InputError(f"The overlap ({overlap} px) must be smaller than the tile size ({tile} px).")
+    inset = spec.output_inset_px
+    if inset and overlap // 2 < inset:
+        if job.overlap_px is not None:
+            raise InputError(f"The model predicts only the centre of each tile ({inset} px in from each edge); "
+                             f"use an overlap of at least {2 * inset} px.")
+        overlap = 2 * inset  # the model's centre must cover each tile's core
     gsd = job.gsd_m or spec.gsd_m
     detector = spec.kind.detects_boxes
+    if detector and job.seg_thresh is not None:
+        raise InputError(f"{spec.name} is a detection model: set its score threshold instead of a probability "
+                         "threshold.")
     if not detector and (job.det_conf is not None or job.det_iou_thresh is not None or job.box_geometry is not None):
         raise InputError("Score and IoU thresholds and box geometry apply to detection models only; "
                          f"{spec.name} is not one.")
@@ -266,4 +283,6 @@ def resolve_settings(job: Job, spec, work_crs: str, value_range=None) -> TileSet
         if detector else None,
         box_geometry=(job.box_geometry or BoxGeometry.CROWNS).value if detector else None,
         value_range=None if value_range is None else tuple((float(lo), float(hi)) for lo, hi in value_range),
+        seg_thresh=None if job.seg_thresh is None or float(job.seg_thresh) == spec.seg_thresh
+        else float(job.seg_thresh),
     )

@@ -209,3 +209,76 @@ def slow_model(path, *, size: int = 256, matmuls: int = 8) -> Path:
             "gsd_m": 0.1, "tile_size_px": 64, "overlap_px": 16, "bands": [1, 2, 3], "scale": 1 / 255, "mean": 0.0,
             "std": 1.0, "seg_thresh": 0.5}
     return _save(graph, path, meta)
+
+
+def band_maps_model(path, outputs: list[tuple[int, ...]], metadata: dict, *, tile_size_px: int = 64,
+                    class_axis: bool = True, inset_px: int = 0) -> Path:
+    """A Deepness-style segmentation model: output ``o`` holds the input bands ``outputs[o]`` (0-based) as they come.
+
+    With Deepness's scaling (values / 255, then its standardisation) each map is a
+    band / 255, so tests know every probability. ``class_axis`` False gives
+    (1, H, W) outputs (one band each); ``inset_px`` crops every output to the
+    tile's centre, that many pixels in from each edge. The input is fixed at
+    ``tile_size_px``, as Deepness's exported models are.
+    """
+    side = tile_size_px
+    out_side = side - 2 * inset_px
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, side, side])
+    nodes, inits, ys = [], [], []
+    if inset_px:
+        inits += [numpy_helper.from_array(np.array([inset_px, inset_px], np.int64), "crop_start"),
+                  numpy_helper.from_array(np.array([side - inset_px, side - inset_px], np.int64), "crop_end"),
+                  numpy_helper.from_array(np.array([2, 3], np.int64), "crop_axes")]
+    if not class_axis:
+        inits.append(numpy_helper.from_array(np.array([1], np.int64), "class_axis"))
+    for o, bands in enumerate(outputs):
+        inits.append(numpy_helper.from_array(np.array(bands, np.int64), f"bands{o}"))
+        name = f"output{o}"
+        nodes.append(helper.make_node("Gather", ["image", f"bands{o}"], [f"{name}_g"], axis=1))
+        last = f"{name}_g"
+        if inset_px:
+            nodes.append(helper.make_node("Slice", [last, "crop_start", "crop_end", "crop_axes"], [f"{name}_c"]))
+            last = f"{name}_c"
+        if not class_axis:
+            nodes.append(helper.make_node("Squeeze", [last, "class_axis"], [f"{name}_s"]))
+            last = f"{name}_s"
+        nodes.append(helper.make_node("Identity", [last], [name]))
+        shape = [1, len(bands), out_side, out_side] if class_axis else [1, out_side, out_side]
+        ys.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
+    graph = helper.make_graph(nodes, "band_maps", [x], ys, initializer=inits)
+    return _save(graph, path, metadata)
+
+
+def value_model(path, metadata: dict, *, tile_size_px: int | None = 64, scale_up: int = 1) -> Path:
+    """A model whose one output is the first band (a value map), ``scale_up`` times the input's size when > 1
+    (a super-resolution layout); with ``model_type`` Regressor it is Deepness's regression layout.
+    ``tile_size_px`` None: any input size, and the file gives no output size."""
+    side = tile_size_px
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, side or "size", side or "size"])
+    out_side = side * scale_up if side else "out"
+    y = helper.make_tensor_value_info("value", TensorProto.FLOAT, [1, 1, out_side, out_side])
+    inits = [numpy_helper.from_array(np.array([0], np.int64), "band")]
+    nodes = [helper.make_node("Gather", ["image", "band"], ["first"], axis=1)]
+    if scale_up > 1:
+        inits.append(numpy_helper.from_array(np.array([1, 1, scale_up, scale_up], np.float32), "scales"))
+        nodes.append(helper.make_node("Resize", ["first", "", "scales"], ["value"], mode="nearest"))
+    else:
+        nodes.append(helper.make_node("Identity", ["first"], ["value"]))
+    graph = helper.make_graph(nodes, "value", [x], [y], initializer=inits)
+    return _save(graph, path, metadata)
+
+
+def constant_outputs_model(path, outputs: dict[str, np.ndarray], metadata: dict, *, tile_size_px: int = 64) -> Path:
+    """A model whose outputs are the given arrays (batch axis included) whatever the tile (plus 0 * the tile)."""
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, tile_size_px, tile_size_px])
+    nodes = [helper.make_node("ReduceMean", ["image"], ["mean"], keepdims=0),
+             helper.make_node("Mul", ["mean", "zero"], ["nothing"])]
+    inits = [numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+    ys = []
+    for name, value in outputs.items():
+        value = np.asarray(value, np.float32)
+        inits.append(numpy_helper.from_array(value, f"{name}_value"))
+        nodes.append(helper.make_node("Add", [f"{name}_value", "nothing"], [name]))
+        ys.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(value.shape)))
+    graph = helper.make_graph(nodes, "constant_outputs", [x], ys, initializer=inits)
+    return _save(graph, path, metadata)

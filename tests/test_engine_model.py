@@ -34,7 +34,7 @@ def test_deepness_metadata(tile_key):
                     standardization_std=[0.2, 0.2, 0.2], **{tile_key: 512})
     spec = spec_from_metadata(meta)
     assert spec.gsd_m == pytest.approx(0.2)
-    assert spec.tile_size_px == 512 and spec.overlap_px == round(512 * 0.15)
+    assert spec.tile_size_px == 512 and spec.overlap_px == 76  # Deepness's count: int(2 * 76.8) // 2
     assert spec.class_names == ("tree", "shrub") and spec.channel_of_class == (1, 2)
     assert spec.scale == pytest.approx(1 / 255) and spec.mean == (0.5,) * 3 and spec.seg_thresh == 0.4
 

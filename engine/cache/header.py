@@ -32,7 +32,8 @@ _LABELS = {"width": "width", "height": "height", "count": "band count", "dtype":
            "gsd_m": "gsd", "work_crs": "working CRS", "outputs": "outputs",
            "vector_format": "vector format", "aoi_wkt": "area of interest",
            "canopy_height": "canopy height raster", "det_conf": "score threshold",
-           "det_iou_thresh": "IoU threshold", "box_geometry": "box geometry", "value_range": "value range"}
+           "det_iou_thresh": "IoU threshold", "box_geometry": "box geometry", "value_range": "value range",
+           "seg_thresh": "probability threshold"}
 
 
 def _as_stored(value):

@@ -26,6 +26,9 @@ def register(subparsers) -> None:
                    help="canopy height raster (CHM or nDSM, metres, any CRS): crowns get height_max_m, height_p95_m")
     p.add_argument("--processor", dest="provider", default=None, choices=sorted(PROVIDERS),
                    help="where the model runs (default: a working GPU if any, else the CPU)")
+    p.add_argument("--threshold", dest="seg_thresh", type=float, default=None, metavar="P",
+                   help="segmentation models: probability a pixel needs to belong to a class (default: the "
+                        "model's seg_thresh, else 0.5); kept with the cache, so resume with the same")
     p.add_argument("--det-conf", type=float, default=None, metavar="SCORE",
                    help="detectors: score a box needs (default: the model's)")
     p.add_argument("--det-iou", type=float, default=None, metavar="IOU",
@@ -66,6 +69,7 @@ def run(args) -> int:
         det_conf=args.det_conf,
         det_iou_thresh=args.det_iou,
         box_geometry=args.box_geometry,
+        seg_thresh=args.seg_thresh,
         canopy_height=args.canopy_height,
         workers=args.workers,
         scheduler=args.scheduler,

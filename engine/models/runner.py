@@ -24,6 +24,7 @@ PROVIDERS = {
     "coreml": ("CoreMLExecutionProvider", "CPUExecutionProvider"),
 }
 _AUTO_ORDER = ("cuda", "directml", "coreml")
+PROBE_TILE_PX = 64  # the blank tile a model that takes any size is tried on (OnnxModel.check_outputs)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -100,15 +101,36 @@ class OnnxModel:
         # Tiles can be stacked when the batch axis is free on the input and on every output.
         self.batchable = not isinstance(inputs[0].shape[0], int) and all(
             len(o.shape) >= 1 and not isinstance(o.shape[0], int) for o in outputs)
-        out_shape = outputs[0].shape
-        n_out = out_shape[1] if len(out_shape) == 4 and isinstance(out_shape[1], int) else None
         self.output_names = [o.name for o in outputs]
         for taken in self.taken_softmax:  # the kinds know the outputs by the names the model gives them
             self.output_names[taken.index] = taken.name
         self.spec = spec_from_metadata(
-            meta, path=str(path), sha256=file_sha256(path), input_shape=shape, n_output_channels=n_out
+            meta, path=str(path), sha256=file_sha256(path), input_shape=shape,
+            output_shapes=tuple(tuple(o.shape) for o in outputs),
         )
         self.kind = self.spec.kind
+
+    def check_outputs(self, tile_px: int) -> None:
+        """Run the model once on a blank tile when its outputs' sizes are not fixed in the file, so that an
+        output the model's kind cannot use is refused before any folder is written (ModelError).
+
+        A model that takes any input size is tried on a small tile (cheap); a failure to run
+        at all is left to the first real tile, which says why.
+        """
+        outputs = self.session.get_outputs()
+        if all(isinstance(d, int) for o in outputs for d in o.shape[1:]):
+            return  # the metadata reader checked fixed shapes already
+        side = self.spec.fixed_input_px or min(tile_px, PROBE_TILE_PX)
+        blank = np.zeros((len(self.spec.bands), side, side), np.float32)
+        x = self.normalise(blank)
+        if self.input_type == "tensor(float16)":
+            x = x.astype(np.float16)
+        try:
+            results = self._activated(self.session.run(None, {self.input_name: x}))
+        except Exception as exc:  # onnxruntime's own errors: the first tile reports them
+            logger.debug("%s does not run on a blank %d px tile (%s)", self.spec.name, side, _first_line(exc))
+            return
+        self.kind.decode(self.spec, dict(zip(self.output_names, results)), (side, side))
 
     def normalise(self, raw: np.ndarray) -> np.ndarray:
         """(bands, H, W) raw pixel values → the model's (1, bands, H, W) float32 input."""

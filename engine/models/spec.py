@@ -9,6 +9,12 @@ JSON string. Our keys:
                      crown-centre heatmap; ``instance_masks``: masks with scores).
 ``class_names``      list of names, one per output channel (``semantic``) or per
                      label value; a first class named ``background`` is not written.
+``crown_classes``    names of the classes whose regions are tree crowns: crown rules
+                     (regions under ``min_crown_area_m2`` dropped, holes under 2 m² filled)
+                     apply to them; other classes keep Deepness's small-segment rule
+                     (``seg_small_segment``). Default: every class of a model that gives
+                     ``output_kind``; for other models (Deepness's), the classes named
+                     tree(s), crown(s) or canopy.
 ``gsd_m``            ground sampling distance of the input, metres per pixel.
 ``tile_size_px``     tile edge in model pixels.
 ``overlap_px``       overlap between neighbouring tiles in model pixels.
@@ -29,19 +35,23 @@ JSON string. Our keys:
 ``name``, ``description``, ``license``, ``provenance``  free text.
 
 Models made for the Deepness QGIS plugin work unchanged: ``model_type``
-(the kinds say which they run), ``class_names`` (a dict ``{"0": "background", ...}``),
+(the kinds say which they run), ``class_names`` (a dict ``{"0": "background", ...}``
+for one output, a list of such dicts for one per output; ``names`` is read too),
 ``resolution`` (cm/px), ``tile_size`` or ``tiles_size`` (px), ``tiles_overlap``
-(percent of the tile), ``seg_thresh``, ``standardization_mean`` and
-``standardization_std`` (applied after dividing by 255). Deepness detectors
+(percent of the tile), ``seg_thresh``, ``seg_small_segment`` (the median filter's size
+in pixels over each output's class map; Deepness's default 9), ``standardization_mean``
+and ``standardization_std`` (applied after dividing by 255). Deepness detectors
 (``model_type`` Detector) add ``det_type`` (the YOLO output layout), ``det_conf`` and
 ``det_iou_thresh``.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,6 +62,8 @@ from .onnx_meta import read_onnx_metadata
 
 DEFAULT_GSD_M = 0.1
 DEFAULT_TILE_SIZE_PX = 1024
+DEEPNESS_SMALL_SEGMENT_PX = 9  # Deepness 0.6.5's default "remove small segments" size
+_CROWN_WORDS = re.compile(r"\b(trees?|crowns?|canop(y|ies))\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -60,8 +72,18 @@ class ModelSpec:
 
     ``output_kind`` names a kind of :mod:`engine.models.kinds` (:attr:`kind`).
     ``class_names`` lists the classes written to the caches, background excluded;
-    ``channel_of_class`` maps each of them to its output channel (``semantic``) or
-    label value (``instance_masks``).
+    ``channel_of_class`` maps each of them to its output channel (``semantic``: the
+    channels of all outputs, stacked in output order) or label value (``instance_masks``);
+    ``output_of_class`` names the output each comes from and ``output_channels`` the
+    channels of each output (a map with no class axis counts one). ``crown_classes``
+    says, per class, whether crown rules apply to its regions; ``small_segment_px`` is
+    the median filter over the other classes' class maps (Deepness's rule; 0 or 1: none).
+    ``output_inset_px``: the model predicts only the centre of each tile, this many
+    pixels in from each edge (an output smaller than its input). ``deepness_rules``:
+    the model gives no ``output_kind`` (Deepness's format), so pixels get their class
+    as Deepness gives it; a model in our format keeps the argmax among its written
+    classes above the threshold (a threshold under 0.5 then matters for a
+    background/tree softmax).
     """
 
     path: str
@@ -87,6 +109,12 @@ class ModelSpec:
     det_conf: float = 0.5
     det_iou_thresh: float = 0.5
     box_geometry: str = "crowns"  # a run's choice for detectors: "crowns" or "boxes"
+    output_of_class: tuple[int, ...] = ()
+    output_channels: tuple[int, ...] = ()
+    crown_classes: tuple[bool, ...] = ()
+    small_segment_px: int = DEEPNESS_SMALL_SEGMENT_PX
+    output_inset_px: int = 0
+    deepness_rules: bool = False
     metadata: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -137,12 +165,13 @@ def spec_from_metadata(
     path: str = "",
     sha256: str = "",
     input_shape: tuple | None = None,
-    n_output_channels: int | None = None,
+    output_shapes: tuple[tuple, ...] | None = None,
 ) -> ModelSpec:
     """Build a :class:`ModelSpec` from ONNX metadata (ours or Deepness's).
 
     ``input_shape`` is the first input's (N, C, H, W) shape, with None or strings
-    for dynamic axes; fixed H and W set the tile size.
+    for dynamic axes; fixed H and W set the tile size. ``output_shapes`` are the
+    outputs' shapes, likewise (None: not known, the metadata alone is read).
     """
     deepness_type = _json(meta, "model_type")
     kind_raw = _json(meta, "output_kind")
@@ -171,11 +200,11 @@ def spec_from_metadata(
         gsd_m = DEFAULT_GSD_M
     tile_key = next((k for k in ("tile_size_px", "tile_size", "tiles_size") if k in meta), None)
     tile_px = _number(meta, tile_key, None, int) if tile_key else None
-    tile_px = tile_px or fixed_px or DEFAULT_TILE_SIZE_PX
+    tile_px = fixed_px or tile_px or DEFAULT_TILE_SIZE_PX  # a fixed input is the only tile the model takes
     if "overlap_px" in meta:
         overlap_px = _number(meta, "overlap_px", 0, int)
     elif "tiles_overlap" in meta:
-        overlap_px = int(round(tile_px * _number(meta, "tiles_overlap", 0) / 100.0))
+        overlap_px = int(tile_px * _number(meta, "tiles_overlap", 0) / 100.0 * 2) // 2  # Deepness's rounding
     else:
         overlap_px = tile_px // 4
     if gsd_m <= 0 or tile_px <= 0 or overlap_px < 0 or overlap_px >= tile_px:
@@ -207,21 +236,16 @@ def spec_from_metadata(
     if any(s == 0 for s in std):
         raise ModelError("The model's metadata 'std' contains a zero.")
 
-    names_raw = _json(meta, "class_names")
-    if isinstance(names_raw, dict):
-        try:
-            names = [str(v) for _, v in sorted(names_raw.items(), key=lambda kv: int(kv[0]))]
-        except ValueError as exc:
-            raise ModelError("The model's metadata 'class_names' keys must be class numbers.") from exc
-    elif isinstance(names_raw, list):
-        names = [str(v) for v in names_raw]
-    elif names_raw is None:
-        names = None
-    else:
-        raise ModelError("The model's metadata 'class_names' must be a list or a dict.")
-    names, channels = kind.classes(names, n_output_channels)
+    shapes = None if output_shapes is None else [tuple(_axis(d) for d in shape) for shape in output_shapes]
+    output_channels = None if shapes is None else [_channels(shape) for shape in shapes]
+    names, channels, outputs, n_channels = kind.class_layout(_class_names(meta), output_channels)
     if not names:
         raise ModelError("The model has no class other than background.")
+    inset_px = kind.output_inset(shapes, fixed_px) if shapes is not None else 0
+    crown_classes = _crown_classes(meta, names, kind_raw is None)
+    small_segment = _number(meta, "seg_small_segment", DEEPNESS_SMALL_SEGMENT_PX, int)
+    if small_segment < 0:
+        raise ModelError(f"The model's metadata 'seg_small_segment' cannot be negative ({small_segment}).")
 
     activation = str(_json(meta, "output_activation", "none")).lower()
     if activation not in ("none", "softmax", "sigmoid"):
@@ -242,7 +266,7 @@ def spec_from_metadata(
         mean=mean,
         std=std,
         output_activation=activation,
-        seg_thresh=float(_number(meta, "seg_thresh", 0.5)),
+        seg_thresh=_unit(meta, "seg_thresh", 0.5),
         centre_thresh=float(_number(meta, "centre_thresh", 0.3)),
         peak_min_distance_m=float(_number(meta, "peak_min_distance_m", 1.0)),
         min_crown_area_m2=float(_number(meta, "min_crown_area_m2", 1.0)),
@@ -250,8 +274,72 @@ def spec_from_metadata(
         fixed_input_px=fixed_px,
         det_conf=_unit(meta, "det_conf", 0.5),
         det_iou_thresh=_unit(meta, "det_iou_thresh", 0.5),
+        output_of_class=tuple(outputs),
+        output_channels=tuple(n_channels),
+        crown_classes=crown_classes,
+        small_segment_px=int(small_segment),
+        output_inset_px=int(inset_px),
+        deepness_rules=kind_raw is None,
         metadata=dict(meta),
     )
+
+
+def _axis(d):
+    return d if isinstance(d, int) and d > 0 else None
+
+
+def _channels(shape: tuple) -> int | None:
+    """Channels of an output: (N, H, W) is one map; (N, C, H, W) has C (None when dynamic)."""
+    if len(shape) == 3:
+        return 1
+    if len(shape) == 4:
+        return shape[1]
+    return None
+
+
+def _numbered_names(names: dict) -> list[str]:
+    """A dict of numbered names as a list; the numbers must run 0, 1, 2, ... (as Deepness requires)."""
+    try:
+        numbered = sorted((int(k), str(v)) for k, v in names.items())
+    except (TypeError, ValueError) as exc:
+        raise ModelError("The model's metadata 'class_names' keys must be class numbers.") from exc
+    if [k for k, _ in numbered] != list(range(len(numbered))):
+        raise ModelError("The model's metadata 'class_names' must number its classes 0, 1, 2, ... without gaps.")
+    return [v for _, v in numbered]
+
+
+def _class_names(meta: Mapping[str, str]) -> list[list[str]] | None:
+    """Class names per output: a list of names (ours, one output), a dict of numbered names
+    (Deepness, one output) or a list of such dicts (Deepness, one per output)."""
+    key = next((k for k in ("class_names", "names") if k in meta), None)
+    raw = _json(meta, key) if key else None
+    if isinstance(raw, str):  # Deepness also reads Python literals ({0: 'tree'})
+        try:
+            raw = ast.literal_eval(raw)
+        except (ValueError, SyntaxError) as exc:
+            raise ModelError(f"The model's metadata '{key}' is neither JSON nor a Python literal.") from exc
+    if raw is None:
+        return None
+    if isinstance(raw, dict):
+        return [_numbered_names(raw)]
+    if isinstance(raw, list) and raw and all(isinstance(v, dict) for v in raw):
+        return [_numbered_names(v) for v in raw]
+    if isinstance(raw, list) and not any(isinstance(v, (dict, list)) for v in raw):
+        return [[str(v) for v in raw]]
+    raise ModelError("The model's metadata 'class_names' must be a list of names, a dict of numbered names, "
+                     "or a list of such dicts (one per output).")
+
+
+def _crown_classes(meta: Mapping[str, str], names: list[str], deepness_format: bool) -> tuple[bool, ...]:
+    raw = _json(meta, "crown_classes")
+    if raw is not None:
+        if not isinstance(raw, list):
+            raise ModelError("The model's metadata 'crown_classes' must be a list of class names.")
+        wanted = {str(v) for v in raw}
+        return tuple(n in wanted for n in names)
+    if deepness_format:  # land-cover models keep Deepness's rule; tree classes are crowns
+        return tuple(bool(_CROWN_WORDS.search(n)) for n in names)
+    return (True,) * len(names)
 
 
 def _unit(meta, key: str, default: float) -> float:
@@ -262,7 +350,10 @@ def _unit(meta, key: str, default: float) -> float:
 
 
 def for_run(spec: ModelSpec, settings) -> ModelSpec:
-    """``spec`` with a run's detector choices (``settings.det_conf``, ... when set) in place of the model's."""
+    """``spec`` with a run's choices (``settings.det_conf``, ``settings.seg_thresh``, ... when set) in place
+    of the model's."""
+    if getattr(settings, "seg_thresh", None) is not None:
+        spec = replace(spec, seg_thresh=settings.seg_thresh)
     if getattr(settings, "det_conf", None) is None:
         return spec
     return replace(spec, det_conf=settings.det_conf, det_iou_thresh=settings.det_iou_thresh,

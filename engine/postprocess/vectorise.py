@@ -25,7 +25,7 @@ CRS even when the source CRS is geographic. No two crowns of a tile overlap
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import shapely
@@ -89,8 +89,9 @@ class CrownGrid:
     work_units_per_m: float = 1.0
 
 
-def _owned_labels(inst: Instances, tile: Tile, kind: OutputKind, grid: CrownGrid, min_area_px: float) -> np.ndarray:
-    """Label values this tile stores: present, large enough, and (for crowns) centred in the core."""
+def _owned_labels(inst: Instances, tile: Tile, kind: OutputKind, grid: CrownGrid, min_area_px: float,
+                  crown_label: np.ndarray) -> np.ndarray:
+    """Label values this tile stores: present, large enough (crown labels), and (for crowns) centred in the core."""
     labels = inst.labels
     n = inst.count
     k = inst.stride
@@ -98,7 +99,7 @@ def _owned_labels(inst: Instances, tile: Tile, kind: OutputKind, grid: CrownGrid
     counts = (inst.pixels if inst.pixels is not None else np.bincount(flat, minlength=n + 1))[1:]
     owned = counts > 0
     if not kind.filters_small:
-        owned &= counts * (k * k) >= min_area_px
+        owned &= (counts * (k * k) >= min_area_px) | ~crown_label[1:]
     if not kind.clips_to_core:
         h, w = labels.shape
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -124,9 +125,9 @@ def core_holds(tile: Tile, grid: CrownGrid, xs: np.ndarray, ys: np.ndarray) -> n
     return (sx >= col) & (sx < col + w) & (sy >= row) & (sy < row + h)
 
 
-def _fill_small_holes(polygons: np.ndarray, min_area: float) -> np.ndarray:
-    """Polygons without their interior rings smaller than ``min_area`` (CRS units squared)."""
-    holed = np.flatnonzero(shapely.get_num_interior_rings(polygons) > 0)
+def _fill_small_holes(polygons: np.ndarray, min_area: float, where: np.ndarray | bool = True) -> np.ndarray:
+    """Polygons (those ``where`` says) without their interior rings smaller than ``min_area`` (CRS units squared)."""
+    holed = np.flatnonzero((shapely.get_num_interior_rings(polygons) > 0) & where)
     if holed.size == 0:
         return polygons
     # All rings at once (each polygon's exterior first, then its holes): areas are one
@@ -365,8 +366,14 @@ def tile_crowns(spec: ModelSpec, inst: Instances, tile: Tile, grid: CrownGrid, m
         from .boxes import tile_box_crowns
 
         return tile_box_crowns(spec, inst, tile, grid)
+    if inst.labels.ndim == 3:  # one label image per model output (their regions may overlap)
+        return [crown for layer in inst.labels
+                for crown in tile_crowns(spec, replace(inst, labels=layer, pixels=None), tile, grid, min_area_px)]
     kind = spec.kind
-    keep = _owned_labels(inst, tile, kind, grid, min_area_px)
+    # Crown rules (the smallest regions dropped, pin-holes filled) apply to crown classes only.
+    crown_of_class = np.asarray(spec.crown_classes or (True,) * len(spec.class_names), bool)
+    crown_label = crown_of_class[inst.classes]
+    keep = _owned_labels(inst, tile, kind, grid, min_area_px, crown_label)
     if keep.size == 0:
         return []
     lut = np.zeros(inst.count + 1, np.int32)
@@ -399,7 +406,8 @@ def tile_crowns(spec: ModelSpec, inst: Instances, tile: Tile, grid: CrownGrid, m
 
     pixel_units2 = abs(window_t[0] * window_t[4] - window_t[1] * window_t[3])
     holes = shapely.get_num_interior_rings(polygons)
-    polygons = _fill_small_holes(polygons, MIN_HOLE_AREA_M2 * grid.work_units_per_m**2 / pixel_units2)
+    polygons = _fill_small_holes(polygons, MIN_HOLE_AREA_M2 * grid.work_units_per_m**2 / pixel_units2,
+                                 crown_label[values])
     filled = shapely.get_num_interior_rings(polygons) < holes
     polygons, folded = smooth_outlines(polygons, kept)
     suspects = filled | folded

@@ -134,6 +134,7 @@ def prepare(job: Job, plan_version: int | None = None) -> Prepared:
     work_wkt = working_crs(info, true_scale=plan_version >= PLAN_GROUND)
     settings = resolve_settings(job, spec, work_wkt, value_range_for(job, info, spec))
     spec = for_run(spec, settings)  # a detector's thresholds and geometry, as the run chose them
+    model.check_outputs(settings.tile_size_px)  # an output the kind cannot use: refused before any folder
     if settings.canopy_height is not None:
         CanopyHeightRaster(settings.canopy_height).close()  # unreadable: one sentence now, not at the first crown
     tiles = plan_tiles(info, settings.tile_size_px, settings.overlap_px, settings.gsd_m,

@@ -158,6 +158,16 @@ class PredictDialog(QDialog):
         self.det_conf_spin.setToolTip(self.tr("The score a box needs to be kept."))
         self.det_iou_spin.setToolTip(self.tr("Of two boxes overlapping more than this (intersection over union), "
                                              "the weaker is dropped."))
+        # Segmentation models only: the probability a pixel needs (Deepness's "probability threshold").
+        self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setRange(-0.01, 1.0)
+        self.threshold_spin.setDecimals(2)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setValue(-0.01)
+        self.threshold_spin.setSpecialValueText(self.tr("Model default"))
+        self.threshold_spin.setToolTip(self.tr("The probability a pixel needs to belong to a class. The run's "
+                                               "folder keeps it: resume with the same."))
+        self.threshold_label = QLabel(self.tr("Probability threshold"))
         self.geometry_combo = QComboBox()
         self.geometry_combo.addItem(self.tr("Crowns (canopy in the box, else its ellipse)"), BoxGeometry.CROWNS)
         self.geometry_combo.addItem(self.tr("Boxes"), BoxGeometry.BOXES)
@@ -191,6 +201,7 @@ class PredictDialog(QDialog):
         advanced_form.addRow(self.tr("Value range"), self.value_range_edit)
         for label, widget in zip(self.detector_labels, self.detector_widgets):
             advanced_form.addRow(label, widget)
+        advanced_form.addRow(self.threshold_label, self.threshold_spin)
         advanced_form.addRow(self.tr("Area"), area_box)
 
         self.dependency_label = QLabel()
@@ -225,6 +236,7 @@ class PredictDialog(QDialog):
                        self.overlap_spin.valueChanged, self.gsd_spin.valueChanged,
                        self.format_combo.currentIndexChanged, self.processor_combo.currentIndexChanged,
                        self.det_conf_spin.valueChanged, self.det_iou_spin.valueChanged,
+                       self.threshold_spin.valueChanged,
                        self.geometry_combo.currentIndexChanged, self.scheduler_edit.textChanged,
                        self.chm_combo.layerChanged, self.area_group.buttonClicked,
                        self.value_range_edit.textChanged):
@@ -409,6 +421,7 @@ class PredictDialog(QDialog):
                 canopy_height=canopy_height,
                 value_range=parse_value_range(self.value_range_edit.text()),
                 **self._detector_choices(spec),
+                **self._threshold_choice(spec),
             )
             settings = resolve_settings(job, spec, work_crs="")
         except (TCDError, AoiError) as exc:
@@ -442,9 +455,24 @@ class PredictDialog(QDialog):
         return {"det_conf": None if conf < 0 else conf, "det_iou_thresh": None if iou < 0 else iou,
                 "box_geometry": self.geometry_combo.currentData()}
 
+    def _threshold_choice(self, spec) -> dict:
+        """The Job's probability threshold: the Advanced choice for a segmentation model, none for detectors."""
+        value = self.threshold_spin.value()
+        return {} if spec.kind.detects_boxes or value < 0 else {"seg_thresh": value}
+
+    def _show_threshold_default(self, spec) -> None:
+        segmentation = spec is not None and not spec.kind.detects_boxes
+        self.threshold_label.setVisible(segmentation)
+        self.threshold_spin.setVisible(segmentation)
+        text = self.tr("Model default ({:g})").format(spec.seg_thresh) if segmentation else self.tr("Model default")
+        if self.threshold_spin.specialValueText() != text:
+            self.threshold_spin.setSpecialValueText(text)
+            self.threshold_spin.update()
+
     def _show_defaults(self, spec) -> None:
         """"Model default" says what the default is for the chosen model (and tile size, for the overlap)."""
         detector = spec is not None and spec.kind.detects_boxes
+        self._show_threshold_default(spec)
         for widget in self.detector_labels + self.detector_widgets:
             widget.setVisible(detector)
         if detector:

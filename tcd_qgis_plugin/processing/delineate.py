@@ -77,6 +77,7 @@ TILE_SIZE = "TILE_SIZE"
 OVERLAP = "OVERLAP"
 GSD = "GSD"
 VALUE_RANGE = "VALUE_RANGE"
+THRESHOLD = "THRESHOLD"
 CROWNS = "CROWNS"
 CONFIDENCE = "CONFIDENCE"
 
@@ -144,7 +145,9 @@ class DelineateCrownsAlgorithm(QgsProcessingAlgorithm):
             "interrupted or cancelled run: only the missing tiles are predicted. A folder holding a run "
             "made with other settings is refused.\n\n"
             "Model: an ONNX file; empty uses the bundled default model. Tile size, overlap (model pixels) "
-            "and ground sampling distance (metres per pixel) default to the model's own values.\n\n"
+            "and ground sampling distance (metres per pixel) default to the model's own values, and so does "
+            "the probability threshold a pixel needs to belong to a class (segmentation models; the cache "
+            "keeps it, so resume with the same).\n\n"
             "Area of interest: only tiles touching its polygons are predicted.\n\n"
             "Crowns carry id, score, class, tile_id, area_m2, perimeter_m and diam_m (metres, whatever the "
             "raster's CRS). With a canopy height raster (a CHM or nDSM in metres, any CRS and resolution) "
@@ -182,6 +185,10 @@ class DelineateCrownsAlgorithm(QgsProcessingAlgorithm):
                                          QgsProcessingParameterNumber.Type.Double, optional=True, minValue=0.001),
             QgsProcessingParameterString(VALUE_RANGE, tr("Value range MIN,MAX stretched onto 0-255 (empty: 16-bit "
                                                          "and float rasters as QGIS shows them)"), optional=True),
+            QgsProcessingParameterNumber(THRESHOLD, tr("Probability threshold (segmentation models; empty: the "
+                                                       "model's)"),
+                                         QgsProcessingParameterNumber.Type.Double, optional=True, minValue=0.0,
+                                         maxValue=1.0),
         ]
         for parameter in advanced:
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
@@ -226,6 +233,7 @@ class DelineateCrownsAlgorithm(QgsProcessingAlgorithm):
                 aoi_wkt=self._aoi_wkt(parameters, context, raster),
                 canopy_height=self._canopy_height(parameters, context),
                 value_range=parse_value_range(self.parameterAsString(parameters, VALUE_RANGE, context)),
+                seg_thresh=self._optional_number(parameters, THRESHOLD, context, float),
             )
             resolve_settings(job, spec, work_crs="")
         except TCDError as exc:

@@ -68,7 +68,7 @@ def test_provider_and_parameters(processing, plugin):
     assert names[:2] == ["INPUT", "MODEL"]
     assert set(names) >= {"OUTPUTS", "OUTPUT_FOLDER", "VECTOR_FORMAT", "AOI", "TILE_SIZE", "OVERLAP", "GSD"}
     advanced = {p.name() for p in alg.parameterDefinitions() if p.flags() & p.Flag.FlagAdvanced}
-    assert advanced == {"TILE_SIZE", "OVERLAP", "GSD", "VALUE_RANGE"}
+    assert advanced == {"TILE_SIZE", "OVERLAP", "GSD", "VALUE_RANGE", "THRESHOLD"}
     assert {o.name() for o in alg.outputDefinitions()} == {"CROWNS", "CONFIDENCE", "OUTPUT_FOLDER"}
     assert alg.flags() & alg.Flag.FlagSupportsBatch and alg.flags() & alg.Flag.FlagCanCancel
     plugin.unload()

@@ -89,6 +89,21 @@ class OutputKind:
         channels = [i for i, n in enumerate(names) if not (i == 0 and n.lower() == "background")]
         return [names[i] for i in channels], channels
 
+    def class_layout(self, names: list[list[str]] | None, output_channels: list[int | None] | None
+                     ) -> tuple[list[str], list[int], list[int], list[int]]:
+        """Written class names, the channel, output and channel count of each output (see ModelSpec).
+
+        ``names`` holds the metadata's names per output, ``output_channels`` each output's
+        channels (None where unknown). Kinds other than ``semantic`` read the first output's.
+        """
+        first = (output_channels or [None])[0]
+        written, channels = self.classes(names[0] if names else None, first)
+        return written, channels, [0] * len(written), [first] if first else []
+
+    def output_inset(self, output_shapes: list[tuple], input_px: int | None) -> int:
+        """Pixels from each tile edge the outputs leave unpredicted; ModelError for outputs the kind cannot use."""
+        return 0
+
     def decode(self, spec: ModelSpec, outputs: dict[str, np.ndarray], tile_hw: tuple[int, int]) -> dict:
         raise NotImplementedError
 
@@ -141,7 +156,8 @@ def kind_for_deepness(model_type: str) -> OutputKind:
         if wanted in cls.deepness_types:
             return cls()
     supported = sorted(t for cls in _load().values() for t in cls.deepness_types)
-    raise ModelError(f"Deepness '{model_type}' models are not supported (supported: {', '.join(supported)}).")
+    raise ModelError(f"Deepness '{model_type}' models are not supported: the engine writes classes and boxes, "
+                     f"not values or images (supported: {', '.join(supported)}).")
 
 
 def activate(spec: ModelSpec, x: np.ndarray) -> np.ndarray:

@@ -18,6 +18,8 @@ candidates, C classes, boxes as centre x, centre y, width, height in tile pixels
                                                        objectness; score the best class probability
 ``YOLO_v9``, ``YOLO_Ultralytics``  (1, 4 + C, N)       best class probability >= det_conf; score the same
 ``YOLO_Ultralytics_obb``       (1, 4 + C + 1, N)       as Ultralytics; the last row is the rotation (radians)
+``YOLO_Ultralytics_            (1, 4 + C + M, N) and   as Ultralytics; the last M rows are mask coefficients
+segmentation``                 (1, M, h, w)            over the second output's M prototype masks
 =============================  ======================  =====================================================
 
 The class of a box is the argmax of its class columns. Non-maximum suppression is
@@ -25,8 +27,10 @@ Deepness's: greedy by rank, box areas counted as (w + 1)(h + 1), a box dropped
 when its IoU with a kept one is >= ``det_iou_thresh`` (oriented boxes: the IoU of
 the rotated rectangles, over the same +1 areas). Kept boxes are truncated to whole
 pixels, as Deepness does. Oriented boxes are normalised as Deepness does (width
-the longer side, angle in [0, pi)). ``YOLO_Ultralytics_segmentation`` (masks from
-prototypes) is not supported.
+the longer side, angle in [0, pi)). An instance segmentation model's mask of a box is
+Deepness's (Ultralytics'): the sigmoid of its coefficients times the prototypes, cut to
+the box on the prototypes' grid, resized bilinearly to the tile and kept at >= 0.5; it
+is the box's region (its crown), the best box's where masks overlap.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ import numpy as np
 from ...errors import ModelError
 from . import Instances, OutputKind, register
 
-DET_TYPES = ("YOLO_v5_or_v7_default", "YOLO_v6", "YOLO_v9", "YOLO_Ultralytics", "YOLO_Ultralytics_obb")
+DET_TYPES = ("YOLO_v5_or_v7_default", "YOLO_v6", "YOLO_v9", "YOLO_Ultralytics", "YOLO_Ultralytics_obb",
+             "YOLO_Ultralytics_segmentation")
 
 
 class DetectorKind(OutputKind):
@@ -70,6 +75,7 @@ class DetectorKind(OutputKind):
         boxes = np.asarray(boxes, np.float64).reshape(-1, 5)
         scores = np.asarray(scores, np.float64).reshape(-1)
         classes = np.asarray(classes, np.int64).reshape(-1)
+        coeffs = decoded.get("_coeffs")  # mask coefficients of the selected boxes (instance segmentation)
         if len(boxes):
             cx, cy = box_centres(boxes)
             h, w = valid.shape
@@ -78,9 +84,12 @@ class DetectorKind(OutputKind):
             on_valid = np.zeros(len(boxes), bool)
             on_valid[inside] = valid[row[inside], col[inside]]
             boxes, scores, classes = boxes[on_valid], scores[on_valid], classes[on_valid]
+            coeffs = None if coeffs is None else coeffs[on_valid]
         labels = None
         canopy = decoded.get("canopy")
-        if canopy is not None and spec.box_geometry == "crowns":
+        if coeffs is not None and spec.box_geometry == "crowns":
+            labels = mask_labels(decoded["protos"], coeffs, boxes, valid, decoded["input_hw"])
+        elif canopy is not None and spec.box_geometry == "crowns":
             labels = split_canopy(np.where(valid, canopy, 0.0), boxes, spec.seg_thresh)
         resolved = (boxes, scores, classes, labels)
         decoded["_resolved"] = (key, resolved)
@@ -100,6 +109,45 @@ class DetectorKind(OutputKind):
             labels = np.zeros(valid.shape, np.int32)
         return Instances(labels, np.concatenate([[0.0], scores]), np.concatenate([[0], classes]).astype(np.int64),
                          boxes=np.concatenate([np.zeros((1, 5)), boxes]))
+
+
+def _resize_bilinear(image: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """(..., h, w) resized to ``out_hw`` as OpenCV's INTER_LINEAR does (pixel centres aligned, edges repeated)."""
+    def axis(n_in, n_out):
+        src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+        lo = np.floor(src).astype(int)
+        return lo, np.minimum(lo + 1, n_in - 1), src - lo
+
+    y0, y1, wy = axis(image.shape[-2], out_hw[0])
+    x0, x1, wx = axis(image.shape[-1], out_hw[1])
+    rows = image[..., y0, :] * (1 - wy)[:, None] + image[..., y1, :] * wy[:, None]
+    return rows[..., x0] * (1 - wx) + rows[..., x1] * wx
+
+
+def mask_labels(protos: np.ndarray, coeffs: np.ndarray, boxes: np.ndarray, valid: np.ndarray,
+                input_hw: tuple[int, int]) -> np.ndarray:
+    """(T, T) int32 labels: box i's instance mask as label i + 1 (boxes best first; the best keeps overlaps).
+
+    Deepness's (Ultralytics') masks: sigmoid(coefficients @ prototypes), zero outside the
+    box on the prototypes' grid, resized to the model's input (``input_hw``, the tile's
+    top-left part the model saw), >= 0.5.
+    """
+    labels = np.zeros(valid.shape, np.int32)
+    if not len(boxes):
+        return labels
+    m, mh, mw = protos.shape
+    masks = 1.0 / (1.0 + np.exp(-(coeffs @ protos.reshape(m, -1).astype(np.float64)))).reshape(-1, mh, mw)
+    th, tw = input_hw
+    seen = labels[:th, :tw]
+    seen_valid = valid[:th, :tw]
+    x1, y1 = boxes[:, 0] * mw / tw, boxes[:, 1] * mh / th
+    x2, y2 = boxes[:, 2] * mw / tw, boxes[:, 3] * mh / th
+    cols, rows = np.arange(mw)[None, None, :], np.arange(mh)[None, :, None]
+    masks *= ((cols >= x1[:, None, None]) & (cols < x2[:, None, None])
+              & (rows >= y1[:, None, None]) & (rows < y2[:, None, None]))
+    for i in range(len(boxes) - 1, -1, -1):  # worst first, so the best box paints last
+        seen[(_resize_bilinear(masks[i], (th, tw)) >= 0.5) & seen_valid] = i + 1
+    return labels
 
 
 def _xywh_to_xyxy(rows: np.ndarray) -> np.ndarray:
@@ -152,6 +200,43 @@ def deepness_nms(xyxy: np.ndarray, ranks: np.ndarray, iou_thresh: float, angles:
     return picked
 
 
+def deepness_containment(xyxy: np.ndarray, thresh: float) -> np.ndarray:
+    """Indices of whole-pixel boxes kept by Deepness's last map-level step, in the given order (best first).
+
+    Boxes are visited largest first ((w + 1)(h + 1), ties in the given order); a visited box
+    not yet dropped is kept and drops, among the 10 boxes whose centres are nearest its
+    own, those whose intersection ((w + 1)(h + 1)) over the smaller of the two areas
+    (w * h) exceeds ``thresh``.
+    """
+    from scipy.spatial import cKDTree
+
+    n = len(xyxy)
+    if n < 2:
+        return np.arange(n)
+    x1, y1, x2, y2 = (xyxy[:, i].astype(np.int64) for i in range(4))
+    order = np.argsort(-((x2 - x1 + 1) * (y2 - y1 + 1)), kind="stable")
+    x1, y1, x2, y2 = x1[order], y1[order], x2[order], y2[order]
+    centres = np.column_stack([(x1 + x2) // 2, (y1 + y2) // 2])
+    tree = cKDTree(centres)
+    area = (x2 - x1) * (y2 - y1)
+    dropped = np.zeros(n, bool)
+    kept = []
+    for i in range(n):
+        if dropped[i]:
+            continue
+        kept.append(i)
+        _, near = tree.query(centres[i], k=min(10, n))
+        for j in np.atleast_1d(near):
+            if j == i or dropped[j]:
+                continue
+            inter = (max(0, min(x2[i], x2[j]) - max(x1[i], x1[j]) + 1)
+                     * max(0, min(y2[i], y2[j]) - max(y1[i], y1[j]) + 1))
+            smaller = min(area[i], area[j])
+            if smaller > 0 and inter / smaller > thresh:
+                dropped[j] = True
+    return np.sort(order[kept])
+
+
 @register
 class Detector(DetectorKind):
     name = "detector"
@@ -170,6 +255,8 @@ class Detector(DetectorKind):
 
     def decode(self, spec, outputs, tile_hw):
         det_type = self.det_type(spec)
+        if det_type == "YOLO_Ultralytics_segmentation":
+            return self._decode_segmentation(spec, list(outputs.values()), tile_hw)
         out = np.asarray(next(iter(outputs.values())))
         if out.ndim != 3 or out.shape[0] < 1:
             raise ModelError(f"The detector's output has shape {tuple(out.shape)}; expected (1, candidates, values).")
@@ -187,11 +274,35 @@ class Detector(DetectorKind):
             raise ModelError("The model produced NaN or infinite values; it cannot be used on this image.")
         return {"rows": rows, "det_type": det_type}
 
+    def _decode_segmentation(self, spec, outputs: list, tile_hw) -> dict:
+        if len(outputs) < 2:
+            raise ModelError("A YOLO_Ultralytics_segmentation detector needs two outputs (boxes and prototype "
+                             f"masks); this model has {len(outputs)}.")
+        out, protos = np.asarray(outputs[0]), np.asarray(outputs[1], np.float32)
+        if out.ndim != 3 or protos.ndim != 4 or out.shape[0] < 1 or protos.shape[0] < 1:
+            raise ModelError(f"The detector's outputs have shapes {tuple(out.shape)} and {tuple(protos.shape)}; "
+                             "expected (1, 4 + classes + masks, candidates) and (1, masks, height, width).")
+        rows, protos = out[0].T, protos[0]
+        n_classes = len(spec.class_names)
+        if rows.shape[1] != 4 + n_classes + protos.shape[0]:
+            raise ModelError(f"The detector gives {rows.shape[1]} values per box; with {n_classes} classes and "
+                             f"{protos.shape[0]} prototype masks it should give {4 + n_classes + protos.shape[0]}.")
+        if not (np.all(np.isfinite(rows)) and np.all(np.isfinite(protos))):
+            raise ModelError("The model produced NaN or infinite values; it cannot be used on this image.")
+        return {"rows": rows, "det_type": "YOLO_Ultralytics_segmentation", "protos": protos,
+                "n_classes": n_classes, "input_hw": tuple(tile_hw)}
+
     def select(self, spec, decoded):
         rows, det_type = decoded["rows"], decoded["det_type"]
         conf, iou = spec.det_conf, spec.det_iou_thresh
         angles = None
-        if det_type == "YOLO_v5_or_v7_default":
+        coeffs = None
+        if det_type == "YOLO_Ultralytics_segmentation":
+            end = 4 + decoded["n_classes"]
+            rows = rows[np.max(rows[:, 4:end], axis=1) >= conf] if len(rows) else rows
+            class_cols, coeffs = rows[:, 4:end], rows[:, end:]
+            ranks = scores = np.max(class_cols, axis=1) if len(rows) else rows[:, 4]
+        elif det_type == "YOLO_v5_or_v7_default":
             rows = rows[rows[:, 4] >= conf]
             class_cols = rows[:, 5:]
             ranks = scores = rows[:, 4]
@@ -213,11 +324,22 @@ class Detector(DetectorKind):
             class_cols = rows[:, 4:]
             ranks = scores = np.max(class_cols, axis=1) if len(rows) else rows[:, 4]
         if not len(rows):
+            if coeffs is not None:
+                decoded["_coeffs"] = coeffs
             return np.zeros((0, 5)), np.zeros(0), np.zeros(0, np.int64)
         xyxy = _xywh_to_xyxy(rows)[:, :4]
-        keep = deepness_nms(xyxy, ranks, iou, angles)
+        keep = np.asarray(deepness_nms(xyxy, ranks, iou, angles), int)
+        whole = np.asarray(xyxy[keep], dtype=int).astype(np.float64)  # Deepness truncates to whole pixels
+        # Deepness's map-level clean-up, applied to the tile: NMS again ranked by score, then
+        # boxes mostly inside a larger neighbour dropped.
+        again = np.asarray(deepness_nms(whole, scores[keep], iou, None if angles is None else angles[keep]), int)
+        keep, whole = keep[np.sort(again)], whole[np.sort(again)]
+        inside = deepness_containment(whole, iou)
+        keep, whole = keep[inside], whole[inside]
+        if coeffs is not None:
+            decoded["_coeffs"] = np.asarray(coeffs[keep], np.float64)
         boxes = np.zeros((len(keep), 5))
-        boxes[:, :4] = np.asarray(xyxy[keep], dtype=int)  # Deepness truncates to whole pixels
+        boxes[:, :4] = whole
         if angles is not None:
             boxes[:, 4] = angles[keep]
         return boxes, np.asarray(scores[keep], np.float64), np.argmax(class_cols[keep], axis=1)
