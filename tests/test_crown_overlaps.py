@@ -91,7 +91,9 @@ def test_crown_edges_are_smooth_not_pixel_staircases(clean):
     assert turns.mean() < 0.15
     # Each crown's area stays the area the model drew: the smoothing moves edges by under half a pixel.
     areas = shapely.area(polygons)
-    assert areas.min() >= 4.0  # the model's 5 m² minimum crown, less a sliver where a neighbour kept the seam
+    # The model's 5 m² minimum crown, less what a neighbour of another tile kept at the seam: tiles
+    # on the CRS lattice meet at the minimum overlap, so a crown can lose a sliver on two sides.
+    assert areas.min() >= 3.5
 
 
 @pytest.mark.usefixtures("per_tile_commits")
