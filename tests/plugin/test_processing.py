@@ -50,6 +50,23 @@ def processing(qgis_processing, plugin):
     return processing
 
 
+@pytest.fixture
+def layer_tree_view(qgis_iface, monkeypatch):
+    """A real layer tree view of the project, as desktop QGIS's iface has.
+
+    Processing loads a batch's result layers through ``iface.layerTreeView()``, and QGIS 3.44 hands
+    it to C++, which refuses pytest-qgis's stand-in (a MagicMock).
+    """
+    from qgis.core import QgsLayerTreeModel
+    from qgis.gui import QgsLayerTreeView
+
+    view = QgsLayerTreeView()
+    view.setModel(QgsLayerTreeModel(QgsProject.instance().layerTreeRoot(), view))
+    monkeypatch.setattr(qgis_iface, "layerTreeView", lambda: view, raising=False)
+    yield view
+    view.deleteLater()
+
+
 def manifest_tile_ids(cache_dir) -> list[int]:
     lines = (cache_dir / "tiles.jsonl").read_text().splitlines()[1:]
     return [json.loads(line)["tile_id"] for line in lines]
@@ -194,6 +211,7 @@ def test_area_of_interest_in_another_crs(processing, raster_path, model_path, tm
                          "OUTPUT_FOLDER": str(tmp_path / "far_tcd")})
 
 
+@pytest.mark.usefixtures("layer_tree_view")
 def test_batch_of_two_rasters_loads_styled_layers(processing, qgis_new_project, raster_path, model_path, tmp_path,
                                                   wait_for_tasks):
     from processing.gui.BatchAlgorithmDialog import BatchAlgorithmDialog
