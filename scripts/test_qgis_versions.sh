@@ -201,10 +201,23 @@ for version in "${VERSIONS[@]}"; do
     root="$WORKDIR/qgis-$version"
     log="$WORKDIR/qgis-$version.log"
     CURRENT_ROOT="$root"
-    echo "=== QGIS $version: ${SUITE[$version]} ${TARGET[$version]} in $root"
-    make_root "$root" "${SUITE[$version]}" "${TARGET[$version]}"
-    run_tests "$root" "$log"
-    line="$(summarise "$root" "$version")"
+    where="${SUITE[$version]}${TARGET[$version]:+ ${TARGET[$version]}}"
+    echo "=== QGIS $version: Debian $where, in $root"
+    # Each step in a subshell with errexit of its own (errexit is off inside an if or ||), so
+    # that a version whose packages do not install is reported and the next one still runs.
+    set +e
+    (set -e; make_root "$root" "${SUITE[$version]}" "${TARGET[$version]}")
+    steps=$?
+    if [ "$steps" = 0 ]; then
+        (set -e; run_tests "$root" "$log")
+        steps=$?
+    fi
+    set -e
+    if [ "$steps" = 0 ]; then
+        line="$(summarise "$root" "$version")"
+    else
+        line="QGIS $version (Debian $where): the chroot, QGIS or the pip packages did not install (exit status $steps; see the output above)"
+    fi
     case "$line" in *" 0 failed, 0 errors"*) ;; *) STATUS=1 ;; esac
     RESULTS+=("$line")
     cp "$root/src/plugin-tests.xml" "$WORKDIR/qgis-$version.xml" 2>/dev/null || true
