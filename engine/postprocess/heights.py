@@ -23,6 +23,7 @@ import numpy as np
 from osgeo import gdal, ogr, osr
 
 from ..errors import RasterError
+from .ogr_memory import vector_dataset
 
 HEIGHT_MAX = "height_max_m"
 HEIGHT_P95 = "height_p95_m"
@@ -140,7 +141,7 @@ def _rasterise(geometry, gt, window, srs, *, all_touched: bool) -> np.ndarray:
     sub_gt = (gt[0] + col * gt[1] + row * gt[2], gt[1], gt[2], gt[3] + col * gt[4] + row * gt[5], gt[4], gt[5])
     target = gdal.GetDriverByName("MEM").Create("", width, height, 1, gdal.GDT_Byte)
     target.SetGeoTransform(sub_gt)
-    source = ogr.GetDriverByName("Memory").CreateDataSource("")
+    source = vector_dataset()
     layer = source.CreateLayer("crown", srs=srs)
     feature = ogr.Feature(layer.GetLayerDefn())
     feature.SetGeometry(geometry)

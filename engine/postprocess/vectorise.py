@@ -34,6 +34,7 @@ from osgeo import gdal, ogr
 from ..models.kinds import Instances, OutputKind
 from ..models.spec import ModelSpec
 from ..tiling.grid import Tile, apply, invert, window_transform
+from .ogr_memory import vector_dataset
 
 # Interior rings smaller than this are artefacts of the pixel grid (a few pixels
 # below the threshold inside a crown), not gaps in the canopy: they are filled.
@@ -341,7 +342,7 @@ def label_polygons(labels: np.ndarray, transform: tuple) -> tuple[np.ndarray, np
     raster.SetGeoTransform((c, a, b, f, d, e))
     band = raster.GetRasterBand(1)
     band.WriteArray(labels)
-    source = ogr.GetDriverByName("Memory").CreateDataSource("")
+    source = vector_dataset()
     layer = source.CreateLayer("regions", geom_type=ogr.wkbPolygon)
     layer.CreateField(ogr.FieldDefn("value", ogr.OFTInteger))
     gdal.Polygonize(band, band, layer, 0, [])  # the band is its own mask: label 0 is left out

@@ -12,10 +12,18 @@ Results are plain paths (crowns file, confidence VRT, cache folder), so they
 chain in Model Builder and print in ``qgis_process``. Where Processing loads
 results (the dialog, batch, ``runAndLoadResults``) the layers are opened as the
 runs panel opens them and styled with the plugin's QML files.
+
+A run may outlive the Qt objects around it: since QGIS 3.24 a batch runs its rows as
+tasks that go on after ``BatchAlgorithmDialog.runAlgorithm()`` returns, with the
+dialog's feedback, while the plugin may be unloaded and its provider deleted. So the
+algorithm reaches the plugin only through the provider's :class:`RunsChanged` relay
+(never through ``provider()``, a bare C++ pointer), and takes a deleted feedback as a
+cancel: the worker stops after its tile and the cache stays resumable.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from qgis.core import (
@@ -113,9 +121,33 @@ def _styler(style: str) -> _Styler:
     return styler
 
 
+def _gone(feedback) -> bool:
+    return feedback is None or sip.isdeleted(feedback)
+
+
+def _cancelled(feedback) -> bool:
+    """Whether the user cancelled, or the feedback (its dialog) is gone."""
+    try:
+        return _gone(feedback) or feedback.isCanceled()
+    except RuntimeError:  # deleted on the main thread since the check
+        return True
+
+
+def _tell(feedback, method: str, *args) -> None:
+    """``feedback.method(*args)`` while the feedback lives; nobody is listening once it is gone."""
+    if _gone(feedback):
+        return
+    try:
+        getattr(feedback, method)(*args)
+    except RuntimeError:  # deleted on the main thread since the check
+        pass
+
+
 class DelineateCrownsAlgorithm(QgsProcessingAlgorithm):
-    def __init__(self):
+    def __init__(self, runs_changed: Callable[[], None] | None = None):
+        """``runs_changed``: called from Processing's thread when a run starts or ends (the provider's relay)."""
         super().__init__()
+        self._runs_changed = runs_changed or (lambda: None)
         self._cache_dir: Path | None = None
 
     def name(self) -> str:
@@ -159,7 +191,7 @@ class DelineateCrownsAlgorithm(QgsProcessingAlgorithm):
         )
 
     def createInstance(self) -> DelineateCrownsAlgorithm:
-        return DelineateCrownsAlgorithm()
+        return DelineateCrownsAlgorithm(self._runs_changed)
 
     def initAlgorithm(self, config=None) -> None:
         self.addParameter(QgsProcessingParameterRasterLayer(INPUT, tr("Raster (orthophoto or drone image)")))
@@ -305,22 +337,23 @@ class DelineateCrownsAlgorithm(QgsProcessingAlgorithm):
             if not first:
                 first.append(p)
                 if p.total and p.done == p.total:
-                    feedback.pushInfo(tr("All {} tiles are already in {}.").format(p.total, job.cache_dir))
+                    _tell(feedback, "pushInfo", tr("All {} tiles are already in {}.").format(p.total, job.cache_dir))
                 elif p.done:
-                    feedback.pushInfo(tr("{} of {} tiles are already in {}; predicting the rest.").format(
+                    _tell(feedback, "pushInfo", tr("{} of {} tiles are already in {}; predicting the rest.").format(
                         p.done, p.total, job.cache_dir))
                 else:
-                    feedback.pushInfo(tr("Predicting {} into {}.").format(tiles_text(p.total), job.cache_dir))
+                    _tell(feedback, "pushInfo",
+                          tr("Predicting {} into {}.").format(tiles_text(p.total), job.cache_dir))
             if p.total:
-                feedback.setProgress(100.0 * p.done / p.total)
+                _tell(feedback, "setProgress", 100.0 * p.done / p.total)
 
-        outcome = worker.run(feedback.isCanceled, on_progress)
+        outcome = worker.run(lambda: _cancelled(feedback), on_progress)
         self._runs_changed()
         if outcome.details:  # a traceback or the worker's output: for the log, not the user's face
             QgsMessageLog.logMessage(outcome.details, LOG_TAG, Qgis.MessageLevel.Info)
         if outcome.state != "complete":
             raise QgsProcessingException(outcome.message)
-        feedback.pushInfo(outcome.message)
+        _tell(feedback, "pushInfo", outcome.message)
         self._cache_dir = job.cache_dir
         results = {OUTPUT_FOLDER: str(job.cache_dir), CROWNS: None, CONFIDENCE: None}
         for entry in cache_layers(job.cache_dir):
@@ -329,12 +362,6 @@ class DelineateCrownsAlgorithm(QgsProcessingAlgorithm):
             else:
                 results[CONFIDENCE] = str(entry.path)
         return results
-
-    def _runs_changed(self) -> None:
-        """Tell the plugin (through the provider, queued to the main thread) to refresh the runs panel."""
-        provider = self.provider()
-        if provider is not None and hasattr(provider, "runsChanged"):
-            provider.runsChanged.emit()
 
     def postProcessAlgorithm(self, context, feedback):
         """Offer the cache's layers for loading, opened and styled as the runs panel does (context's thread)."""

@@ -71,9 +71,11 @@ import importlib.abc, sys
 HEAVY = ("onnxruntime", "rasterio", "scipy", "shapely", "jsonlines")
 
 class Refuse(importlib.abc.MetaPathFinder):
+    # Exactly what Python raises for a package that is not installed: QGIS (3.40's qgis.core tries
+    # shapely) catches ModuleNotFoundError only.
     def find_spec(self, name, path, target=None):
         if name.split(".")[0] in HEAVY:
-            raise ImportError(f"{name} is not installed in a stock QGIS")
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 
 sys.meta_path.insert(0, Refuse())
 for name in list(sys.modules):

@@ -5,6 +5,8 @@ GeoTIFFs, as from the toolbox or ``processing.run()``.
 """
 
 import json
+import threading
+import time
 
 import pytest
 from qgis.core import (
@@ -20,6 +22,7 @@ from qgis.core import (
     QgsRectangle,
     QgsVectorLayer,
 )
+from qgis.PyQt import sip
 
 from tcd_qgis_plugin.engine.cache.status import cache_status
 from tcd_qgis_plugin.engine.run.local import IN_FLIGHT
@@ -45,6 +48,23 @@ def processing(qgis_processing, plugin):
     import processing
 
     return processing
+
+
+@pytest.fixture
+def layer_tree_view(qgis_iface, monkeypatch):
+    """A real layer tree view of the project, as desktop QGIS's iface has.
+
+    Processing loads a batch's result layers through ``iface.layerTreeView()``, and QGIS 3.44 hands
+    it to C++, which refuses pytest-qgis's stand-in (a MagicMock).
+    """
+    from qgis.core import QgsLayerTreeModel
+    from qgis.gui import QgsLayerTreeView
+
+    view = QgsLayerTreeView()
+    view.setModel(QgsLayerTreeModel(QgsProject.instance().layerTreeRoot(), view))
+    monkeypatch.setattr(qgis_iface, "layerTreeView", lambda: view, raising=False)
+    yield view
+    view.deleteLater()
 
 
 def manifest_tile_ids(cache_dir) -> list[int]:
@@ -203,7 +223,9 @@ def test_area_of_interest_in_another_crs(processing, raster_path, model_path, tm
                          "OUTPUT_FOLDER": str(tmp_path / "far_tcd")})
 
 
-def test_batch_of_two_rasters_loads_styled_layers(processing, qgis_new_project, raster_path, model_path, tmp_path):
+@pytest.mark.usefixtures("layer_tree_view")
+def test_batch_of_two_rasters_loads_styled_layers(processing, qgis_new_project, raster_path, model_path, tmp_path,
+                                                  wait_for_tasks):
     from processing.gui.BatchAlgorithmDialog import BatchAlgorithmDialog
 
     second = tmp_path / "second" / "ortho2.tif"
@@ -217,7 +239,12 @@ def test_batch_of_two_rasters_loads_styled_layers(processing, qgis_new_project, 
         panel.wrappers[row][panel.parameter_to_column["INPUT"]].setParameterValue(str(image), context)
         panel.wrappers[row][panel.parameter_to_column["MODEL"]].setParameterValue(str(model_path), context)
     assert panel.batchRowCount() == 2
+    # Shown, as when a user presses Run: QGIS (3.24 and newer) deletes a hidden batch dialog, and with it the
+    # batch's feedback, as its last row ends, and pytest-qgis delivers that deletion while the row's layers load.
+    dialog.show()
     dialog.runAlgorithm()
+    # QGIS 3.22 runs the rows inside runAlgorithm(); from 3.24 on they run as tasks after it returns.
+    wait_for_tasks(300)
     for image in (raster_path, second):
         folder = image.with_name(f"{image.stem}_tcd")
         assert cache_status(folder).state == "complete", folder
@@ -234,6 +261,49 @@ def test_batch_of_two_rasters_loads_styled_layers(processing, qgis_new_project, 
     assert confidence.source().startswith("vrt://")  # never written back by GDAL
     assert confidence.renderer().type() == "singlebandpseudocolor"
     dialog.deleteLater()
+
+
+@pytest.mark.usefixtures("per_tile_commits")
+def test_a_run_outlives_its_feedback_and_provider(processing, plugin, tmp_path):
+    """A run whose feedback is deleted and whose provider is removed meanwhile stops cleanly, resumable.
+
+    As a batch row does when QGIS deletes the dialog or the plugin is unloaded while the row's task
+    runs on. The algorithm runs on a thread of its own here, as Processing runs it, with QGIS's own
+    code (which would use the feedback after the algorithm) left out.
+    """
+    model = slow_model(tmp_path / "slower.onnx", size=1024, matmuls=40)
+    image = write_raster(tmp_path / "small.tif", crowns_image(160, 160, [(10, 12, 12), (90, 100, 12)]))
+    folder = tmp_path / "small_tcd"
+    parameters = {"INPUT": str(image), "MODEL": str(model), "OUTPUT_FOLDER": str(folder)}
+    algorithm = QgsApplication.processingRegistry().algorithmById(ALG).create()
+    feedback = QgsProcessingFeedback()
+    raised = []
+
+    def run_on_a_thread():
+        context = QgsProcessingContext()  # a context belongs to the thread that made it
+        try:
+            algorithm.processAlgorithm(parameters, context, feedback)
+        except QgsProcessingException as exc:
+            raised.append(str(exc))
+        except Exception as exc:  # any other exception is the failure this test looks for
+            raised.append(repr(exc))
+
+    thread = threading.Thread(target=run_on_a_thread)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not ((folder / "tiles.jsonl").is_file() and cache_status(folder).done >= 1):
+        assert time.monotonic() < deadline and thread.is_alive(), raised
+        QgsApplication.processEvents()
+        time.sleep(0.05)
+    plugin.unload()  # QGIS deletes the provider
+    sip.delete(feedback)  # as the batch dialog's feedback goes with the dialog
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    QgsApplication.processEvents()
+    assert len(raised) == 1 and "run the algorithm again with the same cache folder to resume" in raised[0], raised
+    status = cache_status(folder)
+    assert status.state == "partial" and status.locked_by is None
+    plugin.initGui()  # the fixture unloads it again
 
 
 def expected_heights(i, col):

@@ -12,6 +12,7 @@ Chains on QGIS classes (``QgsTask.Flag.CanCancel``) are resolved in this QGIS.
 
 import ast
 import importlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -142,7 +143,10 @@ def test_every_name_resolves_in_this_qgis(chains):
 
 
 def test_every_qt_name_exists_in_pyqt6(chains):
-    pytest.importorskip("PyQt6.QtWidgets", reason="PyQt6 is in requirements-dev.txt")
+    # Found, never imported, here: QGIS's import guard refuses PyQt6 in a Qt 5 QGIS, and the two Qts
+    # cannot share a process anyway. The names are resolved in a process that never imports qgis.
+    if importlib.util.find_spec("PyQt6") is None:
+        pytest.skip("PyQt6 is in requirements-dev.txt")
     qt = sorted([module, chain] for kind, module, chain in chains if kind == "qt")
     result = subprocess.run([sys.executable, "-c", RESOLVE_IN_PYQT6, json.dumps(qt), json.dumps(QGIS4_WIDGETS_EXTRAS)],
                             capture_output=True, text=True, timeout=120, check=False,
