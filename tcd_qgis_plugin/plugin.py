@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsProject
 from qgis.PyQt.QtCore import QObject, QProcess, QProcessEnvironment, Qt, QTimer
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction, QApplication, QPushButton
+from qgis.PyQt.QtWidgets import QAction, QApplication
 
 from tcd_qgis_plugin import dependencies
 from tcd_qgis_plugin.about_dialog import AboutDialog
@@ -54,6 +55,7 @@ class TCDPlugin(QObject):
         self._processor_probe: QProcess | None = None
         self.panel: RunsPanel | None = None
         self.actions: list[QAction] = []
+        self.bar_buttons = messages.buttons()  # owns every message-bar button the plugin shows
         self.provider: TCDProvider | None = None
         self._stale: set[Path] = set()
         self._model_names: dict[Path, str] = {}
@@ -114,6 +116,7 @@ class TCDPlugin(QObject):
         if not self.actions:
             return  # only initProcessing ran (qgis_process)
         QgsProject.instance().cleared.disconnect(self._project_cleared)
+        self.bar_buttons.clear()
         self._refresh_timer.stop()
         self.steady.release()
         if self._processor_probe is not None:
@@ -342,15 +345,11 @@ class TCDPlugin(QObject):
             self.registry.set_failure(cache_dir, outcome.message if outcome.state == "failed" else None)
         if task is not None:
             self._sync_layers(cache_dir)
-            buttons = []
+            actions = []
             if outcome.state == "failed" and outcome.data.get("start_afresh_fixes"):
-                afresh = QPushButton(self.tr("Start afresh…"))
-                job = task.job
-                afresh.clicked.connect(lambda: (self.iface.messageBar().popWidget(afresh.parentWidget()),
-                                                self.start_afresh(job)))
-                buttons.append(afresh)
+                actions.append(messages.Action(self.tr("Start afresh…"), partial(self.start_afresh, task.job)))
             messages.push_result(self.iface, outcome.message, messages.level_of(outcome.state), task.description(),
-                                 buttons)
+                                 actions)
         self.refresh_panel()
 
     def _project_cleared(self) -> None:

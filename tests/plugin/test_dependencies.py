@@ -244,6 +244,7 @@ def test_missing_message_names_each_package_and_its_button_installs(bar):
     assert item.text() == f"Python packages to install: tcd-no-such-package, pytest>=999 (found {found})."
     (button,) = [b for b in item.findChildren(QPushButton) if b.text() == "Install dependencies…"]
     button.click()
+    QgsApplication.processEvents()  # the warning goes, then the install starts, after the click's slot
     assert calls == [1]
     assert dependencies.show_missing_message(dependencies_iface(bar), calls.append,
                                              reqs=[Requirement("pytest")]) is None
