@@ -119,11 +119,7 @@ class TCDPlugin(QObject):
         self.bar_buttons.clear()
         self._refresh_timer.stop()
         self.steady.release()
-        if self._processor_probe is not None:
-            self._processor_probe.finished.disconnect(self._processors_probed)
-            self._processor_probe.kill()
-            self._processor_probe.waitForFinished(3000)
-            self._processor_probe = None
+        self._stop_processor_probe()
         for task in list(self.tasks.values()):
             task.runEnded.disconnect(self._run_ended)
             task.tilesCommitted.disconnect(self._tiles_committed)
@@ -177,6 +173,14 @@ class TCDPlugin(QObject):
         process.finished.connect(self._processors_probed)
         command = probe.probe_command(python, "processors")
         process.start(command[0], command[1:])
+
+    def _stop_processor_probe(self) -> None:
+        process, self._processor_probe = self._processor_probe, None
+        if process is not None:
+            process.finished.disconnect(self._processors_probed)
+            process.kill()
+            process.waitForFinished(3000)
+            process.deleteLater()
 
     def _processors_probed(self, *args) -> None:
         process, self._processor_probe = self._processor_probe, None
@@ -447,6 +451,10 @@ class TCDPlugin(QObject):
 
     def _dependencies_changed(self, result) -> None:
         dependencies.activate()
+        # What starts here may have changed with the packages (onnxruntime with a GPU provider): ask again.
+        self._stop_processor_probe()
+        self.processors = None
+        self._probe_processors()
         if self.dialog is not None:
             self.dialog.set_missing(dependencies.missing())
         if self.about is not None and self.about.isVisible():
