@@ -23,6 +23,7 @@ install under the same pins, and step 3 removes the numpy that pip put in too.
 from __future__ import annotations
 
 import ast
+import html
 import importlib
 import json
 import os
@@ -66,6 +67,17 @@ class DependencyError(Exception):
 def log(message: str, level: Qgis.MessageLevel = Qgis.Info) -> None:
     """Write to the "TCD" tab of the Log Messages panel (safe from any thread)."""
     QgsMessageLog.logMessage(message, LOG_TAG, level)
+
+
+def log_report(heading: str, report: str, level: Qgis.MessageLevel = Qgis.Info) -> None:
+    """Log a report laid out in columns (the doctor's package table) so that it keeps them.
+
+    QGIS's Log Messages panel shows each message as HTML in a proportional font: runs of
+    spaces collapse and the columns with them. In ``<pre>`` they keep their width; the panel
+    indents every line after a newline, so each line of the report starts after one.
+    """
+    lines = "".join(f"\n{html.escape(line)}" for line in report.splitlines())
+    log(f"{html.escape(heading)}<pre>{lines}</pre>", level)
 
 
 # --------------------------------------------------------------------------- the folder
