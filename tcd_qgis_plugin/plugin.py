@@ -14,7 +14,7 @@ from pathlib import Path
 from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsProject
 from qgis.PyQt.QtCore import QObject, QProcess, QProcessEnvironment, Qt, QTimer
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction, QApplication
+from qgis.PyQt.QtWidgets import QAction, QApplication, QDockWidget
 
 from tcd_qgis_plugin import dependencies
 from tcd_qgis_plugin.about_dialog import AboutDialog
@@ -90,6 +90,9 @@ class TCDPlugin(QObject):
         self.panel.refreshRequested.connect(self.refresh_panel)
         self.panel.helpRequested.connect(self.show_help)
         self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.panel)
+        # Closed until first needed (show_panel): docked open at start it took its width from QGIS's own
+        # panels. QGIS restores it afterwards as the user left it in the last session.
+        self.panel.hide()
         self.panel_action = self.panel.toggleViewAction()
         self.panel_action.setText(self.tr("TCD runs panel"))
         self.iface.addPluginToRasterMenu(self.tr("Tree crown delineation"), self.panel_action)
@@ -138,6 +141,21 @@ class TCDPlugin(QObject):
             if dialog is not None:
                 dialog.deleteLater()
         self.dialog = self.about = self.help = None
+
+    def show_panel(self) -> None:
+        """Open the runs panel: as a tab beside a panel already open on the right, else on its own there."""
+        panel = self.panel
+        if panel is None or panel.isVisible():
+            return
+        window = self.iface.mainWindow()
+        if window.dockWidgetArea(panel) == Qt.DockWidgetArea.RightDockWidgetArea:
+            beside = [dock for dock in window.findChildren(QDockWidget)
+                      if dock is not panel and dock.isVisible() and not dock.isFloating()
+                      and window.dockWidgetArea(dock) == Qt.DockWidgetArea.RightDockWidgetArea]
+            if beside and panel not in window.tabifiedDockWidgets(beside[0]):
+                window.tabifyDockWidget(beside[0], panel)
+        panel.show()
+        panel.raise_()
 
     # -- dialog ---------------------------------------------------------------
     def show_dialog(self) -> PredictDialog:
@@ -292,6 +310,7 @@ class TCDPlugin(QObject):
         self.groups.setdefault(cache_dir, CacheLayerGroup(QgsProject.instance(), cache_dir))
         self.steady.hold()
         QgsApplication.taskManager().addTask(task)
+        self.show_panel()
         self.refresh_panel()
         return task
 
