@@ -7,8 +7,6 @@ panels must be as wide in both (screenshots of both windows in
 starts: QGIS's panels keep their width.
 """
 
-from pathlib import Path
-
 import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -47,8 +47,8 @@ def detector_rows_shown(dialog) -> list:
     return [w.isVisibleTo(dialog) for w in dialog.detector_widgets + dialog.detector_labels]
 
 
-def test_the_bundled_model_shows_no_detector_rows_even_before_an_install(qgis_canvas, settings, raster_layer, model_path,
-                                                                         detector_path):
+def test_the_bundled_model_shows_no_detector_rows_even_before_an_install(qgis_canvas, settings, raster_layer,
+                                                                         model_path, detector_path):
     from qgis.core import QgsApplication
 
     from tcd_qgis_plugin.engine.doctor import Requirement

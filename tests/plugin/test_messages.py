@@ -176,9 +176,9 @@ def test_retry_and_copy_command_buttons_after_gc(cpp_iface, tmp_path, wait_for_t
 
 
 def test_a_successful_install_takes_down_the_packages_to_install_warning(cpp_iface, tmp_path):
-    from tests.plugin.test_dependencies import make_wheel
     from tcd_qgis_plugin import dependencies
     from tcd_qgis_plugin.engine.doctor import Requirement
+    from tests.plugin.test_dependencies import make_wheel
 
     wheels = tmp_path / "wheels"
     make_wheel(wheels, "tcd_probe_gone", "1.0")
