@@ -212,10 +212,10 @@ class TCDPlugin(QObject):
             self.dialog.set_processors(self.processors)
 
     def show_help(self) -> HelpWindow:
-        """The README and docs, in a window of their own beside QGIS."""
+        """The user's guide, in a window of their own beside QGIS."""
         if self.help is None:
             self.help = HelpWindow(self.iface.mainWindow())
-        self.help.show_readme()
+        self.help.show_guide()
         self.help.show()
         self.help.raise_()
         return self.help

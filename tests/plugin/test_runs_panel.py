@@ -140,13 +140,16 @@ def test_open_cache_load_layers_and_delete(plugin, qgis_new_project, raster_path
     assert not QgsProject.instance().mapLayers()
 
 
-def test_help_from_the_panel_and_the_dialog_shows_the_readme(plugin, qgis_new_project):
+def test_help_from_the_panel_and_the_dialog_shows_the_users_guide(plugin, qgis_new_project):
     QTest.mouseClick(plugin.panel.help_button, Qt.MouseButton.LeftButton)
     window = plugin.help
     assert window is not None and window.isVisible()
-    assert window.source().name == "README.md"
+    assert window.source().name == "USER_GUIDE.md"  # not the developers' README
     text = window.browser.toPlainText()
-    assert "TCD for QGIS" in text and "Supported QGIS versions" in text
+    for section in ("Installing", "A first run", "Reading the layers", "Resuming and the runs panel",
+                    "Choosing and bringing models", "Big rasters", "Clusters", "Troubleshooting"):
+        assert section in text, section
+    assert "Quick start" not in text and "pytest" not in text
     window.hide()
     dialog = plugin.show_dialog()
     QTest.mouseClick(dialog.help_button, Qt.MouseButton.LeftButton)
