@@ -175,7 +175,7 @@ class PredictDialog(QDialog):
         area_box.addWidget(self.area_all)
         area_box.addWidget(self.area_extent)
         area_box.addLayout(selection_row)
-        advanced_form = QFormLayout(self.advanced)
+        advanced_form = self.advanced_form = QFormLayout(self.advanced)
         advanced_form.addRow(self.tr("Tile size"), self.tile_spin)
         advanced_form.addRow(self.tr("Overlap"), self.overlap_spin)
         advanced_form.addRow(self.tr("Ground sampling distance"), self.gsd_spin)
@@ -186,6 +186,7 @@ class PredictDialog(QDialog):
         for label, widget in zip(self.detector_labels, self.detector_widgets):
             advanced_form.addRow(label, widget)
         advanced_form.addRow(self.tr("Area"), area_box)
+        self._area_box = area_box
 
         self.dependency_label = QLabel()
         self.dependency_label.setWordWrap(True)
@@ -365,6 +366,16 @@ class PredictDialog(QDialog):
             self._apply_model_rows()
 
     def _apply_model_rows(self) -> None:
+        # Rows out of the form, not just hidden: a hidden row still takes its spacing in QFormLayout.
+        form = self.advanced_form
+        present = form.indexOf(self.detector_widgets[0]) >= 0
+        if self._detector_rows and not present:
+            row, _role = form.getLayoutPosition(self._area_box)
+            for offset, (label, widget) in enumerate(zip(self.detector_labels, self.detector_widgets)):
+                form.insertRow(row + offset, label, widget)
+        elif not self._detector_rows and present:
+            for widget in self.detector_widgets:
+                form.takeRow(widget)
         for widget in self.detector_labels + self.detector_widgets:
             widget.setVisible(self._detector_rows)
         self._fit_timer.start()

@@ -70,6 +70,10 @@ def test_the_bundled_model_shows_no_detector_rows_even_before_an_install(qgis_ca
         dialog.advanced.setCollapsed(True)
         dialog.advanced.setCollapsed(False)
         assert not any(detector_rows_shown(dialog))
+        QgsApplication.processEvents()
+        # No empty band where the detector's rows were: Area follows the row above at the form's spacing.
+        gap = dialog.area_all.geometry().top() - dialog.chm_combo.geometry().bottom()
+        assert gap <= dialog.advanced_form.verticalSpacing() + 6, gap
     finally:
         dialog.hide()
         dialog.deleteLater()
