@@ -136,7 +136,7 @@ class AboutDialog(QDialog):
         self.refresh_button.setEnabled(True)
         self.install_button.setVisible(bool(dependencies.missing()))
         self.install_button.setEnabled(True)
-        dependencies.log("Environment check (python -m engine doctor):\n" + text)
+        dependencies.log_report("Environment check (python -m engine doctor):", text)
         self.reportReady.emit(text, exit_code)
 
     def _install(self) -> None:

@@ -23,6 +23,7 @@ install under the same pins, and step 3 removes the numpy that pip put in too.
 from __future__ import annotations
 
 import ast
+import html
 import importlib
 import json
 import os
@@ -35,11 +36,11 @@ import tempfile
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsTask
-from qgis.PyQt.QtWidgets import QApplication, QPushButton
+from qgis.PyQt.QtWidgets import QApplication
 
 from tcd_qgis_plugin.core import messages
 from tcd_qgis_plugin.core.texts import LOG_TAG
@@ -66,6 +67,17 @@ class DependencyError(Exception):
 def log(message: str, level: Qgis.MessageLevel = Qgis.Info) -> None:
     """Write to the "TCD" tab of the Log Messages panel (safe from any thread)."""
     QgsMessageLog.logMessage(message, LOG_TAG, level)
+
+
+def log_report(heading: str, report: str, level: Qgis.MessageLevel = Qgis.Info) -> None:
+    """Log a report laid out in columns (the doctor's package table) so that it keeps them.
+
+    QGIS's Log Messages panel shows each message as HTML in a proportional font: runs of
+    spaces collapse and the columns with them. In ``<pre>`` they keep their width; the panel
+    indents every line after a newline, so each line of the report starts after one.
+    """
+    lines = "".join(f"\n{html.escape(line)}" for line in report.splitlines())
+    log(f"{html.escape(heading)}<pre>{lines}</pre>", level)
 
 
 # --------------------------------------------------------------------------- the folder
@@ -555,46 +567,49 @@ def install(
 # --------------------------------------------------------------------------- message bar
 
 
+def _copy(text: str) -> None:
+    QApplication.clipboard().setText(text)
+
+
+MISSING = "missing"  # the kind of the "Python packages to install" message
+INSTALL = "install"  # the kind of an install's result
+
+
 def _show_result(iface, result: InstallResult, task: InstallTask) -> None:
-    """The install's outcome on top of the message bar, until closed (the log has it already)."""
+    """The install's outcome on top of the message bar, until closed (the log has it already).
+
+    A success also takes down the "Python packages to install" warning, no longer true.
+    """
     if iface is None:
         return
+    owner = messages.buttons()
     if result.ok:
-        messages.push_result(iface, result.message, Qgis.Success, task.description())
+        owner.drop(MISSING)
+        messages.push_result(iface, result.message, Qgis.Success, task.description(), kind=INSTALL)
         return
-    buttons = []
+    actions = []
     if result.command:
-        copy = QPushButton("Copy command")
-        copy.clicked.connect(lambda: QApplication.clipboard().setText(result.command))
-        buttons.append(copy)
-    retry = QPushButton("Retry")
-
-    def again():
-        iface.messageBar().popWidget(retry.parentWidget())
-        install(wheel_dir=task.wheel_dir, on_finished=task.on_finished, target=task.folder, iface=iface, reqs=task.reqs)
-
-    retry.clicked.connect(again)
-    buttons.append(retry)
-    messages.push_result(iface, result.message, Qgis.Critical, task.description(), buttons)
+        command = result.command
+        actions.append(messages.Action("Copy command", partial(_copy, command), closes=False))
+    actions.append(messages.Action("Retry", partial(install, wheel_dir=task.wheel_dir, on_finished=task.on_finished,
+                                                    target=task.folder, iface=iface, reqs=task.reqs)))
+    messages.push_result(iface, result.message, Qgis.Critical, task.description(), actions, kind=INSTALL)
 
 
 def show_missing_message(iface, on_install: Callable[[], None], reqs=None):
     """A warning in the message bar naming each missing package, with an
     "Install dependencies…" button that calls ``on_install()``. Returns the
-    bar item, or None when nothing is missing."""
+    bar item, or None when nothing is missing (then an earlier warning goes)."""
+    owner = messages.buttons()
     absent = missing(reqs)
     if not absent:
+        owner.drop(MISSING)
         return None
     names = ", ".join(
         req.name if req.found_version is None else f"{req.pip_spec} (found {req.found_version})" for req in absent
     )
-    text = f"Python packages to install: {names}."
     for req in absent:
         log(req.reason, Qgis.Warning)
-    bar = iface.messageBar()
-    item = bar.createMessage(messages.title(), text)
-    button = QPushButton("Install dependencies…")
-    button.clicked.connect(lambda: (bar.popWidget(item), on_install()))
-    item.layout().addWidget(button)
-    bar.pushWidget(item, Qgis.Warning)
-    return item
+    action = messages.Action(QApplication.translate("TCDPlugin", "Install dependencies…"), on_install)
+    return owner.push(iface, f"Python packages to install: {names}.", Qgis.Warning, [action], kind=MISSING,
+                      log=False)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsProject
 from qgis.PyQt.QtCore import QObject, QProcess, QProcessEnvironment, Qt, QTimer
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction, QApplication, QPushButton
+from qgis.PyQt.QtWidgets import QAction, QApplication, QDockWidget
 
 from tcd_qgis_plugin import dependencies
 from tcd_qgis_plugin.about_dialog import AboutDialog
@@ -54,6 +55,7 @@ class TCDPlugin(QObject):
         self._processor_probe: QProcess | None = None
         self.panel: RunsPanel | None = None
         self.actions: list[QAction] = []
+        self.bar_buttons = messages.buttons()  # owns every message-bar button the plugin shows
         self.provider: TCDProvider | None = None
         self._stale: set[Path] = set()
         self._model_names: dict[Path, str] = {}
@@ -88,6 +90,9 @@ class TCDPlugin(QObject):
         self.panel.refreshRequested.connect(self.refresh_panel)
         self.panel.helpRequested.connect(self.show_help)
         self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.panel)
+        # Closed until first needed (show_panel): docked open at start it took its width from QGIS's own
+        # panels. QGIS restores it afterwards as the user left it in the last session.
+        self.panel.hide()
         self.panel_action = self.panel.toggleViewAction()
         self.panel_action.setText(self.tr("TCD runs panel"))
         self.iface.addPluginToRasterMenu(self.tr("Tree crown delineation"), self.panel_action)
@@ -114,13 +119,10 @@ class TCDPlugin(QObject):
         if not self.actions:
             return  # only initProcessing ran (qgis_process)
         QgsProject.instance().cleared.disconnect(self._project_cleared)
+        self.bar_buttons.clear()
         self._refresh_timer.stop()
         self.steady.release()
-        if self._processor_probe is not None:
-            self._processor_probe.finished.disconnect(self._processors_probed)
-            self._processor_probe.kill()
-            self._processor_probe.waitForFinished(3000)
-            self._processor_probe = None
+        self._stop_processor_probe()
         for task in list(self.tasks.values()):
             task.runEnded.disconnect(self._run_ended)
             task.tilesCommitted.disconnect(self._tiles_committed)
@@ -139,6 +141,21 @@ class TCDPlugin(QObject):
             if dialog is not None:
                 dialog.deleteLater()
         self.dialog = self.about = self.help = None
+
+    def show_panel(self) -> None:
+        """Open the runs panel: as a tab beside a panel already open on the right, else on its own there."""
+        panel = self.panel
+        if panel is None or panel.isVisible():
+            return
+        window = self.iface.mainWindow()
+        if window.dockWidgetArea(panel) == Qt.DockWidgetArea.RightDockWidgetArea:
+            beside = [dock for dock in window.findChildren(QDockWidget)
+                      if dock is not panel and dock.isVisible() and not dock.isFloating()
+                      and window.dockWidgetArea(dock) == Qt.DockWidgetArea.RightDockWidgetArea]
+            if beside and panel not in window.tabifiedDockWidgets(beside[0]):
+                window.tabifyDockWidget(beside[0], panel)
+        panel.show()
+        panel.raise_()
 
     # -- dialog ---------------------------------------------------------------
     def show_dialog(self) -> PredictDialog:
@@ -175,6 +192,14 @@ class TCDPlugin(QObject):
         command = probe.probe_command(python, "processors")
         process.start(command[0], command[1:])
 
+    def _stop_processor_probe(self) -> None:
+        process, self._processor_probe = self._processor_probe, None
+        if process is not None:
+            process.finished.disconnect(self._processors_probed)
+            process.kill()
+            process.waitForFinished(3000)
+            process.deleteLater()
+
     def _processors_probed(self, *args) -> None:
         process, self._processor_probe = self._processor_probe, None
         if process is None:
@@ -187,10 +212,10 @@ class TCDPlugin(QObject):
             self.dialog.set_processors(self.processors)
 
     def show_help(self) -> HelpWindow:
-        """The README and docs, in a window of their own beside QGIS."""
+        """The user's guide, in a window of their own beside QGIS."""
         if self.help is None:
             self.help = HelpWindow(self.iface.mainWindow())
-        self.help.show_readme()
+        self.help.show_guide()
         self.help.show()
         self.help.raise_()
         return self.help
@@ -285,6 +310,7 @@ class TCDPlugin(QObject):
         self.groups.setdefault(cache_dir, CacheLayerGroup(QgsProject.instance(), cache_dir))
         self.steady.hold()
         QgsApplication.taskManager().addTask(task)
+        self.show_panel()
         self.refresh_panel()
         return task
 
@@ -342,15 +368,11 @@ class TCDPlugin(QObject):
             self.registry.set_failure(cache_dir, outcome.message if outcome.state == "failed" else None)
         if task is not None:
             self._sync_layers(cache_dir)
-            buttons = []
+            actions = []
             if outcome.state == "failed" and outcome.data.get("start_afresh_fixes"):
-                afresh = QPushButton(self.tr("Start afresh…"))
-                job = task.job
-                afresh.clicked.connect(lambda: (self.iface.messageBar().popWidget(afresh.parentWidget()),
-                                                self.start_afresh(job)))
-                buttons.append(afresh)
+                actions.append(messages.Action(self.tr("Start afresh…"), partial(self.start_afresh, task.job)))
             messages.push_result(self.iface, outcome.message, messages.level_of(outcome.state), task.description(),
-                                 buttons)
+                                 actions)
         self.refresh_panel()
 
     def _project_cleared(self) -> None:
@@ -448,6 +470,10 @@ class TCDPlugin(QObject):
 
     def _dependencies_changed(self, result) -> None:
         dependencies.activate()
+        # What starts here may have changed with the packages (onnxruntime with a GPU provider): ask again.
+        self._stop_processor_probe()
+        self.processors = None
+        self._probe_processors()
         if self.dialog is not None:
             self.dialog.set_missing(dependencies.missing())
         if self.about is not None and self.about.isVisible():

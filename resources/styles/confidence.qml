@@ -1,4 +1,6 @@
 <!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<!-- Canopy confidence in magenta, the colour furthest from the greens of a forest: clear (the image
+     shows through) up to 40 %, then ever more opaque and brighter to 100 %. -->
 <qgis styleCategories="Symbology|Rendering" version="3.22.16-Białowieża" hasScaleBasedVisibilityFlag="0" maxScale="0" minScale="1e+08">
   <pipe-data-defined-properties>
     <Option type="Map">
@@ -22,9 +24,10 @@
       </minMaxOrigin>
       <rastershader>
         <colorrampshader classificationMode="1" clip="0" minimumValue="0" labelPrecision="6" colorRampType="INTERPOLATED" maximumValue="255">
-          <item value="0" alpha="0" color="#1a9641" label="0 %"/>
-          <item value="128" alpha="110" color="#66bd63" label="50 %"/>
-          <item value="255" alpha="230" color="#006837" label="100 %"/>
+          <item value="0" alpha="0" color="#54278f" label="0 %"/>
+          <item value="102" alpha="0" color="#54278f" label="40 %"/>
+          <item value="179" alpha="120" color="#ae017e" label="70 %"/>
+          <item value="255" alpha="200" color="#f768a1" label="100 %"/>
           <rampLegendSettings maximumLabel="100 %" orientation="2" prefix="" useContinuousLegend="1" suffix="" minimumLabel="0 %" direction="0">
             <numericFormat id="basic">
               <Option type="Map">

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from qgis.core import QgsMapLayerProxyModel, QgsRasterLayer
 from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtCore import Qt, QTimer, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -75,6 +75,14 @@ class PredictDialog(QDialog):
         self.missing: list = []
         self._auto_folder = ""
         self._job: Job | None = None
+        self._detector_rows = True  # as built; the chosen model decides
+        self._specs: dict[Path, tuple[float, object]] = {}  # model path -> (mtime, ModelSpec or None)
+        # The dialog's height follows what it shows (Advanced open or closed, rows of the model), on the
+        # next turn of the event loop, once the layout knows its new size.
+        self._fit_timer = QTimer(self)
+        self._fit_timer.setSingleShot(True)
+        self._fit_timer.setInterval(0)
+        self._fit_timer.timeout.connect(self._fit_height)
         self.setWindowTitle(self.tr("Tree crown delineation"))
         self.setMinimumWidth(520)
 
@@ -190,7 +198,7 @@ class PredictDialog(QDialog):
         area_box.addWidget(self.area_all)
         area_box.addWidget(self.area_extent)
         area_box.addLayout(selection_row)
-        advanced_form = QFormLayout(self.advanced)
+        advanced_form = self.advanced_form = QFormLayout(self.advanced)
         advanced_form.addRow(self.tr("Tile size"), self.tile_spin)
         advanced_form.addRow(self.tr("Overlap"), self.overlap_spin)
         advanced_form.addRow(self.tr("Ground sampling distance"), self.gsd_spin)
@@ -203,6 +211,7 @@ class PredictDialog(QDialog):
             advanced_form.addRow(label, widget)
         advanced_form.addRow(self.threshold_label, self.threshold_spin)
         advanced_form.addRow(self.tr("Area"), area_box)
+        self._area_box = area_box
 
         self.dependency_label = QLabel()
         self.dependency_label.setWordWrap(True)
@@ -243,6 +252,7 @@ class PredictDialog(QDialog):
             signal.connect(self.validate)
         if canvas is not None:
             canvas.extentsChanged.connect(self._extent_changed)
+        self.advanced.collapsedStateChanged.connect(self._advanced_toggled)
         self.browse_button.clicked.connect(self._browse_model)
         self.install_button.clicked.connect(self.installRequested)
         self.run_button.clicked.connect(self._run_clicked)
@@ -306,6 +316,7 @@ class PredictDialog(QDialog):
         self.dependency_label.setToolTip("\n".join(r.reason or r.name for r in self.missing))
         self.dependency_row.setVisible(bool(self.missing))
         self.validate()
+        self._fit_timer.start()
 
     def _raster_changed(self, layer) -> None:
         image = raster_file(layer)
@@ -356,8 +367,71 @@ class PredictDialog(QDialog):
             return selection_wkt(layer, raster)
         return None
 
+    def model_spec(self):
+        """The chosen model's spec (read from its metadata once per file version), or None if it has none."""
+        path = self.model_path()
+        if path is None:
+            return None
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return None
+        cached = self._specs.get(path)
+        if cached is None or cached[0] != mtime:
+            try:
+                spec = describe_model(path)
+            except TCDError:
+                spec = None
+            cached = self._specs[path] = (mtime, spec)
+        return cached[1]
+
+    def _show_model_rows(self, spec) -> None:
+        """Only the settings that apply to the chosen model: the detector's rows for a detector alone."""
+        detector = spec is not None and spec.kind.detects_boxes
+        if detector != self._detector_rows:
+            self._detector_rows = detector
+            self._apply_model_rows()
+
+    def _apply_model_rows(self) -> None:
+        self._place_rows(list(zip(self.detector_labels, self.detector_widgets)), self._detector_rows)
+        self._place_rows([(self.threshold_label, self.threshold_spin)], not self._detector_rows)
+        self._fit_timer.start()
+
+    def _place_rows(self, rows: list, wanted: bool) -> None:
+        # Rows out of the form, not just hidden: a hidden row still takes its spacing in QFormLayout.
+        form = self.advanced_form
+        present = form.indexOf(rows[0][1]) >= 0
+        if wanted and not present:
+            row, _role = form.getLayoutPosition(self._area_box)
+            for offset, (label, widget) in enumerate(rows):
+                form.insertRow(row + offset, label, widget)
+        elif not wanted and present:
+            for _label, widget in rows:
+                form.takeRow(widget)
+        for label, widget in rows:
+            label.setVisible(wanted)
+            widget.setVisible(wanted)
+
+    def _advanced_toggled(self, collapsed: bool) -> None:
+        if not collapsed:  # opening the group shows all its rows again: hide those that do not apply
+            self._apply_model_rows()
+        self._fit_timer.start()
+
+    def _fit_height(self) -> None:
+        """As tall as the contents, at the width the user left (no empty area under a closed Advanced)."""
+        layout = self.layout()
+        layout.activate()
+        if layout.hasHeightForWidth():
+            height = layout.totalHeightForWidth(self.width())
+        else:
+            height = layout.totalSizeHint().height()
+        height = max(height, layout.totalMinimumSize().height())
+        if height != self.height():
+            self.resize(self.width(), height)
+
     def _build_job(self) -> tuple[Job | None, str, bool]:
         """(job, message, is_error): the job is None when the choices cannot run."""
+        self._show_model_rows(self.model_spec())
         if self.missing:
             return None, self.tr("Install the missing Python packages before running."), True
         raster = self.raster_combo.currentLayer()
@@ -462,8 +536,6 @@ class PredictDialog(QDialog):
 
     def _show_threshold_default(self, spec) -> None:
         segmentation = spec is not None and not spec.kind.detects_boxes
-        self.threshold_label.setVisible(segmentation)
-        self.threshold_spin.setVisible(segmentation)
         text = self.tr("Model default ({:g})").format(spec.seg_thresh) if segmentation else self.tr("Model default")
         if self.threshold_spin.specialValueText() != text:
             self.threshold_spin.setSpecialValueText(text)
@@ -471,11 +543,8 @@ class PredictDialog(QDialog):
 
     def _show_defaults(self, spec) -> None:
         """"Model default" says what the default is for the chosen model (and tile size, for the overlap)."""
-        detector = spec is not None and spec.kind.detects_boxes
         self._show_threshold_default(spec)
-        for widget in self.detector_labels + self.detector_widgets:
-            widget.setVisible(detector)
-        if detector:
+        if spec is not None and spec.kind.detects_boxes:
             for spin, value in ((self.det_conf_spin, spec.det_conf), (self.det_iou_spin, spec.det_iou_thresh)):
                 text = self.tr("Model default ({:g})").format(value)
                 if spin.specialValueText() != text:
@@ -541,3 +610,4 @@ class PredictDialog(QDialog):
     def showEvent(self, event) -> None:
         self.validate()  # the canvas extent or the layers may have changed while hidden
         super().showEvent(event)
+        self._fit_timer.start()

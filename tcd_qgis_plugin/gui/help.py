@@ -1,8 +1,9 @@
-"""The plugin's help window: its README and docs, shown inside QGIS.
+"""The plugin's help window: the user's guide (``docs/USER_GUIDE.md``), shown inside QGIS.
 
-The README and ``docs/`` travel in the plugin ZIP (in a checkout they sit beside
-the plugin folder), so help works offline, pictures included, and links between
-the documents open in the same window; web links open in the web browser.
+``docs/`` travels in the plugin ZIP (in a checkout it sits beside the plugin
+folder), so help works offline, pictures included, and links between the
+documents open in the same window; web links open in the web browser. The
+README is for developers and is not what Help shows.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QPushButton, QTextBro
 
 from tcd_qgis_plugin.paths import PLUGIN_DIR
 
+GUIDE = Path("docs") / "USER_GUIDE.md"
 
-def readme_path() -> Path:
-    """``README.md`` of the installed plugin, or of the repository in a checkout."""
+
+def guide_path() -> Path:
+    """The user's guide of the installed plugin, or of the repository in a checkout."""
     for folder in (PLUGIN_DIR, PLUGIN_DIR.parent):
-        if (folder / "README.md").is_file():
-            return folder / "README.md"
-    return PLUGIN_DIR / "README.md"
+        if (folder / GUIDE).is_file():
+            return folder / GUIDE
+    return PLUGIN_DIR / GUIDE
 
 
 class HelpWindow(QDialog):
@@ -36,21 +39,21 @@ class HelpWindow(QDialog):
         for button in (self.back_button, self.home_button):
             buttons.addButton(button, QDialogButtonBox.ButtonRole.ActionRole)
         self.back_button.clicked.connect(self.browser.backward)
-        self.home_button.clicked.connect(self.show_readme)
+        self.home_button.clicked.connect(self.show_guide)
         self.browser.backwardAvailable.connect(self.back_button.setEnabled)
         self.back_button.setEnabled(False)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
         layout.addWidget(self.browser)
         layout.addWidget(buttons)
-        self.show_readme()
+        self.show_guide()
 
-    def show_readme(self) -> None:
-        path = readme_path()
+    def show_guide(self) -> None:
+        path = guide_path()
         if path.is_file():
             self.browser.setSource(QUrl.fromLocalFile(str(path)))
         else:
-            self.browser.setPlainText(self.tr("The plugin's README is missing from {}.").format(path.parent))
+            self.browser.setPlainText(self.tr("The plugin's user's guide is missing from {}.").format(path.parent))
 
     def source(self) -> Path | None:
         url = self.browser.source()

@@ -112,7 +112,7 @@ def build_plugin_zip(dest: Path) -> Path:
     return dest
 
 
-def fresh_profile(profiles_path: Path, plugin_zip: Path) -> Path:
+def fresh_profile(profiles_path: Path, plugin_zip: Path, plugin_enabled: bool = True) -> Path:
     """A new ``default`` profile with only the plugin from the ZIP, enabled; returns the profile folder."""
     profile = profiles_path / "profiles" / "default"
     plugins = profile / "python" / "plugins"
@@ -121,17 +121,18 @@ def fresh_profile(profiles_path: Path, plugin_zip: Path) -> Path:
         archive.extractall(plugins)
     (profile / "QGIS").mkdir()
     (profile / "QGIS" / "QGIS3.ini").write_text(
-        "[PythonPlugins]\ntcd_qgis_plugin=true\n\n[qgis]\ncheckVersion=false\nshowTips=false\n"
+        f"[PythonPlugins]\ntcd_qgis_plugin={str(plugin_enabled).lower()}\n\n[qgis]\ncheckVersion=false\nshowTips=false\n"
     )
     return profile
 
 
 def run_desktop_qgis(work: Path, driver: str, config: dict, *, name: str, env: dict | None = None,
-                     timeout_s: int = 300) -> DesktopRun:
+                     timeout_s: int = 300, plugin_enabled: bool = True) -> DesktopRun:
     """Start QGIS with a fresh profile and the plugin ZIP, run ``driver``, return its results.
 
     ``name`` names the artifacts folder ``test-artifacts/<name>/`` (emptied first).
     ``env`` is the whole environment of QGIS (default: PATH, HOME=work, LANG).
+    ``plugin_enabled=False``: the plugin is installed but not enabled (QGIS as without it).
     """
     if not shutil.which("qgis") or not shutil.which("xvfb-run"):
         pytest.skip("needs the qgis desktop binary and xvfb-run")
@@ -140,7 +141,7 @@ def run_desktop_qgis(work: Path, driver: str, config: dict, *, name: str, env: d
         shutil.rmtree(artifacts)
     artifacts.mkdir(parents=True)
     plugin_zip = build_plugin_zip(work / "tcd_qgis_plugin.zip")
-    fresh_profile(work / "profiles", plugin_zip)
+    fresh_profile(work / "profiles", plugin_zip, plugin_enabled)
     script = work / "driver.py"
     config = {**config, "out": str(artifacts)}
     script.write_text(DRIVER_PRELUDE.replace("__CONFIG__", repr(config)) + driver)

@@ -244,6 +244,7 @@ def test_missing_message_names_each_package_and_its_button_installs(bar):
     assert item.text() == f"Python packages to install: tcd-no-such-package, pytest>=999 (found {found})."
     (button,) = [b for b in item.findChildren(QPushButton) if b.text() == "Install dependencies…"]
     button.click()
+    QgsApplication.processEvents()  # the warning goes, then the install starts, after the click's slot
     assert calls == [1]
     assert dependencies.show_missing_message(dependencies_iface(bar), calls.append,
                                              reqs=[Requirement("pytest")]) is None
@@ -289,3 +290,31 @@ def test_qgis_python_is_found_in_the_macos_app_of_qgis_3_and_4(tmp_path, monkeyp
     monkeypatch.setattr(sys, "exec_prefix", str(contents / "Frameworks"))
     found = dependencies._candidates()
     assert python in found
+
+
+def shown_in_the_log_panel(message: str) -> str:
+    """The text QGIS 3.40's Log Messages panel shows for ``message``.
+
+    QgsMessageLogViewer::logMessage (src/gui) prefixes time and level, turns each
+    newline into ``<br>`` and seven non-breaking spaces, and appends it as HTML.
+    """
+    from qgis.PyQt.QtWidgets import QPlainTextEdit
+
+    view = QPlainTextEdit()
+    prefix = "<font color=\"#000000\">2026-01-01T00:00:00 &nbsp;&nbsp;&nbsp; INFO &nbsp;&nbsp;&nbsp;</font>"
+    view.appendHtml((prefix + message).replace("\n", "<br>&nbsp; &nbsp; &nbsp; &nbsp; &nbsp; &nbsp; &nbsp;"))
+    return view.toPlainText()
+
+
+def test_the_package_report_keeps_its_columns_in_the_log_panel(monkeypatch):
+    report = ("package      needs                    found   location\n"
+              "onnxruntime  >=1.16,<2                1.32.0  /x/site-packages\n"
+              "numpy        provided by QGIS/system  1.26.4  /usr/lib/python3/dist-packages")
+    logged = []
+    monkeypatch.setattr(dependencies, "log", lambda message, level=Qgis.Info: logged.append(message))
+    dependencies.log_report("Environment check (python -m engine doctor):", report)
+    lines = shown_in_the_log_panel(logged[0]).splitlines()
+    table = [line for line in lines if "found" in line or "1.32.0" in line or "1.26.4" in line]
+    assert len(table) == 3, lines
+    assert len({line.index(word) for line, word in zip(table, ("found", "1.32.0", "1.26.4"))}) == 1, table
+    assert "<=1.16" not in "".join(lines) and ">=1.16,<2" in "".join(lines)  # escaped, not read as HTML

@@ -319,3 +319,28 @@ def test_a_canopy_height_raster_reaches_the_job(dialog, tmp_path):
     dialog.crowns_check.setChecked(False)
     assert click_run(dialog) == []
     assert "turn crowns on" in dialog.message_label.text()
+
+
+def test_the_dialog_is_as_tall_as_what_it_shows(dialog):
+    from qgis.core import QgsApplication
+
+    def settle():
+        for _ in range(3):
+            QgsApplication.processEvents()
+
+    def empty_px() -> int:
+        """The height between the last row above the buttons and the buttons."""
+        above = dialog.message_label if dialog.message_label.text() else dialog.advanced
+        return dialog.buttons.geometry().top() - above.geometry().bottom()
+
+    dialog.show()
+    settle()
+    closed = dialog.height()
+    assert empty_px() < 40, empty_px()
+    dialog.advanced.setCollapsed(False)
+    settle()
+    assert dialog.height() > closed + 150 and empty_px() < 40
+    dialog.advanced.setCollapsed(True)
+    settle()
+    assert dialog.height() == closed and empty_px() < 40
+    dialog.hide()

@@ -8,11 +8,12 @@ each frame.
 
 import time
 
+import numpy as np
 import pytest
 from osgeo import ogr, osr
 from qgis.core import QgsApplication, QgsProject, QgsRectangle, QgsVectorLayer
 from qgis.gui import QgsMapCanvas
-from qgis.PyQt.QtGui import QColor
+from qgis.PyQt.QtGui import QColor, QImage
 
 from tcd_qgis_plugin.core.layers import SteadyCanvas, _reload
 from tcd_qgis_plugin.paths import style_path
@@ -34,13 +35,13 @@ def add_rows(layer, first: int, last: int) -> None:
 
 
 def crown_pixels(image) -> int:
-    """Pixels of the crowns style's yellow outline, on every 8th row."""
-    count = 0
-    for y in range(0, image.height(), 8):
-        for x in range(0, image.width(), 2):
-            colour = image.pixelColor(x, y)
-            count += colour.red() > 200 and colour.green() > 180 and colour.blue() < 80
-    return count
+    """Pixels of the crowns style's yellow (outlines, or the centre dots, small and blended with the white)."""
+    image = image.convertToFormat(QImage.Format.Format_RGB888)
+    row_bytes = image.bytesPerLine()
+    data = np.frombuffer(bytes(image.constBits().asstring(row_bytes * image.height())), np.uint8)
+    rgb = data.reshape(image.height(), row_bytes)[:, : image.width() * 3].reshape(image.height(), image.width(), 3)
+    red, green, blue = (rgb[..., i].astype(int) for i in range(3))
+    return int(((red > 200) & (green > 170) & (blue < red - 60)).sum())
 
 
 @pytest.fixture

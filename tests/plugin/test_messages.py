@@ -8,12 +8,23 @@ QGIS does, on the task manager's ``statusChanged`` signal, which QGIS emits afte
 the task's ``finished()``.
 """
 
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 from qgis.core import Qgis, QgsApplication, QgsTask
 from qgis.gui import QgsMessageBar
+from qgis.PyQt.QtWidgets import QPushButton
 
 from tcd_qgis_plugin.engine.cache.status import cache_status
 from tcd_qgis_plugin.engine.settings import Job
+from tests.plugin.bars import CppBarIface, click_after_gc
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -104,7 +115,129 @@ def test_missing_packages_are_announced_once_at_start_with_the_install_button(qg
         assert item.level() == Qgis.Warning
         assert item.text() == "Python packages to install: tcd-no-such-package."
         (button,) = [b for b in item.findChildren(QPushButton) if b.text() == "Install dependencies…"]
+        gc.collect()
         button.click()
+        QgsApplication.processEvents()
         assert installs == [1] and not real_bar.items()
     finally:
         plugin.unload()
+
+
+# ------------------------------------------------------------------ every message-bar button, after gc
+
+
+@pytest.fixture
+def cpp_iface(qgis_parent):
+    return CppBarIface(qgis_parent)
+
+
+def texts(iface) -> list:
+    return [item.text() for item in iface.messageBar().items()]
+
+
+def test_install_dependencies_button_after_gc_installs_and_goes(cpp_iface):
+    from tcd_qgis_plugin import dependencies
+    from tcd_qgis_plugin.engine.doctor import Requirement
+
+    calls = []
+    dependencies.show_missing_message(cpp_iface, lambda: calls.append(len(cpp_iface.messageBar().items())),
+                                      reqs=[Requirement("tcd-no-such-package")])
+    click_after_gc(cpp_iface, "Install dependencies…")
+    # The install started once, after the warning had left the bar (not from inside its own button's slot).
+    assert calls == [0]
+    assert not cpp_iface.messageBar().items()
+
+
+def test_retry_and_copy_command_buttons_after_gc(cpp_iface, tmp_path, wait_for_tasks):
+    from qgis.PyQt.QtWidgets import QApplication
+
+    from tcd_qgis_plugin import dependencies
+    from tcd_qgis_plugin.engine.doctor import Requirement
+
+    wheels = tmp_path / "empty-wheels"
+    wheels.mkdir()
+    failures = []
+    task = dependencies.install(wait=True, wheel_dir=str(wheels), target=tmp_path / "deps", iface=cpp_iface,
+                                reqs=[Requirement("tcd-no-such-package")], on_finished=failures.append)
+    QgsApplication.processEvents()
+    assert texts(cpp_iface) == [task.result.message]
+
+    click_after_gc(cpp_iface, "Copy command")
+    assert QApplication.clipboard().text() == task.result.command
+    assert texts(cpp_iface) == [task.result.message]  # copying leaves the message up
+
+    click_after_gc(cpp_iface, "Retry")
+    wait_for_tasks()
+    QgsApplication.processEvents()
+    assert len(failures) == 2 and not failures[1].ok  # the install really ran again, to the same callback
+    # The first failure went with its click; the retry's own result replaced it.
+    assert texts(cpp_iface) == [failures[1].message]
+    assert len([b for b in cpp_iface.messageBar().findChildren(QPushButton) if b.text() == "Retry"]) == 1
+
+
+def test_a_successful_install_takes_down_the_packages_to_install_warning(cpp_iface, tmp_path):
+    from tcd_qgis_plugin import dependencies
+    from tcd_qgis_plugin.engine.doctor import Requirement
+    from tests.plugin.test_dependencies import make_wheel
+
+    wheels = tmp_path / "wheels"
+    make_wheel(wheels, "tcd_probe_gone", "1.0")
+    reqs = [Requirement("tcd_probe_gone")]
+    target = tmp_path / "deps"
+    try:
+        assert dependencies.show_missing_message(cpp_iface, lambda: None, reqs=reqs) is not None
+        task = dependencies.install(wait=True, wheel_dir=str(wheels), target=target, iface=cpp_iface, reqs=reqs)
+        QgsApplication.processEvents()
+        QgsApplication.processEvents()
+        assert task.result.ok, task.result.output
+        assert [(i.text(), i.level()) for i in cpp_iface.messageBar().items()] == [
+            ("The TCD dependencies are installed and ready; no restart is needed.", Qgis.Success)]
+    finally:
+        if str(target) in sys.path:
+            sys.path.remove(str(target))
+
+
+def test_unload_takes_the_plugins_buttons_off_the_bar(qgis_iface, settings, cpp_iface, monkeypatch):
+    from tcd_qgis_plugin import dependencies
+    from tcd_qgis_plugin.engine.doctor import Requirement
+    from tcd_qgis_plugin.plugin import TCDPlugin
+
+    monkeypatch.setattr(qgis_iface, "messageBar", cpp_iface.messageBar)
+    monkeypatch.setattr(dependencies, "requirements", lambda: [Requirement("tcd-no-such-package")])
+    plugin = TCDPlugin(qgis_iface)
+    plugin.initGui()
+    QgsApplication.processEvents()
+    assert len(cpp_iface.messageBar().items()) == 1
+    plugin.unload()
+    QgsApplication.processEvents()
+    assert not cpp_iface.messageBar().items()
+    gc.collect()  # nothing of the plugin's is left for a click or a timer to reach
+
+
+CRASH_SCRIPT = textwrap.dedent("""
+    import faulthandler, gc, sys
+    faulthandler.enable()
+    sys.path.insert(0, sys.argv[1])
+    from qgis.core import QgsApplication
+    app = QgsApplication([], True)
+    app.initQgis()
+    from tests.plugin.bars import CppBarIface, click_after_gc
+    from tcd_qgis_plugin import dependencies
+    from tcd_qgis_plugin.engine.doctor import Requirement
+
+    iface = CppBarIface()
+    calls = []
+    dependencies.show_missing_message(iface, lambda: calls.append(1), reqs=[Requirement("tcd-no-such-package")])
+    click_after_gc(iface, "Install dependencies…")
+    print("installs started:", len(calls), flush=True)
+""")
+
+
+def test_the_install_button_clicked_after_gc_in_a_fresh_qgis_does_not_crash(tmp_path):
+    # The crash QGIS users met: in a process of its own, so a segfault fails this test, not the whole run.
+    script = tmp_path / "click.py"
+    script.write_text(CRASH_SCRIPT)
+    out = subprocess.run([sys.executable, str(script), str(ROOT)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "QT_QPA_PLATFORM": "offscreen"}, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "installs started: 1" in out.stdout

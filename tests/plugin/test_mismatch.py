@@ -144,21 +144,19 @@ def test_a_run_refused_for_its_folder_offers_to_start_afresh(plugin, old_run, mo
                                                              qgis_iface, wait_for_tasks):
     # Checked before starting only from the dialog and the panel; a run started otherwise is refused
     # by the engine, and the bar offers the same remedy.
-    from qgis.gui import QgsMessageBar
-    from qgis.PyQt.QtWidgets import QPushButton
+    from tests.plugin.bars import CppBarIface, click_after_gc
 
-    bar = QgsMessageBar()
-    monkeypatch.setattr(qgis_iface, "messageBar", lambda: bar)
+    cpp_iface = CppBarIface()
+    monkeypatch.setattr(qgis_iface, "messageBar", cpp_iface.messageBar)
     answer(monkeypatch, mismatch.AFRESH)
     other = Job(image=old_run.image, cache_dir=old_run.cache_dir, model=model_path, threads=1)
     task = plugin.start_run(other)
     wait_for_tasks()
     QgsApplication.processEvents()
     assert task.outcome.state == "failed" and task.outcome.data["start_afresh_fixes"]
-    (item,) = bar.items()
-    assert item.level() == Qgis.Critical and "other settings" in item.text()
-    (button,) = [b for b in item.findChildren(QPushButton) if b.text() == "Start afresh…"]
-    button.click()
+    assert [(i.level(), "other settings" in i.text()) for i in cpp_iface.messageBar().items()] == [
+        (Qgis.Critical, True)]
+    click_after_gc(qgis_iface, "Start afresh…")
     (again,) = plugin.tasks.values()
     assert again.job.overwrite
     wait_for_tasks()

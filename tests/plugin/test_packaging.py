@@ -1,6 +1,7 @@
 """The plugin ZIP: what it carries, its metadata, and that it loads without the heavy packages."""
 
 import configparser
+import re
 import subprocess
 import sys
 import zipfile
@@ -31,8 +32,16 @@ def test_the_zip_carries_the_plugin_the_engine_and_resources_only(plugin_zip):
                    "gui/runs_panel.py", "engine/__init__.py", "engine/worker.py", "engine/run/predict.py",
                    "engine/cache/status.py", "resources/styles/confidence.qml", "resources/styles/crowns.qml",
                    "resources/icons/tcd.svg", "metadata.txt", "requirements.txt",
-                   "README.md", "docs/DEPENDENCIES.md"):  # the help
+                   "README.md", "docs/USER_GUIDE.md", "docs/DEPENDENCIES.md"):  # the help
         assert needed in inside, needed
+    # Every picture and document the user's guide links to travels with it, each picture small.
+    guide = (ROOT / "docs" / "USER_GUIDE.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)#:]+)\)", guide)
+    assert any(link.startswith("images/") for link in links)
+    for link in links:
+        assert f"docs/{link}" in inside, link
+        if link.startswith("images/"):
+            assert (ROOT / "docs" / link).stat().st_size < 300_000, link
     engine_files = {p.relative_to(ROOT).as_posix() for p in (ROOT / "engine").rglob("*.py")
                     if "__pycache__" not in p.parts}
     assert engine_files <= inside

@@ -140,13 +140,16 @@ def test_open_cache_load_layers_and_delete(plugin, qgis_new_project, raster_path
     assert not QgsProject.instance().mapLayers()
 
 
-def test_help_from_the_panel_and_the_dialog_shows_the_readme(plugin, qgis_new_project):
+def test_help_from_the_panel_and_the_dialog_shows_the_users_guide(plugin, qgis_new_project):
     QTest.mouseClick(plugin.panel.help_button, Qt.MouseButton.LeftButton)
     window = plugin.help
     assert window is not None and window.isVisible()
-    assert window.source().name == "README.md"
+    assert window.source().name == "USER_GUIDE.md"  # not the developers' README
     text = window.browser.toPlainText()
-    assert "TCD for QGIS" in text and "Supported QGIS versions" in text
+    for section in ("Installing", "A first run", "Reading the layers", "Resuming and the runs panel",
+                    "Choosing and bringing models", "Big rasters", "Clusters", "Troubleshooting"):
+        assert section in text, section
+    assert "Quick start" not in text and "pytest" not in text
     window.hide()
     dialog = plugin.show_dialog()
     QTest.mouseClick(dialog.help_button, Qt.MouseButton.LeftButton)
@@ -171,3 +174,24 @@ def test_the_dialog_lists_the_processors_the_worker_can_start(plugin, qgis_new_p
     assert "Processor for on_cpu: cpu." in logs  # in the run's log; not in the cache's fingerprint
     fingerprints = json.loads((tmp_path / "on_cpu" / "tiles.jsonl").read_text().splitlines()[0])["fingerprints"]
     assert "provider" not in json.dumps(fingerprints)
+
+
+def test_the_processor_list_is_asked_again_after_an_install(plugin, qgis_new_project, monkeypatch):
+    from tcd_qgis_plugin import dependencies
+    from tcd_qgis_plugin.dependencies import InstallResult
+    from tcd_qgis_plugin.engine.doctor import Requirement
+
+    # Before the install: a package is missing, so no worker can say what starts here.
+    monkeypatch.setattr(dependencies, "missing", lambda reqs=None: [Requirement("onnxruntime")])
+    dialog = plugin.show_dialog()
+    QgsApplication.processEvents()
+    assert plugin.processors is None and plugin._processor_probe is None
+    monkeypatch.undo()
+    plugin._dependencies_changed(InstallResult(True, "installed"))  # what the install task calls when done
+    deadline = time.monotonic() + 60
+    while plugin.processors is None and time.monotonic() < deadline:
+        QgsApplication.processEvents()
+    assert plugin.processors == ["cpu"]
+    assert [dialog.processor_combo.itemText(i) for i in range(dialog.processor_combo.count())] == ["Automatic", "CPU"]
+    assert not dialog.dependency_row.isVisibleTo(dialog)
+    dialog.hide()

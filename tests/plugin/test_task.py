@@ -65,7 +65,8 @@ def test_run_then_finished_adds_styled_layers(plugin, raster_layer, raster_path,
     assert raster.renderer().type() == "singlebandpseudocolor"
     shader = raster.renderer().shader().rasterShaderFunction()
     assert shader.colorRampItemList()[0].color.alpha() == 0  # no confidence: transparent
-    assert shader.colorRampItemList()[-1].color.green() > shader.colorRampItemList()[-1].color.red()
+    top = shader.colorRampItemList()[-1].color  # full confidence: magenta, not the forest's green
+    assert top.red() > top.green() and top.blue() > top.green()
     outlines = vector.renderer().rootRule().children()[0]  # the crowns style's rule when zoomed in
     assert outlines.symbol().symbolLayer(0).brushStyle() == 0  # Qt.NoBrush: outlines only
     assert vector.featureCount() == 40
