@@ -79,7 +79,9 @@ def read_vector(source: str | Path, what: str = "reference layer") -> VectorData
     if layer is None:
         raise InputError(f"The {what} {path.name} has no layer named {layer_name!r}.")
     srs = layer.GetSpatialRef()
-    crs_wkt = srs.ExportToWkt() if srs is not None else None
+    # A GeoPackage without a CRS reports GDAL's placeholders "Undefined geographic/cartesian SRS".
+    unknown = srs is None or (srs.GetName() or "").lower().startswith("undefined")
+    crs_wkt = None if unknown else srs.ExportToWkt()
     wkbs = []
     for feature in layer:
         geometry = feature.GetGeometryRef()
@@ -108,8 +110,13 @@ def to_crs(data: VectorData, crs_wkt: str, what: str = "reference layer") -> lis
     out = []
     for wkb in data.wkbs:
         geometry = ogr.CreateGeometryFromWkb(wkb)
-        if transform is not None and geometry.Transform(transform) != 0:
-            raise InputError(f"The {what} {data.name} cannot be reprojected into the raster's CRS.")
+        try:
+            failed = transform is not None and geometry.Transform(transform) != 0
+        except RuntimeError:
+            failed = True
+        if failed:
+            raise InputError(f"The {what} {data.name} cannot be reprojected into the raster's CRS; check its "
+                             "coordinate reference system.")
         geometry.FlattenTo2D()
         out.append(shapely.from_wkb(bytes(geometry.ExportToIsoWkb())))
     return out

@@ -17,7 +17,7 @@ import traceback
 
 from ..errors import CacheError, ClusterError, MissingCRSError, TCDError
 
-COMMANDS = ("predict", "status", "evaluate", "export_restor", "export_deepforest", "doctor")
+COMMANDS = ("predict", "status", "evaluate", "finetune", "export_restor", "export_deepforest", "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:
