@@ -2,8 +2,9 @@
 
 Everything is compared in the *cache's CRS* (the raster's): the reference (crown
 polygons, boxes or tree-top points, any OGR format and CRS) is reprojected there by
-:mod:`engine.reference`. Only what lies inside the **area** counts (a crown or a
-reference polygon by a point on its surface): the area is where the reference is
+:mod:`engine.reference`. Only what lies inside the **area** counts (a reference
+polygon by a point on its surface; a crown when it matches a reference inside, else
+by a point on its surface): the area is where the reference is
 complete; without one, the envelope of the reference features within the raster.
 
 - **polygons**: a crown matches a reference polygon when their IoU is at least the
@@ -82,7 +83,7 @@ def _inside(geometries, area) -> np.ndarray:
 
     if not len(geometries):
         return np.zeros(0, bool)
-    return shapely.covered_by(representative_points(geometries), area)
+    return np.asarray(shapely.covered_by(representative_points(geometries), area), bool)
 
 
 def compare(crowns: list, reference: Reference, area, iou_thresh: float = DEFAULT_IOU_THRESH,
@@ -92,24 +93,31 @@ def compare(crowns: list, reference: Reference, area, iou_thresh: float = DEFAUL
     ``crown_boxes`` (N, 4) ``xmin, ymin, xmax, ymax`` replaces the crowns' envelopes
     against a box reference (a detector stores its boxes beside its crown shapes).
     """
-    keep_crowns = _inside(crowns, area)
     keep_refs = _inside(reference.geometries, area)
-    crowns_in = [c for c, k in zip(crowns, keep_crowns) if k]
     refs_in = [r for r, k in zip(reference.geometries, keep_refs) if k]
+    # Every crown may match a reference inside the area (one straddling the edge included);
+    # an unmatched crown counts as false only when it lies inside the area itself.
     iou = None
     if reference.kind == POINTS:
-        pairs = match_points(crowns_in, refs_in)
+        pairs = match_points(crowns, refs_in)
     else:
         if reference.kind == BOXES:
             if crown_boxes is not None:
-                pred = np.asarray(crown_boxes, np.float64).reshape(-1, 4)[keep_crowns]
+                pred = np.asarray(crown_boxes, np.float64).reshape(-1, 4)
             else:
-                pred = np.asarray([c.bounds for c in crowns_in], np.float64).reshape(-1, 4)
+                pred = np.asarray([c.bounds for c in crowns], np.float64).reshape(-1, 4)
             truth = np.asarray([r.bounds for r in refs_in], np.float64).reshape(-1, 4)
             iou = iou_matrix(pred, truth)
         else:
-            iou = polygon_iou_matrix(crowns_in, refs_in)
+            iou = polygon_iou_matrix(crowns, refs_in)
         pairs = match_by_iou(iou, iou_thresh)
+    keep_crowns = _inside(crowns, area)
+    keep_crowns[pairs[:, 0]] = True
+    index = np.cumsum(keep_crowns) - 1  # position of each kept crown among the kept ones
+    crowns_in = [c for c, k in zip(crowns, keep_crowns) if k]
+    if iou is not None:
+        iou = iou[keep_crowns]
+    pairs = np.stack([index[pairs[:, 0]], pairs[:, 1]], axis=1) if len(pairs) else pairs
     scores = score_matches(pairs, len(crowns_in), len(refs_in), iou_thresh, iou)
     crown_status = [FALSE] * len(crowns_in)
     crown_iou: list[float | None] = [None] * len(crowns_in)

@@ -82,3 +82,43 @@ def write_layer(path: Path, image: Path, boxes, shape: str = "box", crs: str | N
 def write_area(path: Path, image: Path, window_px, crs: str | None = None) -> Path:
     """One rectangle ``(xmin, ymin, xmax, ymax)`` in the image's pixels as an area layer."""
     return write_layer(path, image, [window_px], "box", crs)
+
+
+def write_crowns_as(path: Path, crowns_file: Path, shape: str = "polygon", crs: str | None = None,
+                    keep=slice(None)) -> Path:
+    """A cache's crowns written back as a reference layer: the ``polygon`` itself, its ``box`` (envelope)
+    or a ``point`` on its surface, the ``keep`` ones, in ``crs`` (default: the crowns'), any driver."""
+    source = ogr.Open(str(crowns_file))
+    layer = source.GetLayer(0)
+    src = layer.GetSpatialRef().Clone()
+    dst = osr.SpatialReference()
+    dst.SetFromUserInput(crs) if crs else dst.ImportFromWkt(src.ExportToWkt())
+    for srs in (src, dst):
+        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    transform = osr.CoordinateTransformation(src, dst)
+    crowns = [feature.GetGeometryRef().Clone() for feature in layer]
+    geometries = []
+    for i, g in enumerate(crowns):
+        if shape == "box":
+            x0, x1, y0, y1 = g.GetEnvelope()
+            g = ogr.CreateGeometryFromWkt(f"POLYGON(({x0} {y0},{x1} {y0},{x1} {y1},{x0} {y1},{x0} {y0}))")
+        elif shape == "point":
+            # A tree top where no neighbour's outline reaches (simplified neighbours may overlap).
+            own = g
+            for j, other in enumerate(crowns):
+                if j != i and own.Intersects(other):
+                    own = own.Difference(other)
+            g = own.PointOnSurface()
+        geometries.append(g)
+    driver = ogr.GetDriverByName(DRIVERS[path.suffix])
+    if path.exists():
+        driver.DeleteDataSource(str(path))
+    dataset = driver.CreateDataSource(str(path))
+    out = dataset.CreateLayer(path.stem, dst, ogr.wkbPoint if shape == "point" else ogr.wkbUnknown)
+    for g in geometries[keep]:
+        g.Transform(transform)
+        feature = ogr.Feature(out.GetLayerDefn())
+        feature.SetGeometry(g)
+        out.CreateFeature(feature)
+    dataset = None
+    return path
