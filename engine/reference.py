@@ -90,6 +90,27 @@ def read_vector(source: str | Path, what: str = "reference layer") -> VectorData
     return VectorData(tuple(wkbs), crs_wkt, layer.GetName() if layer_name else path.name)
 
 
+def write_vector(data: VectorData, path: Path) -> Path:
+    """``data`` as a new GeoPackage layer (its CRS kept): how a layer open in QGIS reaches a child process."""
+    from osgeo import ogr, osr
+
+    ogr.UseExceptions()
+    srs = None
+    if data.crs_wkt:
+        srs = osr.SpatialReference()
+        srs.ImportFromWkt(data.crs_wkt)
+    dataset = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = dataset.CreateLayer(Path(data.name).stem or "layer", srs, ogr.wkbUnknown)
+    layer.StartTransaction()
+    for wkb in data.wkbs:
+        feature = ogr.Feature(layer.GetLayerDefn())
+        feature.SetGeometry(ogr.CreateGeometryFromWkb(wkb))
+        layer.CreateFeature(feature)
+    layer.CommitTransaction()
+    dataset = None
+    return path
+
+
 def to_crs(data: VectorData, crs_wkt: str, what: str = "reference layer") -> list:
     """The layer's geometries as shapely geometries in ``crs_wkt``; a layer without a CRS is refused."""
     import shapely

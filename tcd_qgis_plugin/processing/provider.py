@@ -13,6 +13,8 @@ from qgis.PyQt.QtGui import QIcon
 
 from tcd_qgis_plugin.paths import icon_path
 from tcd_qgis_plugin.processing.delineate import DelineateCrownsAlgorithm
+from tcd_qgis_plugin.processing.evaluate import EvaluateCrownsAlgorithm
+from tcd_qgis_plugin.processing.finetune import FinetuneModelAlgorithm
 from tcd_qgis_plugin.processing.heights import CrownHeightsAlgorithm
 
 PROVIDER_ID = "tcd"
@@ -40,3 +42,5 @@ class TCDProvider(QgsProcessingProvider):
     def loadAlgorithms(self) -> None:
         self.addAlgorithm(DelineateCrownsAlgorithm())
         self.addAlgorithm(CrownHeightsAlgorithm())
+        self.addAlgorithm(EvaluateCrownsAlgorithm())
+        self.addAlgorithm(FinetuneModelAlgorithm())
