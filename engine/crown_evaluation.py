@@ -167,9 +167,8 @@ def cache_grid(cache_dir: str | Path) -> CacheGrid:
 
 def read_crowns(grid: CacheGrid) -> tuple[list, np.ndarray | None]:
     """The cache's crown polygons and, for a detector's cache, its boxes (N, 4)."""
-    from osgeo import ogr
-
     import shapely
+    from osgeo import ogr
 
     path, layer_name = grid.crowns_source.partition("|layername=")[::2]
     dataset = ogr.Open(path)
@@ -292,9 +291,8 @@ def write_layer(comparison: Comparison, out: Path, crs_wkt: str) -> None:
 
 
 def _add_rows(layer, rows, multi: bool) -> None:
-    from osgeo import ogr
-
     import shapely
+    from osgeo import ogr
 
     layer.StartTransaction()
     for geometry, status, source, iou in rows:

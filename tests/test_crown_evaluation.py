@@ -156,7 +156,8 @@ def test_bad_input_is_one_sentence_and_changes_nothing(cache, crowns, tmp_path, 
         reference = tmp_path / "mixed.gpkg"
         ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(reference))
         layer = ds.CreateLayer("mixed", crowns_srs(crowns), ogr.wkbUnknown)
-        for wkt in ("POINT (404215 3285130)", "POLYGON ((404212 3285130,404216 3285130,404216 3285134,404212 3285130))"):
+        for wkt in ("POINT (404215 3285130)",
+                    "POLYGON ((404212 3285130,404216 3285130,404216 3285134,404212 3285130))"):
             f = ogr.Feature(layer.GetLayerDefn())
             f.SetGeometry(ogr.CreateGeometryFromWkt(wkt))
             layer.CreateFeature(f)

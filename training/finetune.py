@@ -48,6 +48,7 @@ from engine.models.onnx_meta import read_onnx_metadata
 from engine.postprocess.crowns import block_mean, delineate_crowns
 from engine.reference import POINTS, VectorData, default_area, make_area, make_reference, read_vector, to_crs
 from training import architectures
+
 # The default model's training code, as fine-tuning uses it: regions and targets, the
 # sampler and its recipe switches, the two losses, the weight average, the ONNX export.
 from training.augment import Recipe, Sampler

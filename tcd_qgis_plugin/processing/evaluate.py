@@ -132,7 +132,7 @@ class EvaluateCrownsAlgorithm(QgsProcessingAlgorithm):
             return Path(folder)
         if parameters.get(INPUT) in (None, ""):
             raise QgsProcessingException(tr("Give a cache folder, or a raster to predict first."))
-        import processing
+        from qgis import processing
 
         feedback.pushInfo(tr("Predicting the raster's crowns first (tcd:delineatecrowns)."))
         result = processing.run("tcd:delineatecrowns", {
@@ -146,7 +146,7 @@ class EvaluateCrownsAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(tr(
                 "Python packages to install: {}. Open Raster ▸ Tree crown delineation ▸ Tree crown "
                 "delineation… and press Install dependencies.").format(", ".join(r.name for r in absent)))
-        from tcd_qgis_plugin.engine.crown_evaluation import EVALUATION_LAYER, evaluate_cache
+        from tcd_qgis_plugin.engine.crown_evaluation import evaluate_cache
         from tcd_qgis_plugin.engine.errors import TCDError
 
         cache_dir = self._cache_dir(parameters, context, feedback)
