@@ -96,8 +96,11 @@ def test_a_few_real_steps_write_an_onnx_model_that_runs_like_the_default(referen
     assert record["scores_after"]["f1"] == round(result.after.f1, 4)
     assert record["worse_than_base"] == (result.after.f1 < result.before.f1)
     assert ("scores worse than its base" in meta["name"]) == record["worse_than_base"]
-    for key in ("output_kind", "gsd_m", "mean", "std", "seg_thresh", "crown_stride_px", "tile_size_px"):
+    for key in ("output_kind", "gsd_m", "mean", "std", "crown_stride_px", "tile_size_px", "overlap_px", "bands"):
         assert meta[key] == json.loads(read_onnx_metadata(default_model_path())[key])
+    # The crown thresholds were chosen again on the training crowns, and the engine reads them.
+    for key, value in record["thresholds"].items():
+        assert meta[key] == value
     spec = describe_model(out)
     assert spec.name == meta["name"]
     x = np.zeros((1, 3, 128, 96), np.float32)
