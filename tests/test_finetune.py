@@ -178,3 +178,29 @@ def test_the_cli_fine_tunes_and_says_what_to_install_without_torch(reference, tm
         "--extra-index-url https://download.pytorch.org/whl/cpu (in QGIS: Processing ▸ Tree crown delineation ▸ "
         "Fine-tune a model offers to install them)."]
     assert not (tmp_path / "none.onnx").exists()
+
+
+def test_a_killed_cli_fine_tune_continues_where_it_stopped(reference, tmp_path):
+    """SIGTERM (what the plugin's cancel sends) stops the CLI at its next step with a checkpoint."""
+    import signal
+
+    out = tmp_path / "killed.onnx"
+    args = [sys.executable, "-m", "engine", "finetune", "--image", str(SAMPLE), "--truth", str(reference),
+            "--out", str(out), "--iterations", "8", "--crop-px", "128", "--batch", "2", "--threads", "1",
+            "--progress-json"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if '"iteration 2 of 8' in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    proc.stdout.read()
+    assert proc.wait(timeout=120) == 2
+    stopped = [ln for ln in proc.stderr.read().splitlines() if ln.startswith("error")]
+    assert len(stopped) == 1 and "run it again to continue from there" in stopped[0]
+    at = int(stopped[0].split("cancelled at iteration ")[1].split(" ")[0])
+    assert (checkpoint_dir_for(out) / "latest.pt").is_file() and not out.exists()
+    run = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    messages = [json.loads(line).get("message", "") for line in run.stdout.splitlines() if line.startswith("{")]
+    assert f"continuing at iteration {at + 1} of 8" in messages
+    assert out.is_file() and not checkpoint_dir_for(out).exists()
