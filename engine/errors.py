@@ -112,3 +112,7 @@ class ClusterError(TCDError):
         self.what = what
         self.address = address
         self.resume_fixes = resume_fixes
+
+
+class CancelledError(TCDError):
+    """The user cancelled a long job; what it had done is kept (a fine-tune continues from its checkpoint)."""

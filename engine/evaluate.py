@@ -33,6 +33,8 @@ class Scores:
     fp: int
     fn: int
     iou_thresh: float
+    # Mean IoU of the matched pairs; None where matches have no IoU (tree-top points) or there are none.
+    mean_iou: float | None = None
 
     @property
     def precision(self) -> float:
@@ -48,8 +50,9 @@ class Scores:
         return 2 * p * r / (p + r) if p + r else 0.0
 
     def summary(self) -> str:
+        iou = "" if self.mean_iou is None else f"  mean IoU {self.mean_iou:.3f}"
         return (
-            f"precision {self.precision:.3f}  recall {self.recall:.3f}  F1 {self.f1:.3f}  "
+            f"precision {self.precision:.3f}  recall {self.recall:.3f}  F1 {self.f1:.3f}{iou}  "
             f"(TP {self.tp}, FP {self.fp}, FN {self.fn}, IoU >= {self.iou_thresh:g})"
         )
 
@@ -192,3 +195,75 @@ def map_boxes_to_pixels(boxes_crs: np.ndarray, inverse_transform) -> np.ndarray:
     cols = a * xs + b * ys + c
     rows = d * xs + e * ys + f
     return np.stack([cols.min(1), rows.min(1), cols.max(1), rows.max(1)], axis=1)
+
+
+# --------------------------------------------------------------------------- crowns against map geometries
+# The functions below work in one map CRS (the cache's): crowns and reference are shapely
+# geometries there, and nothing is converted to pixels.
+
+
+def polygon_iou_matrix(pred: list, truth: list) -> np.ndarray:
+    """IoU (N, M) of shapely polygons ``pred`` and ``truth``; only pairs whose envelopes meet are computed."""
+    import shapely
+
+    iou = np.zeros((len(pred), len(truth)), np.float64)
+    if not len(pred) or not len(truth):
+        return iou
+    tree = shapely.STRtree(truth)
+    i_pred, j_truth = tree.query(pred, predicate="intersects")
+    if len(i_pred):
+        a = np.asarray(pred, object)[i_pred]
+        b = np.asarray(truth, object)[j_truth]
+        inter = shapely.area(shapely.intersection(a, b))
+        union = shapely.area(a) + shapely.area(b) - inter
+        iou[i_pred, j_truth] = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return iou
+
+
+def match_by_iou(iou: np.ndarray, iou_thresh: float = DEFAULT_IOU_THRESH) -> np.ndarray:
+    """One-to-one (K, 2) pairs of an IoU matrix at ``iou_thresh``, maximising the summed IoU."""
+    if iou.size == 0:
+        return np.zeros((0, 2), np.int64)
+    from scipy.optimize import linear_sum_assignment
+
+    gain = np.where(iou >= iou_thresh, iou, 0.0)
+    rows, cols = linear_sum_assignment(gain, maximize=True)
+    keep = gain[rows, cols] > 0
+    return np.stack([rows[keep], cols[keep]], axis=1).astype(np.int64)
+
+
+def match_points(crowns: list, points: list) -> np.ndarray:
+    """(K, 2) pairs ``(crown_i, point_j)``: a point counts when it lies in exactly one crown.
+
+    A crown holding several such points is matched to one of them (the first): the
+    others are trees the crown merged, so they stay missed.
+    """
+    import shapely
+
+    if not len(crowns) or not len(points):
+        return np.zeros((0, 2), np.int64)
+    # covered_by: a point on a crown's edge lies in it, as a user would see it.
+    j_point, i_crown = shapely.STRtree(crowns).query(points, predicate="covered_by")
+    counts = np.bincount(j_point, minlength=len(points))
+    pairs, taken = [], set()
+    for j, i in sorted(zip(j_point.tolist(), i_crown.tolist())):
+        if counts[j] == 1 and i not in taken:
+            taken.add(i)
+            pairs.append((i, j))
+    return np.asarray(pairs, np.int64).reshape(-1, 2)
+
+
+def is_box(polygon, rel_tol: float = 0.01) -> bool:
+    """True for an axis-aligned rectangle (an annotation box), within ``rel_tol`` of its envelope's area."""
+    if polygon.geom_type != "Polygon" or polygon.interiors:
+        return False
+    envelope_area = polygon.envelope.area
+    return envelope_area > 0 and abs(polygon.area - envelope_area) <= rel_tol * envelope_area
+
+
+def score_matches(pairs: np.ndarray, n_pred: int, n_truth: int, iou_thresh: float,
+                  iou: np.ndarray | None = None) -> Scores:
+    """Scores of one-to-one ``pairs`` among ``n_pred`` crowns and ``n_truth`` references."""
+    tp = len(pairs)
+    mean_iou = float(iou[pairs[:, 0], pairs[:, 1]].mean()) if iou is not None and tp else None
+    return Scores(tp=tp, fp=n_pred - tp, fn=n_truth - tp, iou_thresh=float(iou_thresh), mean_iou=mean_iou)

@@ -325,6 +325,7 @@ class InstallTask(QgsTask):
         self.iface = iface
         self.reqs = reqs
         self.result: InstallResult | None = None
+        self.extra_index_url: str | None = None  # another index beside PyPI (PyTorch's CPU builds)
         self._output: list[str] = []
         self._steps = 0
         self.pins = {r.name: r.found_version for r in doctor.provided_by_qgis() if r.found_version}
@@ -335,7 +336,7 @@ class InstallTask(QgsTask):
     def _index_options(self) -> list[str]:
         if self.wheel_dir:
             return ["--no-index", "--find-links", str(self.wheel_dir)]
-        return []
+        return ["--extra-index-url", self.extra_index_url] if self.extra_index_url else []
 
     def manual_command(self, python: str) -> str:
         """One pip command a user can run in a terminal to the same effect.
@@ -533,6 +534,7 @@ def install(
     target: Path | None = None,
     iface=None,
     reqs=None,
+    extra_index_url: str | None = None,
 ) -> InstallTask:
     """Install what :func:`missing` reports, with QGIS's own Python and pip.
 
@@ -553,6 +555,7 @@ def install(
     reqs = requirements() if reqs is None else reqs
     specs = [req.pip_spec for req in missing(reqs)]
     task = InstallTask(specs, folder, wheel_dir, on_finished, iface, reqs)
+    task.extra_index_url = extra_index_url
     log("Installing: " + (", ".join(specs) or "nothing, all requirements are met") + f" into {folder}")
     if wait:
         task.finished(task.run())
@@ -562,6 +565,30 @@ def install(
     task.taskTerminated.connect(lambda: _running.remove(task))
     QgsApplication.taskManager().addTask(task)
     return task
+
+
+# --------------------------------------------------------------------------- optional: fine-tuning
+
+# Fine-tuning (Processing tcd:finetunemodel) also needs PyTorch, onnx and Pillow, listed in
+# requirements-finetune.txt beside requirements.txt. They are installed only on demand, into
+# the same folder and by the same steps (QGIS's numpy and GDAL pinned as constraints), torch
+# as the CPU build from PyTorch's own index.
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def finetune_requirements():
+    return doctor.read_requirements(Path(doctor.REQUIREMENTS_FILE).with_name("requirements-finetune.txt"))
+
+
+def missing_for_finetune():
+    """The fine-tuning packages QGIS's Python (with the plugin's folder) lacks."""
+    return missing(finetune_requirements())
+
+
+def install_finetune(wait: bool = False, on_finished=None, target: Path | None = None, iface=None) -> InstallTask:
+    """Install PyTorch (CPU build), onnx and Pillow for fine-tuning, as :func:`install` installs the rest."""
+    return install(wait=wait, on_finished=on_finished, target=target, iface=iface, reqs=finetune_requirements(),
+                   extra_index_url=TORCH_CPU_INDEX)
 
 
 # --------------------------------------------------------------------------- message bar
@@ -592,7 +619,8 @@ def _show_result(iface, result: InstallResult, task: InstallTask) -> None:
         command = result.command
         actions.append(messages.Action("Copy command", partial(_copy, command), closes=False))
     actions.append(messages.Action("Retry", partial(install, wheel_dir=task.wheel_dir, on_finished=task.on_finished,
-                                                    target=task.folder, iface=iface, reqs=task.reqs)))
+                                                    target=task.folder, iface=iface, reqs=task.reqs,
+                                                    extra_index_url=task.extra_index_url)))
     messages.push_result(iface, result.message, Qgis.Critical, task.description(), actions, kind=INSTALL)
 
 

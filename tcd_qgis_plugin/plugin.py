@@ -99,7 +99,11 @@ class TCDPlugin(QObject):
         self.about_action = QAction(self.tr("About and environment…"), self.iface.mainWindow())
         self.about_action.triggered.connect(self.show_about)
         self.iface.addPluginToRasterMenu(self.tr("Tree crown delineation"), self.about_action)
-        self.actions = [self.run_action, self.panel_action, self.about_action]
+        # Fine-tuning's packages (PyTorch's CPU build, onnx, Pillow) are optional: installed on request.
+        self.torch_action = QAction(self.tr("Install PyTorch for fine-tuning…"), self.iface.mainWindow())
+        self.torch_action.triggered.connect(lambda: self.install_finetune_dependencies())
+        self.iface.addPluginToRasterMenu(self.tr("Tree crown delineation"), self.torch_action)
+        self.actions = [self.run_action, self.panel_action, self.about_action, self.torch_action]
 
         QgsProject.instance().cleared.connect(self._project_cleared)
         self.steady = SteadyCanvas(self.iface.mapCanvas())
@@ -467,6 +471,10 @@ class TCDPlugin(QObject):
     def install_dependencies(self, wait: bool = False):
         """Install the missing packages into the profile; the dialog and panel update afterwards."""
         return dependencies.install(wait=wait, on_finished=self._dependencies_changed)
+
+    def install_finetune_dependencies(self, wait: bool = False):
+        """Install PyTorch (CPU), onnx and Pillow for tcd:finetunemodel into the profile, QGIS's numpy pinned."""
+        return dependencies.install_finetune(wait=wait, on_finished=self._dependencies_changed)
 
     def _dependencies_changed(self, result) -> None:
         dependencies.activate()

@@ -19,7 +19,7 @@ import traceback
 from ..errors import CacheError, ClusterError, MissingCRSError, TCDError
 from ..process import S3_PATHS, route_warnings, skip_import
 
-COMMANDS = ("predict", "status", "evaluate", "export_restor", "export_deepforest", "doctor")
+COMMANDS = ("predict", "status", "evaluate", "finetune", "export_restor", "export_deepforest", "doctor")
 
 
 def command_in(argv: list[str]) -> str | None:

@@ -1,6 +1,11 @@
-"""``python -m engine evaluate``: crown accuracy against annotated boxes.
+"""``python -m engine evaluate``: crown accuracy against a reference layer or annotated boxes.
 
-``evaluate CACHE_OR_IMAGE --truth ANNOTATIONS``: given a cache folder, its crown
+``evaluate CACHE_OR_IMAGE --truth LAYER [--area AREA]``: a reference layer (crown
+polygons, boxes or tree-top points in any OGR format and CRS) is scored in the
+cache's CRS by :mod:`engine.crown_evaluation`, which also writes ``evaluation.gpkg``
+and ``evaluation.json`` into the cache (or ``--out``).
+
+``evaluate CACHE_OR_IMAGE --truth ANNOTATIONS.csv|.xml``: given a cache folder, its crown
 polygons are read with OGR; given an image, it is first predicted into a temporary
 cache. Each crown's envelope is mapped into the source image's pixel space and
 matched one-to-one with the annotation boxes (see :mod:`engine.evaluate`).
@@ -43,8 +48,15 @@ def register(subparsers) -> None:
     )
     parser.add_argument("source", type=Path, nargs="?",
                         help="a cache folder, or an image to predict into a temporary cache")
-    parser.add_argument("--truth", type=Path,
-                        help="DeepForest .csv or Pascal-VOC .xml boxes in the image's pixel coordinates")
+    parser.add_argument("--truth", type=str,
+                        help="reference layer (crown polygons, boxes or tree-top points; any OGR format and CRS; "
+                             "file.gpkg|layername=NAME picks a layer), or DeepForest .csv / Pascal-VOC .xml boxes "
+                             "in the image's pixel coordinates")
+    parser.add_argument("--area", type=str, default=None,
+                        help="polygons where the reference is complete (default: the reference's envelope)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="GeoPackage of matched, missed and false crowns (default: CACHE/evaluation.gpkg, "
+                             "or IMAGE_evaluation.gpkg in the current folder for an image)")
     parser.add_argument("--loio", type=Path, nargs="?", const=DEFAULT_FOLDS_DIR, default=None, metavar="FOLDS_DIR",
                         help="leave-one-image-out scores: run each fold model of FOLDS_DIR (default "
                              "training/folds) on the image it was not trained on")
@@ -218,16 +230,44 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.source is None or args.truth is None:
         raise InputError("Give an image or cache folder and --truth ANNOTATIONS, or --loio.")
-    if not args.truth.is_file():
-        raise InputError(f"The annotation file {args.truth} does not exist.")
+    truth_file = Path(args.truth.partition("|")[0])
+    if not truth_file.exists():
+        raise InputError(f"The reference layer {truth_file} does not exist.")
+    pixel_boxes = truth_file.suffix.lower() in (".csv", ".xml")
+    if pixel_boxes and (args.area or args.out):
+        raise InputError("--area and --out need a reference layer with coordinates, not pixel boxes.")
     if args.source.is_dir():
         if args.model is not None:
             raise InputError("--model only applies when evaluating an image; a cache already holds its crowns.")
-        scores = evaluate_cache(args.source, args.truth, args.iou)
-    elif args.source.is_file():
-        scores = evaluate_image(args.source, args.truth, args.model, args.iou)
-    else:
+        if pixel_boxes:
+            return _print_scores(evaluate_cache(args.source, truth_file, args.iou))
+        return _evaluate_layer(args.source, args)
+    if not args.source.is_file():
         raise InputError(f"{args.source} is neither a cache folder nor an image file.")
+    if pixel_boxes:
+        return _print_scores(evaluate_image(args.source, truth_file, args.model, args.iou))
+    from ..run.predict import predict
+    from ..settings import Job
+
+    with tempfile.TemporaryDirectory(prefix="tcd_evaluate_") as tmp:
+        cache_dir = Path(tmp) / "cache"
+        predict(Job(image=args.source, cache_dir=cache_dir, model=args.model))
+        out = args.out or Path.cwd() / f"{args.source.stem}_evaluation.gpkg"
+        return _evaluate_layer(cache_dir, args, out)
+
+
+def _evaluate_layer(cache_dir: Path, args: argparse.Namespace, out: Path | None = None) -> int:
+    from ..crown_evaluation import evaluate_cache as evaluate_against_layer
+
+    comparison, written = evaluate_against_layer(cache_dir, args.truth, args.area, args.iou, out or args.out)
+    _print_scores(comparison.scores)
+    if comparison.scores.mean_iou is not None:
+        print(f"mean IoU  {comparison.scores.mean_iou:.3f}")
+    print(f"reference {comparison.kind}; matched, missed and false crowns in {written}")
+    return 0
+
+
+def _print_scores(scores: Scores) -> int:
     print(f"precision {scores.precision:.3f}")
     print(f"recall    {scores.recall:.3f}")
     print(f"F1        {scores.f1:.3f}")

@@ -35,6 +35,7 @@ from qgis.PyQt.QtWidgets import (
 from tcd_qgis_plugin.core.aoi import AoiError, extent_wkt, selection_wkt
 from tcd_qgis_plugin.core.rasters import raster_note, raster_problem, read_facts
 from tcd_qgis_plugin.core.runs import RunRegistry
+from tcd_qgis_plugin.core.user_models import user_models
 from tcd_qgis_plugin.engine.cache.manifest import MANIFEST_NAME
 from tcd_qgis_plugin.engine.cache.status import cache_status
 from tcd_qgis_plugin.engine.errors import TCDError
@@ -264,14 +265,14 @@ class PredictDialog(QDialog):
 
     # -- filling ---------------------------------------------------------------
     def fill_models(self) -> None:
-        """List the bundled default model, then recently used ones, by their metadata name."""
+        """List the bundled default model, the user's models folder (fine-tuned), then recently used ones."""
         current = self.model_path()
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
         default = default_model_path()
         if default.is_file():
             self._add_model_item(default, self.tr("{} (bundled default)"))
-        for path in self.registry.recent_models():
+        for path in [*user_models(), *self.registry.recent_models()]:  # fine-tuned models, then recent ones
             if path.is_file() and self.model_combo.findData(str(path)) < 0:
                 self._add_model_item(path, "{}")
         self.model_combo.blockSignals(False)

@@ -6,6 +6,7 @@ the cache folder and the plugin object acts on it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from qgis.PyQt.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
     QHeaderView,
+    QLabel,
     QMessageBox,
     QPushButton,
     QTreeWidget,
@@ -86,6 +88,10 @@ class RunsPanel(QgsDockWidget):
         layout.addLayout(folder_buttons)
         self.summary = SummaryView()  # what the selected run found
         layout.addWidget(self.summary, 2)
+        self.evaluation = QLabel()  # the figures of the run's last evaluation against a reference
+        self.evaluation.setWordWrap(True)
+        self.evaluation.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.evaluation)
         self.setWidget(body)
 
         self.tree.itemSelectionChanged.connect(self._update_buttons)
@@ -145,6 +151,22 @@ class RunsPanel(QgsDockWidget):
 
     def _show_summary(self) -> None:
         self.summary.show_cache(self.selected())
+        self.evaluation.setText(self.evaluation_text(self.selected()))
+        self.evaluation.setVisible(bool(self.evaluation.text()))
+
+    def evaluation_text(self, cache_dir: Path | None) -> str:
+        """The figures ``tcd:evaluatecrowns`` left in the cache (evaluation.json), or "" when none."""
+        try:
+            figures = json.loads((Path(cache_dir) / "evaluation.json").read_text(encoding="utf-8"))
+            text = self.tr("Against {} ({}): precision {:.3f}, recall {:.3f}, F1 {:.3f}; {} matched, {} missed, "
+                           "{} false").format(figures["reference"], figures["reference_kind"], figures["precision"],
+                                              figures["recall"], figures["f1"], figures["tp"], figures["fn"],
+                                              figures["fp"])
+        except (TypeError, OSError, ValueError, KeyError):
+            return ""
+        if figures.get("mean_iou") is not None:
+            text += self.tr("; mean IoU {:.3f}").format(figures["mean_iou"])
+        return text
 
     def selected(self) -> Path | None:
         items = self.tree.selectedItems()

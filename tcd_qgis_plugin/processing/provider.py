@@ -15,6 +15,8 @@ from qgis.PyQt.QtGui import QIcon
 
 from tcd_qgis_plugin.paths import icon_path
 from tcd_qgis_plugin.processing.delineate import DelineateCrownsAlgorithm
+from tcd_qgis_plugin.processing.evaluate import EvaluateCrownsAlgorithm
+from tcd_qgis_plugin.processing.finetune import FinetuneModelAlgorithm
 from tcd_qgis_plugin.processing.heights import CrownHeightsAlgorithm
 
 PROVIDER_ID = "tcd"
@@ -73,3 +75,5 @@ class TCDProvider(QgsProcessingProvider):
     def loadAlgorithms(self) -> None:
         self.addAlgorithm(DelineateCrownsAlgorithm(self.runs_changed))
         self.addAlgorithm(CrownHeightsAlgorithm())
+        self.addAlgorithm(EvaluateCrownsAlgorithm())
+        self.addAlgorithm(FinetuneModelAlgorithm())

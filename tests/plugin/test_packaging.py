@@ -49,13 +49,19 @@ def test_the_zip_carries_the_plugin_the_engine_and_resources_only(plugin_zip):
     plugin_files = {p.relative_to(plugin_dir).as_posix() for p in plugin_dir.rglob("*.py")
                     if "__pycache__" not in p.parts}
     assert plugin_files <= inside, "a plugin module is missing from pb_tool.cfg"
+    # Fine-tuning runs the default model's training code: only the modules it imports.
+    finetune_modules = {f"training/{m}.py" for m in ("net", "data", "augment", "train_default_model",
+                                                     "architectures", "finetune")}
+    assert finetune_modules <= inside
     for name in inside:
         top = name.split("/")[0]
-        assert top not in ("tests", "benchmarks", "training", "scripts", ".venv"), name
+        assert top not in ("tests", "benchmarks", "scripts", ".venv"), name
+        assert top != "training" or name in finetune_modules, name
         assert "__pycache__" not in name and not name.endswith(".pyc"), name
         assert not name.startswith("resources/sample"), name
     models = [n for n in inside if n.startswith("resources/models/")]
-    assert models == [n for n in models if n.endswith(".onnx") or n.endswith("README.md")]  # models + model card
+    # models, their weights for fine-tuning, and the model card
+    assert models == [n for n in models if n.endswith((".onnx", ".finetune.pt", "README.md"))]
     if (ROOT / "resources" / "models" / "tcd_default.onnx").is_file():
         assert "resources/models/tcd_default.onnx" in models
 
