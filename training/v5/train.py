@@ -252,7 +252,8 @@ def train(part: str, args, images: list[data.Image] | None = None, stop_at: int 
         if it % args.ckpt_every == 0 or it % args.val_every == 0 or it == last:
             entry = None
             if it % args.val_every == 0 or it == last:
-                torch.save({"ema": {k: v.cpu() for k, v in ema.state.items()}, "iteration": it, "fingerprint": fingerprint},
+                snapshot = {k: v.cpu() for k, v in ema.state.items()}
+                torch.save({"ema": snapshot, "iteration": it, "fingerprint": fingerprint},
                            directory / f"snap_{it:05d}.pt")
                 entry = {"iteration": it, "loss": running, "minutes": round((time.time() - started) / 60, 1)}
                 if sets:
@@ -396,8 +397,8 @@ def export_onnx(net: CrownNetV5, path: Path, meta: dict, flips: int = 1) -> None
     tmp = path.with_suffix(".tmp.onnx")
     # An evaluation-mode wrapper: the exporter restores the module's mode afterwards, and a
     # wrapper left in training mode would put the network's BatchNorm back into training.
-    torch.onnx.export(ExportV5(net, flips).eval(), (torch.zeros(1, 3, 256, 256),), str(tmp), dynamo=False, opset_version=17,
-                      input_names=["image"], output_names=["maps"],
+    torch.onnx.export(ExportV5(net, flips).eval(), (torch.zeros(1, 3, 256, 256),), str(tmp), dynamo=False,
+                      opset_version=17, input_names=["image"], output_names=["maps"],
                       dynamic_axes={"image": {2: "height", 3: "width"}, "maps": {2: "height", 3: "width"}})
     model = onnx.load(str(tmp))
     model.ir_version = min(model.ir_version, 8)
