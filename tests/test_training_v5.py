@@ -180,6 +180,7 @@ def test_exported_model_runs_in_the_engine_as_in_training(tmp_path):
     from tests.rasters import read_crowns
     from training.v5 import train
     from training.v5.net import CrownNetV5, ExportV5
+    from training.v5.stability import crowns_of, stability
 
     torch.manual_seed(0)
     net = CrownNetV5().eval()
@@ -207,6 +208,12 @@ def test_exported_model_runs_in_the_engine_as_in_training(tmp_path):
     native = np.stack([block_mean(m, 4) for m in got[0, 1:4]])
     expected = train.boxes_of(native, **params)
     assert len(expected) > 0
+    # The stability check finds the same crowns.
+    meta = {k: json.loads(v) for k, v in spec.metadata.items()}
+    centres = np.stack([(expected[:, 0] + expected[:, 2]) / 2, (expected[:, 1] + expected[:, 3]) / 2], 1)
+    np.testing.assert_array_equal(crowns_of(session, meta, rgb), centres)
+    shares = stability(path, [data.Image("plot", "TEAK", rgb, np.zeros((0, 4)), ())], shifts=(4,))
+    assert set(shares) == {"shift 4 px", "JPEG 75"} and all(0 <= v <= 1 for v in shares.values())
     kind = spec.kind
     boxes, scores, classes = kind.select(spec, kind.decode(spec, {"maps": got}, (400, 400)))
     np.testing.assert_array_equal(boxes[:, :4], expected)
@@ -227,3 +234,47 @@ def test_exported_model_runs_in_the_engine_as_in_training(tmp_path):
     centres = (engine_boxes[:, :2] + engine_boxes[:, 2:]) / 2
     assert ((centres > 0) & (centres < 400)).all()
     assert (iou_matrix(expected, engine_boxes).max(1) > 0.99).mean() > 0.3
+
+
+def test_stability_counts_crowns_that_stay_put():
+    from training.v5.stability import kept
+
+    base = np.array([[50.0, 50.0], [100.0, 100.0], [150.0, 150.0], [5.0, 5.0]])
+    moved = np.array([[52.0, 50.0], [100.0, 115.0], [150.0, 150.0]])
+    # [5, 5] lies in the cut margin; [100, 100] moved 1.5 m.
+    assert kept(base, moved, 10, (400, 400)) == (2, 3)
+    assert kept(base, np.zeros((0, 2)), 10, (400, 400)) == (0, 3)
+
+
+@needs_plots
+def test_select_chooses_on_select_halves_and_reports_the_others(tmp_path):
+    """Four tiny folds (two plots per 'site'), two iterations each, then the whole selection and export."""
+    import dataclasses
+
+    from engine.models.spec import describe_model
+    from training.v5 import train
+
+    torch.set_num_threads(1)
+    plots = {i.name: i for i in data.load_plots(PLOTS)}
+    teak = sorted(n for n in plots if n.startswith("TEAK_"))[:4]
+    sjer = sorted(n for n in plots if n.startswith("SJER_SJER_"))[:4]
+    sites = {"TEAK": teak[:2], "OSBS": teak[2:], "SJER": sjer[:2], "YELL": sjer[2:]}
+    images = [dataclasses.replace(plots[n], site=site) for site, names in sites.items() for n in names]
+    split = data.splits(images)
+    assert all(sorted(split[n] for n in names) == ["report", "select"] for names in sites.values())
+
+    args = _args(tmp_path, None, iterations=2, val_every=2)
+    for site in data.SITES:
+        train.train(site, args, images)
+    choice = train.select(args, images)
+    assert choice["iteration"] == 2 and choice["flips"] in (1, 2, 4)
+    assert set(choice["select_per_site"]) == set(choice["report_per_site"]) == set(data.SITES)
+    # Each report figure counts exactly the report half's crowns.
+    for site, names in sites.items():
+        report = next(n for n in names if split[n] == "report")
+        s = choice["report_per_site"][site]
+        assert s["tp"] + s["fn"] == len(plots[report].boxes)
+    saved = json.loads((args.runs_dir / "choice.json").read_text())
+    assert saved["params"] == choice["params"]
+    spec = describe_model(args.runs_dir / "TEAK" / "fold-TEAK.onnx")
+    assert spec.output_kind == "centre_boxes" and spec.det_conf == choice["params"]["conf"]

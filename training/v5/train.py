@@ -2,6 +2,7 @@
 
     M="nice -n 19 .venv/bin/python -m training.v5.train --runs-dir /work/tcd-training/v5"
     $M run --resume              # every fold, then select, then final (each step resumable)
+    $M run --resume --parallel   # the same with the four folds side by side, one thread each
     $M fold --fold TEAK --resume # one leave-one-site-out fold
     $M select                    # choose iteration, thresholds, flips on the select halves; report halves
     $M final --resume            # train on every site to the chosen iteration; export the ONNX model
@@ -28,6 +29,7 @@ import itertools
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -362,6 +364,11 @@ def select(args, images: list[data.Image] | None = None) -> dict:
         "data_fingerprint": data.fingerprint(images),
     }
     (runs / "choice.json").write_text(json.dumps(choice, indent=1))
+    for site in data.SITES:  # the fold models, for the stability check and the engine
+        export_onnx(load_snapshot(runs / site, iteration), runs / site / f"fold-{site}.onnx", metadata(
+            params, flips, {"data_fingerprint": data.fingerprint(images), "heldout_site": site,
+                            "iteration": iteration, "report_scores": choice["report_per_site"][site],
+                            "command": "python -m training.v5.train select"}), flips)
     print(json.dumps(choice, indent=1), flush=True)
     return choice
 
@@ -434,6 +441,7 @@ def main(argv=None) -> int:
     parser.add_argument("command", choices=("run", "fold", "select", "final"))
     parser.add_argument("--fold", choices=data.SITES)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--parallel", action="store_true", help="run: train the four folds side by side")
     parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS)
     parser.add_argument("--plots-dir", type=Path, default=data.DEFAULT_PLOTS_DIR)
     parser.add_argument("--wheel-dir", type=Path, default=data.DEFAULT_WHEEL_DIR)
@@ -459,6 +467,16 @@ def main(argv=None) -> int:
             raise SystemExit("fold needs --fold SITE")
         train(args.fold, args, images)
     if args.command == "run":
+        if args.parallel:
+            # One process per fold, one thread each: every fold reaches each snapshot at about the
+            # same time, so `select` can already choose among the snapshots all four have.
+            passed = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("run", "--parallel")]
+            children = [subprocess.Popen([sys.executable, "-m", "training.v5.train", "fold", "--fold", site,
+                                          *passed, "--threads", "1"], cwd=REPO,
+                                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+                        for site in data.SITES]
+            if any(child.wait() for child in children):
+                return 1
         for site in data.SITES:
             train(site, args, images)
     if args.command in ("run", "select"):
