@@ -134,7 +134,8 @@ def _args(tmp_path, plots, **kw):
 
     args = dict(runs_dir=tmp_path / "runs", plots_dir=plots, wheel_dir=tmp_path / "unused", online=False,
                 out=tmp_path / "model.onnx", iterations=4, batch=2, crop_px=64, lr=1e-3, ema=0.9, val_every=2,
-                ckpt_every=1, seed=train.SEED, threads=1, device="cpu", no_pretrained=False, resume=False)
+                ckpt_every=1, seed=train.SEED, threads=1, device="cpu", no_pretrained=False, resume=False,
+                workers=0)
     args.update(kw)
     return argparse.Namespace(**args)
 
@@ -278,3 +279,33 @@ def test_select_chooses_on_select_halves_and_reports_the_others(tmp_path):
     assert saved["params"] == choice["params"]
     spec = describe_model(args.runs_dir / "TEAK" / "fold-TEAK.onnx")
     assert spec.output_kind == "centre_boxes" and spec.det_conf == choice["params"]["conf"]
+
+
+@needs_plots
+def test_worker_batches_are_the_iterations_own(tmp_path):
+    """Batches made by worker processes equal the per-iteration batches, and a resumed --workers run
+    continues the same sequence."""
+    from training.v5 import train
+    from training.v5.augment import BatchPool
+
+    torch.set_num_threads(1)
+    images = data.load_plots(small_plots_dir(tmp_path))
+    sampler = Sampler(images, 64, 7)
+    pool = BatchPool(sampler, 2, 2, 3, 5)
+    try:
+        for it in (3, 4, 5):
+            crops, targets = pool.get()
+            want_crops, want_targets = Sampler(images, 64, 7).batch(2, it)
+            np.testing.assert_array_equal(crops, want_crops)
+            np.testing.assert_array_equal(targets["centre"], want_targets["centre"])
+    finally:
+        pool.close()
+    assert not np.array_equal(Sampler(images, 64, 7).batch(2, 3)[0], Sampler(images, 64, 7).batch(2, 4)[0])
+
+    straight = train.train("SJER", _args(tmp_path / "a", None, workers=2, val_every=4), images)
+    first = train.train("SJER", _args(tmp_path / "b", None, workers=2, val_every=4), images, stop_at=2)
+    (first / "done.json").unlink()
+    resumed = train.train("SJER", _args(tmp_path / "b", None, workers=2, val_every=4, resume=True), images)
+    a = torch.load(straight / "latest.pt", weights_only=False)["net"]
+    b = torch.load(resumed / "latest.pt", weights_only=False)["net"]
+    assert all(torch.equal(v, b[k]) for k, v in a.items())

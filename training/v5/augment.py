@@ -103,6 +103,7 @@ class Sampler:
         self.images = list(images)
         self.crop_px = crop_px
         self.settings = settings
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         w = np.asarray(weights if weights is not None else [1.0] * len(self.images), np.float64)
         self.p = w / w.sum()
@@ -182,8 +183,53 @@ class Sampler:
         image = self._photometric(image) * valid[..., None]
         return image, render_targets(boxes, n, valid)
 
-    def batch(self, size: int):
+    def batch(self, size: int, iteration: int | None = None):
+        """``size`` crops and their stacked targets.
+
+        With ``iteration``, the crops come from a generator seeded by (seed, iteration) alone,
+        so any process can make any iteration's batch (:class:`BatchPool`); without, from the
+        sampler's own stream.
+        """
+        if iteration is not None:
+            self.rng = np.random.default_rng([self.seed, iteration])
         crops = [self.crop() for _ in range(size)]
         images = np.stack([c[0] for c in crops])
         targets = {k: np.stack([c[1][k] for c in crops]) for k in crops[0][1]}
         return images, targets
+
+
+_POOL_SAMPLER: Sampler | None = None
+
+
+def _pool_init(sampler: Sampler) -> None:
+    global _POOL_SAMPLER
+    _POOL_SAMPLER = sampler
+
+
+def _pool_batch(size: int, iteration: int):
+    return _POOL_SAMPLER.batch(size, iteration)
+
+
+class BatchPool:
+    """Batches made ahead by worker processes, each seeded by its iteration: the same batches as
+    ``sampler.batch(size, iteration)`` in order, whatever the number of workers (for a GPU, which
+    would otherwise wait on the CPU's crops)."""
+
+    def __init__(self, sampler: Sampler, size: int, workers: int, first: int, last: int):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.size, self.next, self.last = size, first, last
+        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                        initializer=_pool_init, initargs=(sampler,))
+        self.pending = []
+        self.ahead = 2 * workers
+
+    def get(self):
+        while len(self.pending) < self.ahead and self.next <= self.last:
+            self.pending.append(self.pool.submit(_pool_batch, self.size, self.next))
+            self.next += 1
+        return self.pending.pop(0).result()
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)

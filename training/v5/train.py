@@ -42,7 +42,7 @@ from engine.evaluate import DEFAULT_IOU_THRESH, Scores, score_boxes
 from engine.models.kinds.centre_boxes import centre_boxes
 from engine.postprocess.crowns import block_mean
 from training.v5 import data
-from training.v5.augment import STRIDE, AugmentSettings, Sampler
+from training.v5.augment import STRIDE, AugmentSettings, BatchPool, Sampler
 from training.v5.net import INPUT_MEAN, INPUT_STD, CrownNetV5, ExportV5
 
 log = logging.getLogger(__name__)
@@ -227,6 +227,9 @@ def train(part: str, args, images: list[data.Image] | None = None, stop_at: int 
         schedule.load_state_dict(state["schedule"])
         ema.state = state["ema"]
         sampler.rng.bit_generator.state = state["sampler_rng"]
+        if state.get("per_iteration_batches", False) != (args.workers > 0):
+            say("batches switch between the sampler's stream and per-iteration seeds (--workers): the run goes on "
+                "with another, equally random, sequence of crops")
         torch.set_rng_state(state["torch_rng"].cpu())
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
@@ -240,8 +243,9 @@ def train(part: str, args, images: list[data.Image] | None = None, stop_at: int 
     last = min(args.iterations, stop_at or args.iterations)
     net.train()
     tick = time.time()
+    pool = BatchPool(sampler, args.batch, args.workers, first, last) if args.workers > 0 else None
     for it in range(first, last + 1):
-        crops, targets = sampler.batch(args.batch)
+        crops, targets = pool.get() if pool is not None else sampler.batch(args.batch)
         logits = net(to_input(crops).to(device))
         parts = losses(logits, {k: torch.from_numpy(v).to(device) for k, v in targets.items()})
         optimiser.zero_grad()
@@ -271,7 +275,7 @@ def train(part: str, args, images: list[data.Image] | None = None, stop_at: int 
                      "torch_rng": torch.get_rng_state(),
                      "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                      "history": history, "iteration": it, "running": running, "fingerprint": fingerprint,
-                     "iterations": args.iterations}
+                     "iterations": args.iterations, "per_iteration_batches": args.workers > 0}
             torch.save(state, latest.with_suffix(".tmp"))
             os.replace(latest.with_suffix(".tmp"), latest)
             rate = args.ckpt_every / max(time.time() - tick, 1e-9)
@@ -279,6 +283,8 @@ def train(part: str, args, images: list[data.Image] | None = None, stop_at: int 
             say(f"it {it}  loss {running}  {rate:.3f} it/s" + (f"  select-half probe {entry.get('select_probe')}"
                                                                 if entry else ""))
             (directory / "history.json").write_text(json.dumps(history, indent=1))
+    if pool is not None:
+        pool.close()
     if last == args.iterations or stop_at:
         (directory / "done.json").write_text(json.dumps({
             "part": part, "train": sorted(i.name for i in train_set), "seed": seed, "iterations": args.iterations,
@@ -456,6 +462,8 @@ def main(argv=None) -> int:
     parser.add_argument("--ckpt-every", type=int, default=25)
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes making batches ahead (for a GPU); each batch is then seeded by its iteration")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device for training (default: cuda when available); selection runs on CPU")
     parser.add_argument("--no-pretrained", action="store_true", help="random initialisation (ablation)")
