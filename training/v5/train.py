@@ -469,7 +469,11 @@ def main(argv=None) -> int:
     parser.add_argument("--no-pretrained", action="store_true", help="random initialisation (ablation)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    images = load_images(args)
+    try:
+        images = load_images(args)
+    except data.DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.command == "fold":
         if not args.fold:
             raise SystemExit("fold needs --fold SITE")
