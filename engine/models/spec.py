@@ -6,7 +6,9 @@ JSON string. Our keys:
 ``output_kind``      what the outputs hold, one of the kinds in
                      :mod:`engine.models.kinds` (``semantic``: per-class
                      probabilities; ``canopy_centres``: canopy probability and a
-                     crown-centre heatmap; ``instance_masks``: masks with scores).
+                     crown-centre heatmap; ``instance_masks``: masks with scores;
+                     ``centre_boxes``: canopy, crown-centre heatmap, crown width and
+                     height, decoded as boxes).
 ``class_names``      list of names, one per output channel (``semantic``) or per
                      label value; a first class named ``background`` is not written.
 ``crown_classes``    names of the classes whose regions are tree crowns: crown rules
