@@ -127,12 +127,13 @@ def fresh_profile(profiles_path: Path, plugin_zip: Path, plugin_enabled: bool = 
 
 
 def run_desktop_qgis(work: Path, driver: str, config: dict, *, name: str, env: dict | None = None,
-                     timeout_s: int = 300, plugin_enabled: bool = True) -> DesktopRun:
+                     timeout_s: int = 300, plugin_enabled: bool = True, screen: str = "1600x1000") -> DesktopRun:
     """Start QGIS with a fresh profile and the plugin ZIP, run ``driver``, return its results.
 
     ``name`` names the artifacts folder ``test-artifacts/<name>/`` (emptied first).
     ``env`` is the whole environment of QGIS (default: PATH, HOME=work, LANG).
     ``plugin_enabled=False``: the plugin is installed but not enabled (QGIS as without it).
+    ``screen``: the virtual screen's size in pixels, WIDTHxHEIGHT.
     """
     if not shutil.which("qgis") or not shutil.which("xvfb-run"):
         pytest.skip("needs the qgis desktop binary and xvfb-run")
@@ -148,7 +149,7 @@ def run_desktop_qgis(work: Path, driver: str, config: dict, *, name: str, env: d
     if env is None:
         env = {"PATH": os.environ["PATH"], "HOME": str(work), "LANG": "C.UTF-8"}
     command = [
-        "xvfb-run", "-a", "-s", "-screen 0 1600x1000x24",
+        "xvfb-run", "-a", "-s", f"-screen 0 {screen}x24",
         "qgis", "--profiles-path", str(work / "profiles"), "--nologo", "--noversioncheck", "--code", str(script),
     ]  # fmt: skip
     out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)

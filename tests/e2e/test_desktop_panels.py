@@ -1,6 +1,6 @@
 """The runs panel in a fresh profile leaves QGIS's own panels as wide as without the plugin.
 
-Desktop QGIS under xvfb on a 1600 x 1000 screen, fresh profile, started twice: once
+Desktop QGIS under xvfb on a 1600 x 1000 and a 1366 x 768 screen, fresh profile, started twice: once
 with the plugin installed but not enabled, once enabled. The Layers and Browser
 panels must be as wide in both (screenshots of both windows in
 ``test-artifacts/e2e_panels_*``). Then the runs panel is opened as when a run
@@ -62,10 +62,12 @@ def widths(docks: dict) -> dict:
     return {name: docks[name]["width"] for name in ("Layers", "Browser") if name in docks}
 
 
-def test_qgis_panels_keep_their_width_with_the_plugin(desktop_qgis, tmp_path):
-    without = desktop_qgis(tmp_path / "without", DRIVER, {}, name="e2e_panels_without", plugin_enabled=False,
-                           timeout_s=180)
-    with_plugin = desktop_qgis(tmp_path / "with", DRIVER, {}, name="e2e_panels_with", timeout_s=180)
+@pytest.mark.parametrize("screen", ["1600x1000", "1366x768"])
+def test_qgis_panels_keep_their_width_with_the_plugin(desktop_qgis, tmp_path, screen):
+    without = desktop_qgis(tmp_path / "without", DRIVER, {}, name=f"e2e_panels_without_{screen}",
+                           plugin_enabled=False, timeout_s=180, screen=screen)
+    with_plugin = desktop_qgis(tmp_path / "with", DRIVER, {}, name=f"e2e_panels_with_{screen}", timeout_s=180,
+                               screen=screen)
     for run in (without, with_plugin):
         assert "error" not in run.results, run.results.get("error")
     before = widths(without.results["docks"])
