@@ -312,9 +312,10 @@ class ShapefileInstanceCache(VectorInstanceCache):
                 fd.write(b"\x1a")
                 fd.seek(4)
                 fd.write(struct.pack("<I", n_records))
-            for f in (fx, fs, fd):
-                f.flush()
-                os.fsync(f.fileno())
+            if changed:  # unchanged files need no sync: whatever a crash leaves, the next open repairs
+                for f in (fx, fs, fd):
+                    f.flush()
+                    os.fsync(f.fileno())
         if changed:
             qix.unlink(missing_ok=True)  # it indexes removed crowns; rebuilt when the run closes
             # The header's extent may still cover removed crowns; let GDAL recompute it.
