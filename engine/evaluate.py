@@ -147,16 +147,7 @@ def match_boxes(pred: np.ndarray, truth: np.ndarray, iou_thresh: float = DEFAULT
     The assignment maximises the summed IoU over all pairs, so one large
     prediction cannot take the truth box a better-fitting prediction needs.
     """
-    iou = iou_matrix(pred, truth)
-    if iou.size == 0:
-        return np.zeros((0, 2), np.int64)
-    # Pairs below the threshold are worth nothing, so they never displace a valid pair.
-    gain = np.where(iou >= iou_thresh, iou, 0.0)
-    from scipy.optimize import linear_sum_assignment  # here: the CLI imports this module for every command
-
-    rows, cols = linear_sum_assignment(gain, maximize=True)
-    keep = gain[rows, cols] > 0
-    return np.stack([rows[keep], cols[keep]], axis=1).astype(np.int64)
+    return match_by_iou(iou_matrix(pred, truth), iou_thresh)
 
 
 def score_boxes(pred: np.ndarray, truth: np.ndarray, iou_thresh: float = DEFAULT_IOU_THRESH) -> Scores:
@@ -224,8 +215,9 @@ def match_by_iou(iou: np.ndarray, iou_thresh: float = DEFAULT_IOU_THRESH) -> np.
     """One-to-one (K, 2) pairs of an IoU matrix at ``iou_thresh``, maximising the summed IoU."""
     if iou.size == 0:
         return np.zeros((0, 2), np.int64)
-    from scipy.optimize import linear_sum_assignment
+    from scipy.optimize import linear_sum_assignment  # here: only matching needs it
 
+    # Pairs below the threshold are worth nothing, so they never displace a valid pair.
     gain = np.where(iou >= iou_thresh, iou, 0.0)
     rows, cols = linear_sum_assignment(gain, maximize=True)
     keep = gain[rows, cols] > 0
