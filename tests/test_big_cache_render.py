@@ -8,14 +8,10 @@ import pytest
 from qgis.core import (
     QgsFeatureRequest,
     QgsFeatureSource,
-    QgsMapRendererSequentialJob,
-    QgsMapSettings,
     QgsRasterLayer,
     QgsRectangle,
     QgsVectorLayer,
 )
-from qgis.PyQt.QtCore import QSize
-from qgis.PyQt.QtGui import QColor
 
 import engine.cache.semantic as semantic
 from engine.cache.status import cache_layers
@@ -24,11 +20,11 @@ from engine.run.predict import predict
 from engine.settings import Job
 from tcd_qgis_plugin.core.layers import _reload, layer_source
 from tcd_qgis_plugin.paths import style_path
+from tests.maps import render_map
 from tests.rasters import crowns_image, read_overviews, write_raster
 
 GSD_M = 0.1
 ORIGIN = (500000.0, 6000000.0)  # top-left of the conftest rasters
-INCH_M = 0.0254
 
 
 @pytest.fixture
@@ -87,18 +83,7 @@ def test_a_reloaded_layer_shows_new_tiles_at_every_scale(tmp_path, raster_path, 
 
 def render(layer, scale: float, centre: tuple[float, float], size_px: int = 200):
     """The layer drawn at 1:``scale`` around ``centre`` (map units: metres) into a square image."""
-    settings = QgsMapSettings()
-    settings.setLayers([layer])
-    settings.setDestinationCrs(layer.crs())
-    settings.setOutputSize(QSize(size_px, size_px))
-    settings.setOutputDpi(96)
-    settings.setBackgroundColor(QColor(255, 255, 255))
-    half = scale * size_px / 96 * INCH_M / 2
-    settings.setExtent(QgsRectangle(centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half))
-    job = QgsMapRendererSequentialJob(settings)
-    job.start()
-    job.waitForFinished()
-    return job.renderedImage(), settings
+    return render_map([layer], scale, centre, size_px)
 
 
 def yellow(colour) -> bool:

@@ -13,23 +13,18 @@ from osgeo import gdal
 from qgis.core import (
     QgsFeature,
     QgsGeometry,
-    QgsMapRendererSequentialJob,
-    QgsMapSettings,
     QgsRasterLayer,
-    QgsRectangle,
     QgsVectorLayer,
 )
-from qgis.PyQt.QtCore import QSize
-from qgis.PyQt.QtGui import QColor
 
 from tcd_qgis_plugin.engine.run.predict import predict
 from tcd_qgis_plugin.engine.settings import Job
 from tcd_qgis_plugin.paths import style_path
+from tests.maps import render_map
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "resources" / "sample" / "OSBS_029.tif"
 COPIES = 6
-INCH_M = 0.0254
 
 
 @pytest.fixture(scope="module")
@@ -85,18 +80,8 @@ def forest(tmp_path_factory):
 
 def render(layers, scale: float, centre, size_px: int = 400) -> np.ndarray:
     """The layers drawn at 1:``scale`` around ``centre`` into a square image, as an RGB array."""
-    settings = QgsMapSettings()
-    settings.setLayers(layers)
-    settings.setDestinationCrs(layers[-1].crs())
-    settings.setOutputSize(QSize(size_px, size_px))
-    settings.setOutputDpi(96)
-    settings.setBackgroundColor(QColor(255, 255, 255))
-    half = scale * size_px / 96 * INCH_M / 2
-    settings.setExtent(QgsRectangle(centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half))
-    job = QgsMapRendererSequentialJob(settings)
-    job.start()
-    job.waitForFinished()
-    image = job.renderedImage().convertToFormat(job.renderedImage().Format.Format_RGB888)
+    drawn, _settings = render_map(layers, scale, centre, size_px)
+    image = drawn.convertToFormat(drawn.Format.Format_RGB888)
     row_bytes = image.bytesPerLine()
     data = np.frombuffer(bytes(image.constBits().asstring(row_bytes * size_px)), np.uint8)
     return data.reshape(size_px, row_bytes)[:, : size_px * 3].reshape(size_px, size_px, 3).astype(int)
